@@ -1,0 +1,7 @@
+//! The e2e test binary: the test kit's own tests and the end-to-end tests.
+//!
+//! One binary with modules (not one per file) to keep link time down on two
+//! cores.
+
+mod kit;
+mod smoke;
