@@ -7,3 +7,7 @@
 //!
 //! The decoder itself lands with its own issue; this crate is the place it
 //! lives so that the rest of the workspace can be laid out around it.
+
+mod types;
+
+pub use types::{Lsn, Oid, ParseLsnError, PgTimestamp, Xid};
