@@ -2,7 +2,13 @@
 //!
 //! It owns configuration, the outbox row -> message mapping, the LSN ack
 //! tracker, the pipeline, the CLI, metrics and health endpoints, and
-//! shutdown. Each lands with its own issue; `cli` holds the command line that
-//! users see today.
+//! shutdown.
+//!
+//! Pure decision logic (settings resolution, routing templates, the ack
+//! tracker) lives in plain modules with unit and property tests; the I/O
+//! around it stays thin.
 
 pub mod cli;
+pub mod config;
+pub mod template;
+pub mod tracker;
