@@ -189,6 +189,9 @@ mod tests {
         assert_eq!(PgTimestamp::from_system_time(t.to_system_time()), t);
         let before = PgTimestamp::from_micros(-2_000_000);
         assert_eq!(before.unix_seconds(), 946_684_798);
-        assert_eq!(PgTimestamp::from_system_time(before.to_system_time()), before);
+        assert_eq!(
+            PgTimestamp::from_system_time(before.to_system_time()),
+            before
+        );
     }
 }
