@@ -4,4 +4,5 @@
 //! cores.
 
 mod kit;
+mod ops;
 mod smoke;

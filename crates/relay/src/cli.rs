@@ -3,27 +3,93 @@
 //! Every subcommand is listed here with help text a newcomer understands;
 //! the code behind each lives in its own module.
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// outbox-relay streams the rows your application INSERTs into a
 /// transactional outbox table in PostgreSQL to RabbitMQ, through logical
 /// replication (a pgoutput slot), with publisher confirms: the slot advances
 /// only after RabbitMQ confirmed every event up to it.
+///
+/// Settings come from a TOML file (--config) and RELAY_* environment
+/// variables, which win. The least you set: RELAY_PG_URL and RELAY_AMQP_URL.
+/// `outbox-relay config` shows every setting and where its value came from.
 #[derive(Debug, Parser)]
-#[command(name = "outbox-relay", version, about, long_about = None)]
+#[command(name = "outbox-relay", version, about, long_about)]
 pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: Global,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// A TOML settings file; RELAY_* environment variables override it.
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        global = true,
+        env = "RELAY_CONFIG"
+    )]
+    pub config: Option<PathBuf>,
+    /// Log format: human-readable text, or one JSON object per line for log
+    /// shippers (overrides the log_format setting).
+    #[arg(long, value_enum, global = true)]
+    pub log_format: Option<LogFormatArg>,
+}
+
+/// `--log-format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Stream the outbox to RabbitMQ until stopped (SIGTERM or Ctrl-C).
+    ///
+    /// Creates the publication and slot if missing, then streams from the
+    /// slot's confirmed position. If another process holds the slot, waits
+    /// as a standby and takes over when it frees.
     Run {
-        /// A TOML settings file; RELAY_* environment variables override it.
-        #[arg(long, short = 'c', value_name = "FILE")]
-        config: Option<std::path::PathBuf>,
+        /// Exit with the reason instead of waiting when another process
+        /// holds the slot.
+        #[arg(long)]
+        no_standby: bool,
     },
+    /// Test every prerequisite (PostgreSQL, wal_level, rights, table,
+    /// publication, slot, RabbitMQ, exchange) and print one line each, with
+    /// the fix for what fails. Changes nothing. Exits 0 only if all pass.
+    Check,
+    /// Create the publication and the slot if they are missing, and say
+    /// what was done.
+    Setup {
+        /// Print the SQL for a DBA instead (publication, slot and a
+        /// least-privilege role), and change nothing.
+        #[arg(long)]
+        print_sql: bool,
+        /// The role name used by --print-sql.
+        #[arg(long, default_value = "outbox_relay", requires = "print_sql")]
+        role: String,
+    },
+    /// Show where the slot stands: confirmed position, lag behind the
+    /// server's WAL, retained WAL, and who holds it.
+    Status {
+        /// Print JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the effective settings, secrets redacted, and where each value
+    /// came from (default, file, env).
+    Config,
 }

@@ -206,6 +206,10 @@ const FIELDS: &[(&str, Kind)] = &[
     ("log_format", Kind::Str),
 ];
 
+/// RELAY_* variables that are not settings but are read elsewhere: the
+/// config file's path, the log filter, and the test kit's own.
+const OTHER_VARS: &[&str] = &["RELAY_CONFIG", "RELAY_LOG"];
+
 /// Settings whose values are never printed whole (they carry passwords).
 const SECRETS: &[&str] = &["pg_url", "amqp_url"];
 
@@ -328,7 +332,7 @@ where
         };
         let key = key.to_lowercase();
         let Some((name, kind)) = FIELDS.iter().find(|(k, _)| *k == key) else {
-            if !var.starts_with("RELAY_TEST_") {
+            if !var.starts_with("RELAY_TEST_") && !OTHER_VARS.contains(&var.as_str()) {
                 unknown_env.push(var);
             }
             continue;
@@ -615,7 +619,15 @@ mod tests {
 
     #[test]
     fn typos_are_reported_not_ignored() {
-        let r = resolve(None, env(&[("RELAY_PG_ULR", "x"), ("RELAY_TEST_BIN", "y")])).unwrap();
+        let r = resolve(
+            None,
+            env(&[
+                ("RELAY_PG_ULR", "x"),
+                ("RELAY_TEST_BIN", "y"),
+                ("RELAY_LOG", "debug"),
+            ]),
+        )
+        .unwrap();
         assert_eq!(r.unknown_env, ["RELAY_PG_ULR"]);
         let err = resolve(Some(("relay.toml", "slott = 'x'")), env(&[])).unwrap_err();
         let msg = err.to_string();

@@ -8,7 +8,11 @@
 //! tracker) lives in plain modules with unit and property tests; the I/O
 //! around it stays thin.
 
+pub mod catalog;
+pub mod check;
 pub mod cli;
 pub mod config;
+pub mod ops;
+pub mod pg;
 pub mod template;
 pub mod tracker;

@@ -1,15 +1,130 @@
-//! The `outbox-relay` binary: parses the command line and hands off to the
-//! library. Errors reach the user through anyhow, one line each.
+//! The `outbox-relay` binary: parses the command line, resolves the
+//! settings, sets up logging and hands off to the library. Errors reach the
+//! user through anyhow, one line each, and a non-zero exit.
 
+use std::process::ExitCode;
+
+use anyhow::Context;
 use clap::Parser;
-use outbox_relay::cli::{Cli, Command};
+use outbox_relay::cli::{Cli, Command, LogFormatArg};
+use outbox_relay::config::{self, LogFormat, Resolved};
+use outbox_relay::{check, ops};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let resolved = load_settings(&cli)?;
+    init_logging(&cli, &resolved);
+    for var in &resolved.unknown_env {
+        tracing::warn!(variable = %var, "ignoring an environment variable that names no setting (see `outbox-relay config`)");
+    }
+    let settings = resolved.settings.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     match cli.command {
+        Command::Config => {
+            for (key, value) in settings.redacted() {
+                let source = resolved
+                    .sources
+                    .get(key)
+                    .copied()
+                    .unwrap_or(config::Source::Default);
+                println!(
+                    "{key:<22} {value:<40} ({source}, {})",
+                    config::env_name(key)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check => {
+            let lines = runtime.block_on(check::preflight(&settings));
+            print!("{}", check::render(&lines));
+            Ok(if lines.iter().any(|l| l.failed()) {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Setup {
+            print_sql: true,
+            role,
+        } => {
+            print!("{}", ops::setup_sql(&settings, &role)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Setup { .. } => {
+            require_pg_url(&settings)?;
+            for line in runtime.block_on(ops::setup(&settings))? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            require_pg_url(&settings)?;
+            let status = runtime.block_on(ops::status(&settings))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run { .. } => anyhow::bail!(
             "`outbox-relay run` is not available in this build yet: the pipeline has not landed \
              (see the README's status section)"
         ),
+    }
+}
+
+fn require_pg_url(settings: &config::Settings) -> anyhow::Result<()> {
+    if settings.pg_url.as_deref().is_none_or(str::is_empty) {
+        anyhow::bail!(
+            "pg_url is not set: set RELAY_PG_URL or `pg_url = \"...\"` in the config file"
+        );
+    }
+    Ok(())
+}
+
+fn load_settings(cli: &Cli) -> anyhow::Result<Resolved> {
+    let file = match &cli.global.config {
+        Some(path) => Some((
+            path.display().to_string(),
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?,
+        )),
+        None => None,
+    };
+    Ok(config::resolve(
+        file.as_ref().map(|(p, t)| (p.as_str(), t.as_str())),
+        std::env::vars(),
+    )?)
+}
+
+fn init_logging(cli: &Cli, resolved: &Resolved) {
+    let format = match cli.global.log_format {
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        Some(LogFormatArg::Text) => LogFormat::Text,
+        None => resolved.settings.log_format,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RELAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
     }
 }

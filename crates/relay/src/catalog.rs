@@ -1,0 +1,402 @@
+//! What the relay asks PostgreSQL's catalog over the ordinary (control)
+//! connection: server settings, the role's rights, the outbox table and its
+//! columns, the publication and the slot; and the two things it may create
+//! (the publication, the slot through SQL for `setup`).
+//!
+//! Used by start-up (`run`), the preflight (`check`), `setup` and `status`,
+//! so that each states the same facts the same way. Every query returns
+//! plain values (LSNs as text, parsed into [`Lsn`]) and every failure says
+//! what to do.
+
+use pgoutput::Lsn;
+use tokio_postgres::Client;
+
+/// A catalog query failed, or the catalog says something is missing.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The query itself failed.
+    #[error("{what}: {source}")]
+    Query {
+        /// What the relay was asking.
+        what: &'static str,
+        /// The driver's error (carries SQLSTATE and message).
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The table name is not `schema.table` or `table`.
+    #[error("table {0:?}: expected `schema.table` or `table` (e.g. public.outbox)")]
+    TableName(String),
+}
+
+fn query(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> CatalogError {
+    move |source| CatalogError::Query { what, source }
+}
+
+/// A schema-qualified table name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    /// The schema (default `public`).
+    pub schema: String,
+    /// The table.
+    pub name: String,
+}
+
+impl TableName {
+    /// Parses `schema.table` or `table` (in schema public). Double quotes
+    /// around either part are removed; unquoted parts are taken as written
+    /// (PostgreSQL folds unquoted names to lower case: write them so).
+    pub fn parse(text: &str) -> Result<TableName, CatalogError> {
+        let unquote = |s: &str| s.trim().trim_matches('"').to_string();
+        let (schema, name) = match text.split_once('.') {
+            Some((s, n)) => (unquote(s), unquote(n)),
+            None => ("public".to_string(), unquote(text)),
+        };
+        if schema.is_empty() || name.is_empty() || name.contains('.') {
+            return Err(CatalogError::TableName(text.to_string()));
+        }
+        Ok(TableName { schema, name })
+    }
+
+    /// The name quoted for SQL: `"schema"."table"`.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+impl std::fmt::Display for TableName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// Quotes an SQL identifier (doubling embedded quotes).
+pub fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// Quotes an SQL string literal.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The server settings logical replication depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// `server_version_num`, e.g. 150019.
+    pub version_num: i32,
+    /// `wal_level`.
+    pub wal_level: String,
+    /// `max_replication_slots`.
+    pub max_replication_slots: i64,
+    /// Slots that exist.
+    pub used_slots: i64,
+    /// `max_wal_senders`.
+    pub max_wal_senders: i64,
+    /// walsenders running.
+    pub used_wal_senders: i64,
+    /// `wal_sender_timeout` in milliseconds (0 = disabled).
+    pub wal_sender_timeout_ms: i64,
+}
+
+/// Reads [`ServerSettings`].
+pub async fn server_settings(client: &Client) -> Result<ServerSettings, CatalogError> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int4,
+                    current_setting('wal_level'),
+                    current_setting('max_replication_slots')::int8,
+                    (SELECT count(*) FROM pg_replication_slots),
+                    current_setting('max_wal_senders')::int8,
+                    (SELECT count(*) FROM pg_stat_replication),
+                    (SELECT setting::int8 FROM pg_settings WHERE name = 'wal_sender_timeout')",
+            &[],
+        )
+        .await
+        .map_err(query("reading server settings"))?;
+    Ok(ServerSettings {
+        version_num: row.get(0),
+        wal_level: row.get(1),
+        max_replication_slots: row.get(2),
+        used_slots: row.get(3),
+        max_wal_senders: row.get(4),
+        used_wal_senders: row.get(5),
+        wal_sender_timeout_ms: row.get(6),
+    })
+}
+
+/// The connected role's rights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleRights {
+    /// `current_user`.
+    pub name: String,
+    /// rolsuper.
+    pub superuser: bool,
+    /// rolreplication.
+    pub replication: bool,
+}
+
+/// Reads the connected role's rights.
+pub async fn role_rights(client: &Client) -> Result<RoleRights, CatalogError> {
+    let row = client
+        .query_one(
+            "SELECT rolname::text, rolsuper, rolreplication FROM pg_roles
+             WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(query("reading the role's attributes"))?;
+    Ok(RoleRights {
+        name: row.get(0),
+        superuser: row.get(1),
+        replication: row.get(2),
+    })
+}
+
+/// One column of the outbox table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Its name.
+    pub name: String,
+    /// Its type, as `format_type` prints it (`jsonb`, `text`, `uuid`, ...).
+    pub type_name: String,
+    /// NOT NULL.
+    pub not_null: bool,
+}
+
+/// The outbox table as the catalog knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    /// Its columns in order (dropped ones left out).
+    pub columns: Vec<Column>,
+    /// Whether the connected role may SELECT from it.
+    pub can_select: bool,
+    /// The replica identity: 'd' default, 'n' nothing, 'f' full, 'i' index.
+    pub replica_identity: char,
+}
+
+impl TableInfo {
+    /// The column with this name.
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// Reads the table's columns and privileges; `None` if it does not exist.
+pub async fn table_info(
+    client: &Client,
+    table: &TableName,
+) -> Result<Option<TableInfo>, CatalogError> {
+    let rel = client
+        .query_opt(
+            "SELECT c.oid, has_table_privilege(c.oid, 'SELECT'), c.relreplident::text
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(query("looking up the outbox table"))?;
+    let Some(rel) = rel else {
+        return Ok(None);
+    };
+    let oid: u32 = rel.get(0);
+    let columns = client
+        .query(
+            "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull
+             FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped
+             ORDER BY attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(query("reading the outbox table's columns"))?
+        .iter()
+        .map(|r| Column {
+            name: r.get(0),
+            type_name: r.get(1),
+            not_null: r.get(2),
+        })
+        .collect();
+    let replident: String = rel.get(2);
+    Ok(Some(TableInfo {
+        columns,
+        can_select: rel.get(1),
+        replica_identity: replident.chars().next().unwrap_or('d'),
+    }))
+}
+
+/// A publication as the catalog knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicationInfo {
+    /// Whether it publishes INSERTs.
+    pub publishes_inserts: bool,
+    /// Whether it covers the outbox table (FOR TABLE, FOR ALL TABLES or a
+    /// schema).
+    pub covers_table: bool,
+}
+
+/// Reads a publication; `None` if it does not exist.
+pub async fn publication_info(
+    client: &Client,
+    publication: &str,
+    table: &TableName,
+) -> Result<Option<PublicationInfo>, CatalogError> {
+    let row = client
+        .query_opt(
+            "SELECT p.pubinsert,
+                    EXISTS (SELECT 1 FROM pg_publication_tables t
+                            WHERE t.pubname = p.pubname AND t.schemaname = $2
+                              AND t.tablename = $3)
+             FROM pg_publication p WHERE p.pubname = $1",
+            &[&publication, &table.schema, &table.name],
+        )
+        .await
+        .map_err(query("looking up the publication"))?;
+    Ok(row.map(|r| PublicationInfo {
+        publishes_inserts: r.get(0),
+        covers_table: r.get(1),
+    }))
+}
+
+/// Creates `publication` FOR TABLE `table` (INSERTs only: the relay ignores
+/// the rest, and not publishing them spares the walsender the work).
+pub async fn create_publication(
+    client: &Client,
+    publication: &str,
+    table: &TableName,
+) -> Result<(), CatalogError> {
+    client
+        .batch_execute(&create_publication_sql(publication, table))
+        .await
+        .map_err(query("creating the publication"))
+}
+
+/// The SQL that creates the relay's publication.
+pub fn create_publication_sql(publication: &str, table: &TableName) -> String {
+    format!(
+        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert')",
+        quote_ident(publication),
+        table.quoted()
+    )
+}
+
+/// A replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// The output plugin (`pgoutput` for ours; NULL for physical slots).
+    pub plugin: Option<String>,
+    /// `logical` or `physical`.
+    pub slot_type: String,
+    /// The database of a logical slot.
+    pub database: Option<String>,
+    /// Whether a process is streaming from it.
+    pub active: bool,
+    /// That process.
+    pub active_pid: Option<i32>,
+    /// Where a consumer resumes: everything before it was acknowledged.
+    pub confirmed_flush_lsn: Option<Lsn>,
+    /// The oldest WAL the slot keeps.
+    pub restart_lsn: Option<Lsn>,
+    /// `reserved`, `extended`, `unreserved` or `lost`.
+    pub wal_status: Option<String>,
+    /// Whether the slot decodes prepared transactions at PREPARE time.
+    pub two_phase: bool,
+}
+
+/// Reads a slot; `None` if it does not exist.
+pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, CatalogError> {
+    let row = client
+        .query_opt(
+            "SELECT plugin::text, slot_type, database::text, active, active_pid,
+                    confirmed_flush_lsn::text, restart_lsn::text, wal_status, two_phase
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(query("looking up the replication slot"))?;
+    Ok(row.map(|r| {
+        let lsn = |i: usize| {
+            r.get::<_, Option<String>>(i)
+                .and_then(|s| s.parse::<Lsn>().ok())
+        };
+        SlotInfo {
+            plugin: r.get(0),
+            slot_type: r.get(1),
+            database: r.get(2),
+            active: r.get(3),
+            active_pid: r.get(4),
+            confirmed_flush_lsn: lsn(5),
+            restart_lsn: lsn(6),
+            wal_status: r.get(7),
+            two_phase: r.get(8),
+        }
+    }))
+}
+
+/// The server's current WAL positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalPosition {
+    /// `pg_current_wal_lsn()`: written so far.
+    pub current: Lsn,
+    /// `pg_current_wal_insert_lsn()`: inserted so far (can be ahead of
+    /// `current` with synchronous_commit off).
+    pub insert: Lsn,
+}
+
+/// Reads the server's WAL positions (fails on a standby in recovery).
+pub async fn wal_position(client: &Client) -> Result<WalPosition, CatalogError> {
+    let row = client
+        .query_one(
+            "SELECT pg_current_wal_lsn()::text, pg_current_wal_insert_lsn()::text",
+            &[],
+        )
+        .await
+        .map_err(query("reading the current WAL position"))?;
+    let parse = |i: usize| row.get::<_, String>(i).parse::<Lsn>().unwrap_or(Lsn::ZERO);
+    Ok(WalPosition {
+        current: parse(0),
+        insert: parse(1),
+    })
+}
+
+/// The name of the database the client is connected to.
+pub async fn current_database(client: &Client) -> Result<String, CatalogError> {
+    client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map(|r| r.get(0))
+        .map_err(query("reading the current database"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_parse_with_or_without_schema() {
+        assert_eq!(
+            TableName::parse("public.outbox").unwrap(),
+            TableName {
+                schema: "public".into(),
+                name: "outbox".into()
+            }
+        );
+        assert_eq!(TableName::parse("outbox").unwrap().schema, "public");
+        assert_eq!(
+            TableName::parse("\"Billing\".\"Out Box\"")
+                .unwrap()
+                .quoted(),
+            "\"Billing\".\"Out Box\""
+        );
+        assert!(TableName::parse("a.b.c").is_err());
+        assert!(TableName::parse(".x").is_err());
+    }
+
+    #[test]
+    fn quoting_doubles_embedded_quotes() {
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(
+            create_publication_sql("outbox_relay", &TableName::parse("public.outbox").unwrap()),
+            "CREATE PUBLICATION \"outbox_relay\" FOR TABLE \"public\".\"outbox\" WITH (publish = 'insert')"
+        );
+    }
+}

@@ -1,0 +1,233 @@
+//! The operator commands against a real PostgreSQL and RabbitMQ, run as the
+//! real binary: `check` passes on a ready setup and fails with the right
+//! line for each missing prerequisite; `setup` is idempotent; `status`
+//! reports the slot; `config` shows sources and never a password.
+
+use std::time::Duration;
+
+use e2e::{amqp, PgCluster, RelayProcess};
+
+const OUTBOX_SQL: &str = include_str!("../../sql/outbox.sql");
+
+/// Runs `outbox-relay <args>` to completion with these settings; returns
+/// (success, output).
+fn relay(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let mut p = RelayProcess::spawn(args, env).expect("start outbox-relay");
+    let status = p.wait(Duration::from_secs(60)).expect("outbox-relay exits");
+    (status.success(), p.output())
+}
+
+fn ready_cluster() -> PgCluster {
+    let pg = PgCluster::start().expect("start cluster");
+    pg.psql(OUTBOX_SQL).expect("load sql/outbox.sql");
+    pg
+}
+
+fn line<'a>(output: &'a str, start: &str) -> &'a str {
+    output
+        .lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("no line starting with {start:?} in:\n{output}"))
+}
+
+#[test]
+fn check_passes_when_every_prerequisite_is_met() {
+    let pg = ready_cluster();
+    let url = pg.url();
+    let amqp = amqp::amqp_url();
+    let (ok, out) = relay(
+        &["check"],
+        &[("RELAY_PG_URL", &url), ("RELAY_AMQP_URL", &amqp)],
+    );
+    assert!(ok, "{out}");
+    for name in [
+        "postgres",
+        "wal_level",
+        "slots",
+        "wal_senders",
+        "role",
+        "table",
+        "columns",
+        "publication",
+        "slot",
+        "rabbitmq",
+        "exchange",
+    ] {
+        assert!(
+            line(&out, &format!("ok    {name} ")).len() > 6,
+            "{name} did not pass:\n{out}"
+        );
+    }
+    assert!(out.contains("all 11 checks passed"), "{out}");
+}
+
+#[test]
+fn check_fails_with_the_fix_when_wal_level_is_replica() {
+    let pg = PgCluster::builder()
+        .setting("wal_level", "replica")
+        .start()
+        .unwrap();
+    pg.psql(OUTBOX_SQL).unwrap();
+    let (ok, out) = relay(
+        &["check"],
+        &[
+            ("RELAY_PG_URL", &pg.url()),
+            ("RELAY_AMQP_URL", &amqp::amqp_url()),
+        ],
+    );
+    assert!(!ok, "{out}");
+    let l = line(&out, "FAIL  wal_level");
+    assert!(l.contains("wal_level is 'replica'"), "{l}");
+    assert!(l.contains("set wal_level = logical"), "{l}");
+}
+
+#[test]
+fn check_fails_with_the_fix_when_the_role_lacks_replication() {
+    let pg = ready_cluster();
+    pg.psql("CREATE ROLE app LOGIN; GRANT SELECT ON outbox TO app")
+        .unwrap();
+    let (ok, out) = relay(
+        &["check"],
+        &[
+            ("RELAY_PG_URL", &pg.url_for("app", None, "postgres")),
+            ("RELAY_AMQP_URL", &amqp::amqp_url()),
+        ],
+    );
+    assert!(!ok, "{out}");
+    let l = line(&out, "FAIL  role");
+    assert!(l.contains("lacks the REPLICATION attribute"), "{l}");
+    assert!(l.contains("ALTER ROLE \"app\" WITH REPLICATION"), "{l}");
+    line(&out, "ok    table");
+}
+
+#[test]
+fn check_fails_with_the_fix_when_the_table_is_missing() {
+    let pg = PgCluster::start().unwrap();
+    let (ok, out) = relay(
+        &["check"],
+        &[
+            ("RELAY_PG_URL", &pg.url()),
+            ("RELAY_AMQP_URL", &amqp::amqp_url()),
+        ],
+    );
+    assert!(!ok, "{out}");
+    let l = line(&out, "FAIL  table");
+    assert!(l.contains("public.outbox does not exist"), "{l}");
+    assert!(l.contains("sql/outbox.sql"), "{l}");
+}
+
+#[test]
+fn check_fails_with_the_fix_when_rabbitmq_is_down() {
+    let pg = ready_cluster();
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("amqp://guest:secretpw@127.0.0.1:{port}/%2f");
+    let (ok, out) = relay(
+        &["check"],
+        &[("RELAY_PG_URL", &pg.url()), ("RELAY_AMQP_URL", &url)],
+    );
+    assert!(!ok, "{out}");
+    let l = line(&out, "FAIL  rabbitmq");
+    assert!(l.contains("cannot connect"), "{l}");
+    assert!(l.contains("check amqp_url"), "{l}");
+    assert!(!out.contains("secretpw"), "the password leaked:\n{out}");
+    line(&out, "skip  exchange");
+}
+
+#[test]
+fn setup_creates_publication_and_slot_once_and_status_reports_them() {
+    let pg = ready_cluster();
+    let env = [("RELAY_PG_URL", pg.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    let (ok, out) = relay(&["setup"], &env);
+    assert!(ok, "{out}");
+    assert!(out.contains("created publication outbox_relay"), "{out}");
+    assert!(out.contains("created slot outbox_relay"), "{out}");
+    let (ok, again) = relay(&["setup"], &env);
+    assert!(ok, "{again}");
+    assert!(again.contains("publication outbox_relay exists"), "{again}");
+    assert!(again.contains("slot outbox_relay exists"), "{again}");
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM pg_replication_slots")
+            .unwrap(),
+        "1"
+    );
+
+    // 100 rows written after the slot: status shows the lag.
+    pg.psql(
+        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+         SELECT 'order', g::text, 'created', '{}' FROM generate_series(1, 100) g",
+    )
+    .unwrap();
+    let (ok, json) = relay(&["status", "--json"], &env);
+    assert!(ok, "{json}");
+    let start = json.find('{').expect("json output");
+    let v: serde_json::Value = serde_json::from_str(&json[start..]).expect(&json);
+    assert_eq!(v["slot"], "outbox_relay");
+    assert_eq!(v["active"], false);
+    assert!(v["lag_bytes"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["retained_wal_bytes"].as_u64().unwrap() >= v["lag_bytes"].as_u64().unwrap());
+    let (ok, text) = relay(&["status"], &env);
+    assert!(ok, "{text}");
+    assert!(line(&text, "lag").contains("bytes"), "{text}");
+}
+
+#[test]
+fn setup_print_sql_changes_nothing_and_grants_only_what_is_needed() {
+    let (ok, out) = relay(&["setup", "--print-sql", "--role", "relay_ro"], &[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("CREATE ROLE \"relay_ro\" WITH LOGIN REPLICATION"),
+        "{out}"
+    );
+    assert!(
+        out.contains("GRANT SELECT ON \"public\".\"outbox\" TO \"relay_ro\""),
+        "{out}"
+    );
+    assert!(out.contains("CREATE PUBLICATION \"outbox_relay\""), "{out}");
+    // The printed SQL runs as is on a fresh server (but for the database
+    // name), statement by statement as `psql -f` runs it.
+    let pg = ready_cluster();
+    let sql = out.replace("mydb", "postgres");
+    for statement in sql
+        .split(";\n")
+        .filter(|s| s.contains(|c: char| c.is_ascii_uppercase()))
+    {
+        pg.psql(statement).expect("printed SQL runs");
+    }
+    assert_eq!(
+        pg.psql("SELECT rolreplication FROM pg_roles WHERE rolname = 'relay_ro'")
+            .unwrap(),
+        "t"
+    );
+}
+
+#[test]
+fn config_shows_each_source_and_never_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    std::fs::write(&file, "slot = \"from_file\"\nwindow_messages = 64\n").unwrap();
+    let (ok, out) = relay(
+        &["config", "--config", file.to_str().unwrap()],
+        &[
+            ("RELAY_PG_URL", "postgres://relay:hunter2@db:5432/app"),
+            ("RELAY_WINDOW_MESSAGES", "128"),
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(!out.contains("hunter2"), "password printed:\n{out}");
+    assert!(line(&out, "pg_url").contains("relay:***@db"), "{out}");
+    assert!(
+        line(&out, "pg_url").contains("(env, RELAY_PG_URL)"),
+        "{out}"
+    );
+    assert!(line(&out, "slot ").contains("from_file"), "{out}");
+    assert!(line(&out, "slot ").contains("(file,"), "{out}");
+    assert!(line(&out, "window_messages").contains("128"), "{out}");
+    assert!(line(&out, "table").contains("(default,"), "{out}");
+}
