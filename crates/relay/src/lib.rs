@@ -13,6 +13,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod mapping;
+pub mod metrics;
 pub mod ops;
 pub mod pg;
 pub mod pgtext;
