@@ -1,9 +1,57 @@
 //! walstream: one streaming replication connection to PostgreSQL.
 //!
 //! It owns the replication protocol from the startup packet to standby status
-//! updates: connect and authenticate, IDENTIFY_SYSTEM, slot checks,
-//! START_REPLICATION, XLogData and keepalive handling, and the feedback that
-//! tells the server which LSN is durable downstream. It yields WAL frames and
+//! updates: connect and authenticate (trust, password, md5, SCRAM-SHA-256
+//! with channel binding over TLS), IDENTIFY_SYSTEM, slot creation, checks and
+//! removal, START_REPLICATION, XLogData and keepalive frames, and the
+//! feedback that tells the server which LSN is durable downstream. It yields
+//! WAL frames (payloads undecoded: that is the `pgoutput` crate's job) and
 //! takes flush-LSN acknowledgements; it knows nothing of RabbitMQ.
 //!
-//! The connection lands with its own issue; this crate is the place it lives.
+//! ```no_run
+//! # async fn run() -> Result<(), walstream::Error> {
+//! use walstream::{Frame, ReplicationClient, ReplicationConfig, StartOptions};
+//! let config: ReplicationConfig = "postgres://relay@db/shop?sslmode=verify-full".parse()?;
+//! let client = ReplicationClient::connect(&config).await?;
+//! let (mut stream, acks) = client
+//!     .start_replication("outbox_relay", pgoutput::Lsn::ZERO, StartOptions::new(["outbox_relay"]))
+//!     .await?;
+//! loop {
+//!     match stream.next().await? {
+//!         Frame::XLogData(x) => { /* decode x.data; ack the commit's end_lsn once durable */ }
+//!         Frame::Keepalive(k) => acks.ack(k.wal_end), // only with nothing in flight
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! Errors say whether a reconnect makes sense ([`Error::is_retryable`]);
+//! reconnecting is the caller's choice, and a new stream resumes after the
+//! last acked LSN.
+//!
+//! One thing to know about server shutdowns: a PostgreSQL walsender waits,
+//! at a clean shutdown, until the client has flushed everything it sent. A
+//! consumer that acks keepalives when it has nothing in flight lets the
+//! server shut down promptly.
+
+mod client;
+mod config;
+mod connect;
+mod control;
+mod error;
+mod feedback;
+mod pgpass;
+mod stream;
+mod tls;
+mod wire;
+
+pub use client::{
+    CreateSlotOptions, CreatedSlot, ReplicationClient, SnapshotAction, StartOptions, SystemIdentity,
+};
+pub use config::{ChannelBinding, Host, ReplicationConfig, SslMode};
+pub use connect::AuthMethod;
+pub use control::{connect_control, SlotState};
+pub use error::{DbError, Error};
+pub use feedback::AckHandle;
+pub use pgoutput::{Lsn, PgTimestamp};
+pub use stream::{Frame, Keepalive, ReplicationStream, XLogData};

@@ -1,0 +1,327 @@
+//! The control connection: an ordinary tokio-postgres session with the same
+//! settings (TLS included) as the replication connection, for what the
+//! replication protocol does not carry or some managed servers refuse on a
+//! replication connection: `wal_sender_timeout`, `wal_level`, and the state
+//! of a slot in `pg_replication_slots`.
+
+use std::time::Duration;
+
+use crate::config::{ChannelBinding, Host, ReplicationConfig, SslMode};
+use crate::error::Error;
+use crate::pgpass;
+use crate::tls::TlsSetup;
+use pgoutput::Lsn;
+
+/// Opens an ordinary (non-replication) session with the same settings as
+/// the replication connection, and spawns its connection task on the current
+/// runtime. For catalog checks, publications and the like.
+pub async fn connect_control(config: &ReplicationConfig) -> Result<tokio_postgres::Client, Error> {
+    use tokio_postgres::config::{ChannelBinding as PgCb, SslMode as PgSsl};
+    let mut pg = tokio_postgres::Config::new();
+    pg.user(config.user())
+        .dbname(config.dbname())
+        .port(config.port())
+        .application_name(config.application_name().unwrap_or("walstream"));
+    match config.host() {
+        Host::Tcp(h) => pg.host(h),
+        Host::Unix(dir) => pg.host_path(dir),
+    };
+    if let Some(addr) = config.hostaddr() {
+        pg.hostaddr(addr);
+    }
+    match config.password() {
+        Some(p) => {
+            pg.password(p.expose());
+        }
+        None => {
+            if let Some(p) = pgpass::lookup(config) {
+                pg.password(p);
+            }
+        }
+    }
+    if let Some(t) = config.connect_timeout() {
+        pg.connect_timeout(t);
+    }
+    if let Some(options) = config.options() {
+        pg.options(options);
+    }
+    match config.tcp_keepalive() {
+        Some((idle, interval, count)) => {
+            pg.keepalives(true)
+                .keepalives_idle(idle)
+                .keepalives_interval(interval)
+                .keepalives_retries(count);
+        }
+        None => {
+            pg.keepalives(false);
+        }
+    }
+    pg.channel_binding(match config.channel_binding() {
+        ChannelBinding::Disable => PgCb::Disable,
+        ChannelBinding::Prefer => PgCb::Prefer,
+        ChannelBinding::Require => PgCb::Require,
+    });
+    let connected = match TlsSetup::new(config)? {
+        Some(tls) => {
+            pg.ssl_mode(match config.sslmode() {
+                SslMode::Prefer => PgSsl::Prefer,
+                _ => PgSsl::Require,
+            });
+            pg.connect(tls.make_tls_connect())
+                .await
+                .map(|(client, conn)| spawn_connection(client, conn))
+        }
+        None => {
+            pg.ssl_mode(PgSsl::Disable);
+            pg.connect(tokio_postgres::NoTls)
+                .await
+                .map(|(client, conn)| spawn_connection(client, conn))
+        }
+    };
+    connected.map_err(|e| Error::control("opening the control connection", e))
+}
+
+fn spawn_connection<S, T>(
+    client: tokio_postgres::Client,
+    connection: tokio_postgres::Connection<S, T>,
+) -> tokio_postgres::Client
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "control connection ended");
+        }
+    });
+    client
+}
+
+/// A replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotState {
+    name: String,
+    plugin: Option<String>,
+    slot_type: String,
+    database: Option<String>,
+    active_pid: Option<i32>,
+    confirmed_flush_lsn: Option<Lsn>,
+    restart_lsn: Option<Lsn>,
+    wal_status: Option<String>,
+}
+
+impl SlotState {
+    /// The slot's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The output plugin (`pgoutput`), `None` for a physical slot.
+    pub fn plugin(&self) -> Option<&str> {
+        self.plugin.as_deref()
+    }
+
+    /// `logical` or `physical`.
+    pub fn slot_type(&self) -> &str {
+        &self.slot_type
+    }
+
+    /// The database a logical slot decodes.
+    pub fn database(&self) -> Option<&str> {
+        self.database.as_deref()
+    }
+
+    /// The PID of the walsender streaming from it, if one is.
+    pub fn active_pid(&self) -> Option<i32> {
+        self.active_pid
+    }
+
+    /// Everything up to here is acknowledged; a stream resumes after it.
+    pub fn confirmed_flush_lsn(&self) -> Option<Lsn> {
+        self.confirmed_flush_lsn
+    }
+
+    /// The oldest WAL the slot keeps.
+    pub fn restart_lsn(&self) -> Option<Lsn> {
+        self.restart_lsn
+    }
+
+    /// `reserved`, `extended`, `unreserved` or `lost` (invalidated).
+    pub fn wal_status(&self) -> Option<&str> {
+        self.wal_status.as_deref()
+    }
+
+    /// Refuses a slot walstream cannot stream as pgoutput for `dbname`, or
+    /// that another process is streaming from.
+    pub fn check_usable(&self, dbname: &str) -> Result<(), Error> {
+        let unusable = |reason: String| {
+            Err(Error::SlotUnusable {
+                slot: self.name.clone(),
+                reason,
+            })
+        };
+        if self.slot_type != "logical" {
+            return unusable(format!(
+                "it is a {} slot; walstream needs a logical slot with plugin pgoutput: create one \
+                 (create_slot, or pg_create_logical_replication_slot('<name>', 'pgoutput'))",
+                self.slot_type
+            ));
+        }
+        if self.plugin.as_deref() != Some("pgoutput") {
+            return unusable(format!(
+                "its plugin is {:?}, not pgoutput; drop it and create it again with pgoutput, or \
+                 use another slot",
+                self.plugin.as_deref().unwrap_or("")
+            ));
+        }
+        if let Some(db) = self.database.as_deref().filter(|db| *db != dbname) {
+            return unusable(format!(
+                "it decodes database {db:?}, not {dbname:?}; connect to {db:?} or use a slot of \
+                 {dbname:?}"
+            ));
+        }
+        if self.wal_status.as_deref() == Some("lost") {
+            return unusable(
+                "it was invalidated: the WAL it needed was removed (max_slot_wal_keep_size); \
+                 drop it, create it again, and re-sync what was missed"
+                    .into(),
+            );
+        }
+        if let Some(pid) = self.active_pid {
+            return Err(Error::SlotActive {
+                slot: self.name.clone(),
+                pid,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn parse_lsn(during: &'static str, text: Option<String>) -> Result<Option<Lsn>, Error> {
+    text.map(|t| {
+        t.parse::<Lsn>()
+            .map_err(|e| Error::protocol(during, e.to_string()))
+    })
+    .transpose()
+}
+
+/// The slot's row in `pg_replication_slots`, `None` if there is no such
+/// slot.
+pub(crate) async fn slot_state(
+    client: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<Option<SlotState>, Error> {
+    const DURING: &str = "reading pg_replication_slots";
+    let row = client
+        .query_opt(
+            "SELECT slot_name::text, plugin::text, slot_type, database::text, active_pid, \
+                    confirmed_flush_lsn::text, restart_lsn::text, wal_status \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| Error::control(DURING, e))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let get = |i: usize| -> Result<Option<String>, Error> {
+        row.try_get::<_, Option<String>>(i)
+            .map_err(|e| Error::control(DURING, e))
+    };
+    Ok(Some(SlotState {
+        name: get(0)?.unwrap_or_default(),
+        plugin: get(1)?,
+        slot_type: get(2)?.unwrap_or_default(),
+        database: get(3)?,
+        active_pid: row
+            .try_get::<_, Option<i32>>(4)
+            .map_err(|e| Error::control(DURING, e))?,
+        confirmed_flush_lsn: parse_lsn(DURING, get(5)?)?,
+        restart_lsn: parse_lsn(DURING, get(6)?)?,
+        wal_status: get(7)?,
+    }))
+}
+
+/// The server's `wal_sender_timeout` (`None` when 0, i.e. disabled).
+pub(crate) async fn wal_sender_timeout(
+    client: &tokio_postgres::Client,
+) -> Result<Option<Duration>, Error> {
+    const DURING: &str = "reading wal_sender_timeout";
+    let row = client
+        .query_one(
+            "SELECT setting FROM pg_settings WHERE name = 'wal_sender_timeout'",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::control(DURING, e))?;
+    let ms: String = row.try_get(0).map_err(|e| Error::control(DURING, e))?;
+    let ms: u64 = ms.trim().parse().map_err(|_| {
+        Error::protocol(
+            DURING,
+            format!("wal_sender_timeout is {ms:?}, not milliseconds"),
+        )
+    })?;
+    Ok((ms > 0).then(|| Duration::from_millis(ms)))
+}
+
+/// The server's `wal_level`.
+pub(crate) async fn wal_level(client: &tokio_postgres::Client) -> Result<String, Error> {
+    const DURING: &str = "reading wal_level";
+    let row = client
+        .query_one("SELECT current_setting('wal_level')", &[])
+        .await
+        .map_err(|e| Error::control(DURING, e))?;
+    row.try_get(0).map_err(|e| Error::control(DURING, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot() -> SlotState {
+        SlotState {
+            name: "outbox".into(),
+            plugin: Some("pgoutput".into()),
+            slot_type: "logical".into(),
+            database: Some("shop".into()),
+            active_pid: None,
+            confirmed_flush_lsn: Some(Lsn::from_u64(0x100)),
+            restart_lsn: Some(Lsn::from_u64(0x80)),
+            wal_status: Some("reserved".into()),
+        }
+    }
+
+    #[test]
+    fn only_an_idle_pgoutput_slot_of_this_database_is_usable() {
+        assert!(slot().check_usable("shop").is_ok());
+        let refused = |s: SlotState| s.check_usable("shop").unwrap_err();
+        let e = refused(SlotState {
+            plugin: Some("test_decoding".into()),
+            ..slot()
+        });
+        assert!(!e.is_retryable());
+        assert!(e.to_string().contains("plugin is \"test_decoding\""), "{e}");
+        let e = refused(SlotState {
+            active_pid: Some(77),
+            ..slot()
+        });
+        assert!(e.is_retryable());
+        assert!(e.to_string().contains("is active for PID 77"), "{e}");
+        let e = refused(SlotState {
+            database: Some("other".into()),
+            ..slot()
+        });
+        assert!(e.to_string().contains("decodes database \"other\""), "{e}");
+        let e = refused(SlotState {
+            wal_status: Some("lost".into()),
+            ..slot()
+        });
+        assert!(e.to_string().contains("invalidated"), "{e}");
+        let e = refused(SlotState {
+            slot_type: "physical".into(),
+            plugin: None,
+            ..slot()
+        });
+        assert!(e.to_string().contains("physical slot"), "{e}");
+    }
+}
