@@ -5,4 +5,5 @@
 
 mod kit;
 mod ops;
+mod relay;
 mod smoke;

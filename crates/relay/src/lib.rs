@@ -17,5 +17,6 @@ pub mod metrics;
 pub mod ops;
 pub mod pg;
 pub mod pgtext;
+pub mod pipeline;
 pub mod template;
 pub mod tracker;

@@ -3,12 +3,16 @@
 //! user through anyhow, one line each, and a non-zero exit.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 use outbox_relay::cli::{Cli, Command, LogFormatArg};
 use outbox_relay::config::{self, LogFormat, Resolved};
-use outbox_relay::{check, ops};
+use outbox_relay::metrics::{self, Health, Metrics};
+use outbox_relay::{check, ops, pipeline};
+use tokio::sync::watch;
+use tracing::Instrument;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -81,10 +85,73 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { .. } => anyhow::bail!(
-            "`outbox-relay run` is not available in this build yet: the pipeline has not landed \
-             (see the README's status section)"
-        ),
+        Command::Run { no_standby } => {
+            runtime.block_on(run_relay(settings, no_standby))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `outbox-relay run`: metrics endpoint, signal handling, the pipeline.
+async fn run_relay(settings: config::Settings, no_standby: bool) -> anyhow::Result<()> {
+    let (metrics, registry) = Metrics::new();
+    let health = Arc::new(Health::default());
+    let (stop, shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!(
+            "stop requested; finishing in-flight work (send the signal again to exit at once)"
+        );
+        let _ = stop.send(true);
+        wait_for_signal().await;
+        tracing::warn!("second stop signal: exiting without waiting");
+        std::process::exit(130);
+    });
+    if !settings.metrics_addr.trim().is_empty() {
+        let addr: std::net::SocketAddr = settings.metrics_addr.parse().with_context(|| {
+            format!(
+                "metrics_addr {:?} is not host:port (e.g. 127.0.0.1:9187); empty disables it",
+                settings.metrics_addr
+            )
+        })?;
+        let mut stopped = shutdown.clone();
+        let (bound, _server) = metrics::serve(addr, registry, health.clone(), async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
+        .await
+        .with_context(|| format!("serving metrics on {addr}"))?;
+        tracing::info!(addr = %bound, "metrics on /metrics, health on /healthz and /readyz");
+    }
+    let span = tracing::info_span!(
+        "relay",
+        slot = %settings.slot,
+        table = %settings.table,
+        exchange = %settings.exchange
+    );
+    let ctx = pipeline::Context {
+        metrics,
+        health,
+        shutdown,
+    };
+    let no_standby = no_standby || !settings.standby;
+    pipeline::run(settings, no_standby, ctx)
+        .instrument(span)
+        .await
+        .map_err(anyhow::Error::from)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves at SIGTERM or SIGINT.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

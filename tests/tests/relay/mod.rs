@@ -1,0 +1,6 @@
+//! End-to-end tests of `outbox-relay run`: the real binary against a
+//! private PostgreSQL cluster and the shared RabbitMQ, each test named after
+//! the guarantee it proves.
+
+mod fixture;
+mod guarantees;
