@@ -349,3 +349,59 @@ impl Drop for ReplicationStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+
+    #[test]
+    fn xlogdata_and_keepalive_parse_with_a_zero_copy_payload() {
+        let mut w = BytesMut::new();
+        w.put_u8(b'w');
+        w.put_u64(0x10);
+        w.put_u64(0x20);
+        w.put_i64(1_000_000);
+        w.put_slice(b"Cpayload");
+        let w = w.freeze();
+        match parse_frame(w.clone()).unwrap() {
+            Frame::XLogData(x) => {
+                assert_eq!(x.wal_start, Lsn::from_u64(0x10));
+                assert_eq!(x.wal_end, Lsn::from_u64(0x20));
+                assert_eq!(x.server_time, PgTimestamp::from_micros(1_000_000));
+                assert_eq!(&x.data[..], b"Cpayload");
+                assert_eq!(x.data.as_ptr(), w[25..].as_ptr(), "a slice, not a copy");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut k = BytesMut::new();
+        k.put_u8(b'k');
+        k.put_u64(0x30);
+        k.put_i64(-5);
+        k.put_u8(1);
+        assert_eq!(
+            parse_frame(k.freeze()).unwrap(),
+            Frame::Keepalive(Keepalive {
+                wal_end: Lsn::from_u64(0x30),
+                server_time: PgTimestamp::from_micros(-5),
+                reply_requested: true,
+            })
+        );
+    }
+
+    #[test]
+    fn truncated_or_unknown_frames_are_protocol_errors() {
+        for bad in [&b""[..], b"w\x00\x01", b"k\x00", b"x12345678"] {
+            let err = parse_frame(Bytes::copy_from_slice(bad)).unwrap_err();
+            assert!(matches!(err, Error::Protocol { .. }), "{err}");
+            assert!(!err.is_retryable());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_frames_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..40)) {
+            let _ = parse_frame(Bytes::from(bytes));
+        }
+    }
+}

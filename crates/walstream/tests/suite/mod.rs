@@ -1,1 +1,8 @@
+//! The integration test modules; each test starts its own cluster.
+
+mod auth;
+mod faults;
+mod slots;
+mod streaming;
 mod support;
+mod tls;

@@ -1,0 +1,159 @@
+//! Every authentication method against a server configured for it in
+//! pg_hba.conf: trust, password, md5, scram-sha-256; a wrong password is a
+//! non-retryable error that never shows the password; ~/.pgpass and Unix
+//! sockets work like libpq's.
+
+use e2e::PgCluster;
+use walstream::{AuthMethod, Error, ReplicationClient, ReplicationConfig};
+
+use super::support::*;
+
+const SECRET: &str = "s3cret-Pa55";
+
+/// A cluster where role `relay` (REPLICATION, password [`SECRET`] stored
+/// with `encryption`) must authenticate with `method` over TCP.
+fn cluster_for(method: &str, encryption: &str) -> PgCluster {
+    let relay_line = format!("host all relay 127.0.0.1/32 {method}");
+    let pg = PgCluster::builder()
+        .hba(&[
+            "local all all trust",
+            "host all postgres 127.0.0.1/32 trust",
+            &relay_line,
+        ])
+        .start()
+        .unwrap();
+    pg.psql(&format!(
+        "SET password_encryption = '{encryption}'; \
+         CREATE ROLE relay LOGIN REPLICATION PASSWORD '{SECRET}';"
+    ))
+    .unwrap();
+    pg
+}
+
+async fn connects_with(pg: &PgCluster, expected: AuthMethod) {
+    let config = config(&pg.url_for("relay", Some(SECRET), "postgres"));
+    let mut client = ReplicationClient::connect(&config)
+        .await
+        .unwrap_or_else(|e| panic!("connect as relay: {e}"));
+    assert_eq!(client.auth_method(), expected);
+    let system = client.identify_system().await.unwrap();
+    assert_eq!(system.dbname(), Some("postgres"));
+    assert!(!system.system_id().is_empty());
+    assert!(system.xlogpos() > walstream::Lsn::ZERO);
+    // The control connection authenticates the same way.
+    assert_eq!(client.slot_state("nothing_here").await.unwrap(), None);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn trust_authentication_connects() {
+    let pg = cluster_for("trust", "scram-sha-256");
+    connects_with(&pg, AuthMethod::Trust).await;
+}
+
+#[tokio::test]
+async fn cleartext_password_authentication_connects() {
+    let pg = cluster_for("password", "scram-sha-256");
+    connects_with(&pg, AuthMethod::Password).await;
+}
+
+#[tokio::test]
+async fn md5_authentication_connects() {
+    let pg = cluster_for("md5", "md5");
+    connects_with(&pg, AuthMethod::Md5).await;
+}
+
+#[tokio::test]
+async fn scram_sha_256_authentication_connects_and_streams() {
+    let pg = cluster_for("scram-sha-256", "scram-sha-256");
+    connects_with(&pg, AuthMethod::ScramSha256).await;
+    // Without TLS there is nothing to bind to: channel_binding=require
+    // refuses rather than silently authenticating unbound.
+    let url = pg.url_for("relay", Some(SECRET), "postgres") + "?channel_binding=require";
+    let err = ReplicationClient::connect(&config(&url)).await.unwrap_err();
+    assert!(matches!(err, Error::Auth { .. }), "{err}");
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("not TLS"), "{err}");
+
+    create_outbox(&pg);
+    pg.psql("GRANT SELECT ON outbox TO relay").unwrap();
+    let config = config(&pg.url_for("relay", Some(SECRET), "postgres"));
+    let slot = e2e::unique_ident("scram");
+    client_with_slot(&config, &slot).await.close().await;
+    insert_each(&pg, [7]);
+    let (mut stream, _acks) = start(&config, &slot).await;
+    assert_eq!(read_txns(&mut stream, 1).await[0].ids, [7]);
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_not_retryable_and_never_shown() {
+    let pg = cluster_for("scram-sha-256", "scram-sha-256");
+    let wrong = "Wr0ng-Secret-xyz";
+    let config = config(&pg.url_for("relay", Some(wrong), "postgres"));
+    let err = ReplicationClient::connect(&config).await.unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    assert_eq!(err.sqlstate(), Some("28P01"), "{err}");
+    let shown = format!("{err} {err:?} {config} {config:?}");
+    assert!(shown.contains("password authentication failed"), "{shown}");
+    assert!(!shown.contains(wrong), "the password leaked: {shown}");
+
+    // No password at all is the client's to report.
+    let none = super::support::config(&pg.url_for("relay", None, "postgres"));
+    let err = ReplicationClient::connect(&none).await.unwrap_err();
+    assert!(matches!(err, Error::Auth { .. }), "{err}");
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("PGPASSWORD or ~/.pgpass"), "{err}");
+
+    // An unknown role is refused for good too.
+    let pg_hba_refuses = super::support::config(&pg.url_for("nobody", Some("x"), "postgres"));
+    let err = ReplicationClient::connect(&pg_hba_refuses)
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    assert_eq!(err.sqlstate(), Some("28000"), "{err}");
+}
+
+#[tokio::test]
+async fn the_password_file_supplies_a_missing_password() {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = cluster_for("md5", "md5");
+    let dir = tempfile::tempdir().unwrap();
+    let passfile = dir.path().join("pgpass");
+    std::fs::write(
+        &passfile,
+        format!("127.0.0.1:{}:postgres:relay:{SECRET}\n", pg.port()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = ReplicationConfig::parse_with_env(
+        &format!(
+            "host=127.0.0.1 port={} user=relay dbname=postgres passfile={}",
+            pg.port(),
+            passfile.display()
+        ),
+        |_| None,
+    )
+    .unwrap();
+    assert!(!config.has_password());
+    let client = ReplicationClient::connect(&config).await.unwrap();
+    assert_eq!(client.auth_method(), AuthMethod::Md5);
+}
+
+#[tokio::test]
+async fn unix_socket_connections_work() {
+    let pg = PgCluster::start().unwrap();
+    let socket_dir = pg.data_dir().parent().unwrap().join("sock");
+    let config = ReplicationConfig::parse_with_env(
+        &format!(
+            "host={} port={} user=postgres dbname=postgres",
+            socket_dir.display(),
+            pg.port()
+        ),
+        |_| None,
+    )
+    .unwrap();
+    let mut client = ReplicationClient::connect(&config).await.unwrap();
+    assert!(!client.is_tls());
+    assert!(client.identify_system().await.is_ok());
+    assert_eq!(client.slot_state("none").await.unwrap(), None);
+}
