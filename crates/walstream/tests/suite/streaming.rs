@@ -261,6 +261,11 @@ async fn shutdown_sends_the_last_ack_and_frees_the_slot() {
         .await
         .unwrap();
     let txns = read_txns(&mut stream, 1).await;
+    // The feedback task's first update (the start position) goes out at
+    // once; the ack must come after it to be held back.
+    while acks.flushed() == Lsn::ZERO {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     acks.ack(txns[0].end_lsn);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(slot_row(&pg, &slot).await.0 < Some(txns[0].end_lsn));
