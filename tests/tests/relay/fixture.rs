@@ -134,3 +134,220 @@ pub fn header(d: &lapin::message::Delivery, name: &str) -> Option<String> {
         other => Some(format!("{other:?}")),
     }
 }
+
+/// Concurrent writers committing outbox events (and rolling back one
+/// transaction in ten), recording what they committed.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writers: Vec<tokio::task::JoinHandle<Written>>,
+}
+
+/// What one writer did: its aggregate, the seqs it committed in order, and
+/// the seqs whose COMMIT outcome it could not learn (a connection lost
+/// during COMMIT: they may or may not be committed).
+#[derive(Debug, Default)]
+pub struct Written {
+    pub aggregate: String,
+    pub committed: Vec<u64>,
+    pub ambiguous: Vec<u64>,
+}
+
+impl Load {
+    /// `writers` tasks, each committing transactions of `rows` events to
+    /// its own aggregate, pausing `pause` between transactions, until
+    /// stopped or `max_txns` transactions each.
+    pub fn start(url: &str, writers: usize, rows: u64, pause: Duration, max_txns: u64) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handles = (0..writers)
+            .map(|w| {
+                let url = url.to_string();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let mut out = Written {
+                        aggregate: format!("w{w}"),
+                        ..Written::default()
+                    };
+                    let mut seq = 0u64;
+                    let mut client = None;
+                    let mut txn = 0u64;
+                    while txn < max_txns && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if client.is_none() {
+                            match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                                Ok((c, conn)) => {
+                                    tokio::spawn(conn);
+                                    client = Some(c);
+                                }
+                                Err(_) => {
+                                    tokio::time::sleep(Duration::from_millis(200)).await;
+                                    continue;
+                                }
+                            }
+                        }
+                        let Some(c) = client.as_ref() else { continue };
+                        let rollback = txn % 10 == 9;
+                        let (kind, end) = if rollback { ("rolled_back", "ROLLBACK") } else { ("created", "COMMIT") };
+                        let sql = format!(
+                            "BEGIN; INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+                             SELECT 'order', '{agg}', '{kind}', jsonb_build_object('seq', g)
+                             FROM generate_series({seq}, {last}) g; {end};",
+                            agg = out.aggregate,
+                            last = seq + rows - 1,
+                        );
+                        let seqs: Vec<u64> = (seq..seq + rows).collect();
+                        match c.batch_execute(&sql).await {
+                            Ok(()) if !rollback => out.committed.extend(seqs),
+                            Ok(()) => {}
+                            Err(_) => {
+                                // Did the COMMIT happen? Unknown.
+                                if !rollback {
+                                    out.ambiguous.extend(seqs);
+                                }
+                                client = None;
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                        }
+                        seq += rows;
+                        txn += 1;
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            writers: handles,
+        }
+    }
+
+    /// Stops the writers and returns what each wrote.
+    pub async fn stop(self) -> Vec<Written> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut out = Vec::new();
+        for w in self.writers {
+            out.push(w.await.expect("writer task"));
+        }
+        out
+    }
+
+    /// Waits for the writers to finish their transactions.
+    pub async fn finish(self) -> Vec<Written> {
+        let mut out = Vec::new();
+        for w in self.writers {
+            out.push(w.await.expect("writer task"));
+        }
+        out
+    }
+}
+
+/// What the consumer saw, checked against what was written.
+#[derive(Debug)]
+pub struct Verdict {
+    pub delivered: usize,
+    pub unique: usize,
+    pub duplicates: usize,
+}
+
+/// Checks the guarantees over every delivery: each committed event arrived
+/// at least once; nothing rolled back (or never written) arrived; and per
+/// aggregate, each delivery is either the next committed event or a step
+/// back (a replay from the slot): duplicates, never gaps or swaps.
+pub fn verify(deliveries: &[lapin::message::Delivery], written: &[Written]) -> Verdict {
+    use std::collections::{HashMap, HashSet};
+    let mut position: HashMap<(String, u64), usize> = HashMap::new();
+    let mut ambiguous: HashSet<(String, u64)> = HashSet::new();
+    for w in written {
+        for (i, s) in w.committed.iter().enumerate() {
+            position.insert((w.aggregate.clone(), *s), i);
+        }
+        for s in &w.ambiguous {
+            ambiguous.insert((w.aggregate.clone(), *s));
+        }
+    }
+    let mut seen: HashSet<(String, u64)> = HashSet::new();
+    let mut last: HashMap<String, Option<usize>> = HashMap::new();
+    for d in deliveries {
+        let agg = header(d, "aggregate_id").expect("aggregate_id header");
+        let kind = header(d, "event_type").expect("event_type header");
+        assert_ne!(kind, "rolled_back", "a rolled-back event was published");
+        let seq = seq_of(&d.data);
+        let key = (agg.clone(), seq);
+        seen.insert(key.clone());
+        let Some(&pos) = position.get(&key) else {
+            assert!(
+                ambiguous.contains(&key),
+                "delivered {key:?}, which was never committed"
+            );
+            continue;
+        };
+        let prev = last.entry(agg.clone()).or_insert(None);
+        if let Some(p) = *prev {
+            assert!(
+                pos <= p + 1,
+                "aggregate {agg}: delivery jumped from position {p} to {pos} (a gap or a swap)"
+            );
+        } else {
+            assert_eq!(pos, 0, "aggregate {agg}: the first delivery skipped events");
+        }
+        *prev = Some(pos);
+    }
+    for key in position.keys() {
+        assert!(
+            seen.contains(key),
+            "committed event {key:?} was never delivered"
+        );
+    }
+    let unique = deliveries
+        .iter()
+        .map(|d| (header(d, "aggregate_id"), seq_of(&d.data)))
+        .collect::<HashSet<_>>()
+        .len();
+    Verdict {
+        delivered: deliveries.len(),
+        unique,
+        duplicates: deliveries.len() - unique,
+    }
+}
+
+/// Committed events in `written`.
+pub fn committed_count(written: &[Written]) -> usize {
+    written.iter().map(|w| w.committed.len()).sum()
+}
+
+/// Consumes until every committed event of `written` has arrived at least
+/// once (or `timeout` passes), then a little longer for stragglers.
+pub async fn collect_all(
+    consumer: &mut Collector,
+    written: &[Written],
+    timeout: Duration,
+) -> Vec<lapin::message::Delivery> {
+    use std::collections::HashSet;
+    let wanted: HashSet<(String, u64)> = written
+        .iter()
+        .flat_map(|w| w.committed.iter().map(|s| (w.aggregate.clone(), *s)))
+        .collect();
+    let mut seen = HashSet::new();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !wanted.is_subset(&seen) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        if let Some(d) = consumer.next(left).await.expect("consume") {
+            if let Some(agg) = header(&d, "aggregate_id") {
+                seen.insert((agg, seq_of(&d.data)));
+            }
+            got.push(d);
+        }
+    }
+    got.extend(
+        consumer
+            .drain(Duration::from_millis(700), Duration::from_secs(5))
+            .await
+            .expect("consume"),
+    );
+    got
+}

@@ -1,8 +1,12 @@
-//! The relay's guarantees, one test each.
+//! The relay's guarantees (DESIGN.md invariants), one test each, against
+//! the real binary, a private PostgreSQL cluster and the shared RabbitMQ.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::fixture::{header, seq_of, Fixture};
+use e2e::FaultProxy;
+use nix::sys::signal::Signal;
+
+use super::fixture::{collect_all, committed_count, header, seq_of, verify, Fixture, Load};
 
 #[tokio::test]
 async fn committed_outbox_rows_arrive_with_the_documented_contract() {
@@ -42,24 +46,431 @@ async fn committed_outbox_rows_arrive_with_the_documented_contract() {
 }
 
 #[tokio::test]
-async fn events_of_one_aggregate_arrive_in_commit_order_and_rollbacks_never() {
+async fn concurrent_writers_with_rollbacks_lose_nothing_and_keep_per_aggregate_order() {
     let f = Fixture::new().await;
     let mut consumer = f.consumer().await;
     let mut relay = f.start_relay(&[]);
-    for batch in 0..20 {
-        f.insert_events("a1", batch * 50, 50);
-        f.pg.psql(
-            "BEGIN; INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
-             VALUES ('order', 'a1', 'rolled_back', '{\"seq\": -1}'); ROLLBACK;",
-        )
-        .unwrap();
+    let load = Load::start(&f.pg.url(), 4, 5, Duration::ZERO, 100);
+    let written = load.finish().await;
+    assert_eq!(committed_count(&written), 4 * 90 * 5);
+    let got = collect_all(&mut consumer, &written, Duration::from_secs(90)).await;
+    let verdict = verify(&got, &written);
+    assert_eq!(verdict.duplicates, 0, "no fault, no duplicate: {verdict:?}");
+    relay.kill().unwrap();
+}
+
+#[tokio::test]
+async fn repeated_sigkill_under_load_loses_nothing() {
+    let f = Fixture::new().await;
+    let mut consumer = f.consumer().await;
+    let mut relay = f.start_relay(&[]);
+    let load = Load::start(&f.pg.url(), 3, 10, Duration::from_millis(5), u64::MAX);
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        relay.kill().unwrap();
+        relay = f.start_relay(&[]);
     }
-    let got = consumer
-        .collect(1000, Duration::from_secs(60))
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let written = load.stop().await;
+    let got = collect_all(&mut consumer, &written, Duration::from_secs(120)).await;
+    let verdict = verify(&got, &written);
+    println!(
+        "sigkill x3: {verdict:?} of {} committed",
+        committed_count(&written)
+    );
+    relay.kill().unwrap();
+}
+
+#[tokio::test]
+async fn broker_link_cut_or_stalled_never_acks_unconfirmed_work_and_loses_nothing() {
+    let f = Fixture::new().await;
+    let mut consumer = f.consumer().await;
+    let proxy = FaultProxy::start(e2e::amqp::amqp_addr()).unwrap();
+    let via_proxy = e2e::amqp::amqp_url_via(proxy.addr());
+    let mut relay = f.start_relay(&[("RELAY_AMQP_URL", &via_proxy)]);
+    let load = Load::start(&f.pg.url(), 2, 10, Duration::from_millis(5), u64::MAX);
+
+    // Cut: nothing can be confirmed, so the slot must not move although
+    // the writers go on (which makes keepalives advance).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during_cut = f.confirmed_flush("outbox_relay").unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        f.confirmed_flush("outbox_relay").unwrap(),
+        during_cut,
+        "the slot advanced while the broker link was cut"
+    );
+    proxy.restore();
+
+    // Stall: heartbeats (3 s) must notice; again the slot must not move.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.stall();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during_stall = f.confirmed_flush("outbox_relay").unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        f.confirmed_flush("outbox_relay").unwrap(),
+        during_stall,
+        "the slot advanced while the broker link was stalled"
+    );
+    // Crash the relay in the middle of the stall: only what the slot
+    // acknowledged survives in PostgreSQL; a fresh relay must deliver the rest.
+    relay.kill().unwrap();
+    proxy.restore();
+    let written = load.stop().await;
+    let mut relay = f.start_relay(&[]);
+    let got = collect_all(&mut consumer, &written, Duration::from_secs(120)).await;
+    let verdict = verify(&got, &written);
+    println!(
+        "broker cut+stall: {verdict:?} of {} committed",
+        committed_count(&written)
+    );
+    relay.kill().unwrap();
+}
+
+#[tokio::test]
+async fn walsender_terminated_three_times_loses_nothing() {
+    let f = Fixture::new().await;
+    let mut consumer = f.consumer().await;
+    let mut relay = f.start_relay(&[]);
+    let load = Load::start(&f.pg.url(), 2, 10, Duration::from_millis(5), u64::MAX);
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let killed =
+            f.pg.psql(
+                "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots
+                 WHERE slot_name = 'outbox_relay' AND active_pid IS NOT NULL",
+            )
+            .unwrap();
+        assert_eq!(killed, "1", "the walsender was running");
+        relay
+            .wait_for_line("replication stream lost", Duration::from_secs(10))
+            .unwrap();
+    }
+    let written = load.stop().await;
+    let got = collect_all(&mut consumer, &written, Duration::from_secs(120)).await;
+    let verdict = verify(&got, &written);
+    println!(
+        "walsender x3: {verdict:?} of {} committed",
+        committed_count(&written)
+    );
+    assert!(
+        relay.try_status().is_none(),
+        "the relay must survive: {}",
+        relay.output()
+    );
+    relay.kill().unwrap();
+}
+
+#[tokio::test]
+async fn postgres_restart_loses_nothing() {
+    let mut f = Fixture::new().await;
+    let mut consumer = f.consumer().await;
+    let mut relay = f.start_relay(&[]);
+    let load = Load::start(&f.pg.url(), 2, 10, Duration::from_millis(5), u64::MAX);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    f.pg.restart().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    f.pg.crash().unwrap();
+    f.pg.start_again().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let written = load.stop().await;
+    let got = collect_all(&mut consumer, &written, Duration::from_secs(120)).await;
+    let verdict = verify(&got, &written);
+    println!(
+        "postgres restart+crash: {verdict:?} of {} committed",
+        committed_count(&written)
+    );
+    assert!(
+        relay.try_status().is_none(),
+        "the relay must survive: {}",
+        relay.output()
+    );
+    relay.kill().unwrap();
+}
+
+#[tokio::test]
+async fn idle_outbox_does_not_pin_wal() {
+    let f = Fixture::new().await;
+    let mut relay = f.start_relay(&[]);
+    f.insert_events("a", 0, 10);
+    // 20 MB of WAL from another table: no outbox events at all.
+    f.pg.psql(
+        "CREATE TABLE filler (b text);
+         INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 20000);",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let lag: i64 =
+            f.pg.psql(
+                "SELECT (pg_current_wal_insert_lsn() - confirmed_flush_lsn)::bigint
+                 FROM pg_replication_slots WHERE slot_name = 'outbox_relay'",
+            )
+            .unwrap()
+            .parse()
+            .unwrap();
+        if lag < 1024 * 1024 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slot still lags {lag} bytes after 30 s:\n{}",
+            relay.output()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    relay.kill().unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_drains_exits_zero_and_loses_nothing() {
+    let f = Fixture::new().await;
+    let mut consumer = f.consumer().await;
+    let mut relay = f.start_relay(&[]);
+    let load = Load::start(&f.pg.url(), 2, 10, Duration::from_millis(2), u64::MAX);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    relay.signal(Signal::SIGTERM).unwrap();
+    let status = relay.wait(Duration::from_secs(20)).unwrap();
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        relay.output()
+    );
+    assert!(relay.output().contains("stopped"), "{}", relay.output());
+    let written = load.stop().await;
+    let mut relay = f.start_relay(&[]);
+    let got = collect_all(&mut consumer, &written, Duration::from_secs(120)).await;
+    let verdict = verify(&got, &written);
+    println!(
+        "sigterm: {verdict:?} of {} committed",
+        committed_count(&written)
+    );
+    relay.kill().unwrap();
+}
+
+#[tokio::test]
+async fn poison_rows_are_dead_lettered_and_the_stream_goes_on() {
+    let f = Fixture::new().await;
+    f.pg.psql("ALTER TABLE outbox ALTER aggregate_type DROP NOT NULL")
+        .unwrap();
+    let mut consumer = f.consumer().await;
+    let mut relay = f.start_relay(&[("RELAY_MAX_PAYLOAD_BYTES", "200")]);
+    let mut dead = f.scope.consume(&f.dead_letter_queue).await.unwrap();
+    f.pg.psql(&format!(
+        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES
+           ('order', 'p', 'created', '{{\"seq\": 0}}'),
+           (NULL, 'p', 'created', '{{\"seq\": 1}}'),
+           ('order', 'p', 'created', '{{\"seq\": 2}}'),
+           ('order', 'p', 'created', '{{\"seq\": 3, \"big\": \"{}\"}}'),
+           ('order', 'p', 'created', '{{\"seq\": 4}}')",
+        "x".repeat(300)
+    ))
+    .unwrap();
+    let good = consumer.collect(3, Duration::from_secs(30)).await.unwrap();
+    let seqs: Vec<u64> = good.iter().map(|d| seq_of(&d.data)).collect();
+    assert_eq!(seqs, [0, 2, 4]);
+    let bad = dead.collect(2, Duration::from_secs(30)).await.unwrap();
+    let reasons: Vec<String> = bad
+        .iter()
+        .map(|d| header(d, "x-relay-reason").unwrap_or_default())
+        .collect();
+    assert_eq!(reasons, ["unroutable-row", "oversize"]);
+    for d in &bad {
+        assert!(header(d, "x-relay-lsn").is_some_and(|l| l.contains('/')));
+        assert_eq!(header(d, "aggregate_id").as_deref(), Some("p"));
+    }
+    assert_eq!(seq_of(&bad[0].data), 1);
+    relay.kill().unwrap();
+}
+
+#[tokio::test]
+async fn unroutable_events_go_to_the_dead_letter_queue_not_nowhere() {
+    let f = Fixture::new().await;
+    // A queue bound to order.# only: invoice events have no queue.
+    let only_orders = e2e::unique_name("relay-orders-only");
+    f.scope
+        .declare_queue(&only_orders, lapin::types::FieldTable::default())
         .await
         .unwrap();
+    let exchange = e2e::unique_name("relay-x");
+    f.scope
+        .declare_exchange(&exchange, lapin::ExchangeKind::Topic)
+        .await
+        .unwrap();
+    f.scope
+        .bind(&only_orders, &exchange, "order.#")
+        .await
+        .unwrap();
+    let mut orders = f.scope.consume(&only_orders).await.unwrap();
+    let mut relay = f.start_relay(&[("RELAY_EXCHANGE", &exchange)]);
+    let mut dead = f.scope.consume(&f.dead_letter_queue).await.unwrap();
+    f.pg.psql(
+        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES
+           ('order', '1', 'created', '{\"seq\": 0}'),
+           ('invoice', '1', 'created', '{\"seq\": 1}'),
+           ('order', '1', 'created', '{\"seq\": 2}')",
+    )
+    .unwrap();
+    let got = orders.collect(2, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(
+        got.iter().map(|d| seq_of(&d.data)).collect::<Vec<_>>(),
+        [0, 2]
+    );
+    let returned = dead.collect(1, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(
+        header(&returned[0], "x-relay-reason").as_deref(),
+        Some("unroutable")
+    );
+    assert_eq!(
+        header(&returned[0], "x-relay-original-routing-key").as_deref(),
+        Some("invoice.created")
+    );
+    assert_eq!(seq_of(&returned[0].data), 1);
+    relay.kill().unwrap();
+}
+
+#[tokio::test]
+async fn debezium_style_outbox_table_works_by_configuration_alone() {
+    let f = Fixture::new().await;
+    f.pg.psql(
+        "CREATE TABLE public.debezium_outbox (
+             id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+             aggregatetype varchar(255) NOT NULL,
+             aggregateid varchar(255) NOT NULL,
+             type varchar(255) NOT NULL,
+             payload jsonb)",
+    )
+    .unwrap();
+    let mut consumer = f.consumer().await;
+    let mut relay = f.start_relay(&[
+        ("RELAY_TABLE", "public.debezium_outbox"),
+        ("RELAY_TYPE_COLUMN", "type"),
+        ("RELAY_TIMESTAMP_COLUMN", ""),
+        ("RELAY_ROUTING_KEY", "{aggregatetype}.{type}"),
+        ("RELAY_SLOT", "debezium_style"),
+        ("RELAY_PUBLICATION", "debezium_style"),
+    ]);
+    f.pg.psql(
+        "INSERT INTO debezium_outbox (aggregatetype, aggregateid, type, payload)
+         VALUES ('Order', '123', 'OrderCreated', '{\"seq\": 7}')",
+    )
+    .unwrap();
+    let got = consumer.collect(1, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(got[0].routing_key.as_str(), "Order.OrderCreated");
+    assert_eq!(
+        got[0]
+            .properties
+            .kind()
+            .as_ref()
+            .map(|k| k.to_string())
+            .as_deref(),
+        Some("OrderCreated")
+    );
+    assert_eq!(header(&got[0], "aggregateid").as_deref(), Some("123"));
+    assert_eq!(seq_of(&got[0].data), 7);
+    relay.kill().unwrap();
+}
+
+#[tokio::test]
+async fn takeover_of_a_slot_created_elsewhere_starts_exactly_at_its_position() {
+    let f = Fixture::new().await;
+    // Someone else (Debezium, say) made the publication (all operations)
+    // and the slot, and acknowledged the first ten events.
+    f.pg.psql("CREATE PUBLICATION dbz_publication FOR TABLE public.outbox")
+        .unwrap();
+    f.pg.psql("SELECT pg_create_logical_replication_slot('dbz_slot', 'pgoutput')")
+        .unwrap();
+    f.insert_events("t", 0, 10);
+    f.pg.psql("SELECT pg_replication_slot_advance('dbz_slot', pg_current_wal_insert_lsn())")
+        .unwrap();
+    f.insert_events("t", 10, 10);
+    f.pg.psql(
+        "UPDATE outbox SET payload = payload; DELETE FROM outbox WHERE payload->>'seq' = '0'",
+    )
+    .unwrap();
+    let mut consumer = f.consumer().await;
+    let mut relay = f.start_relay(&[
+        ("RELAY_SLOT", "dbz_slot"),
+        ("RELAY_PUBLICATION", "dbz_publication"),
+    ]);
+    let got = consumer.collect(10, Duration::from_secs(30)).await.unwrap();
     let seqs: Vec<u64> = got.iter().map(|d| seq_of(&d.data)).collect();
-    assert_eq!(seqs, (0..1000).collect::<Vec<u64>>());
+    assert_eq!(seqs, (10..20).collect::<Vec<u64>>());
+    assert!(consumer
+        .next(Duration::from_secs(1))
+        .await
+        .unwrap()
+        .is_none());
+    relay.kill().unwrap();
+}
+
+#[tokio::test]
+async fn a_standby_takes_over_within_ten_seconds_of_the_active_relay_dying() {
+    let f = Fixture::new().await;
+    let mut consumer = f.consumer().await;
+    let mut active = f.start_relay(&[]);
+    let mut standby = f.spawn_relay(&["run"], &[]);
+    standby
+        .wait_for_line("waiting as a standby", Duration::from_secs(30))
+        .unwrap();
+    let load = Load::start(&f.pg.url(), 2, 10, Duration::from_millis(5), u64::MAX);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    active.kill().unwrap();
+    let killed = Instant::now();
+    standby
+        .wait_for_line("streaming from the slot", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("no takeover within 10 s: {e}"));
+    println!("standby took over {:?} after the kill", killed.elapsed());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let written = load.stop().await;
+    let got = collect_all(&mut consumer, &written, Duration::from_secs(120)).await;
+    verify(&got, &written);
+    standby.kill().unwrap();
+}
+
+#[tokio::test]
+async fn no_standby_exits_with_the_reason_when_the_slot_is_held() {
+    let f = Fixture::new().await;
+    let mut active = f.start_relay(&[]);
+    let mut second = f.spawn_relay(&["run", "--no-standby"], &[]);
+    let status = second.wait(Duration::from_secs(30)).unwrap();
+    assert!(!status.success());
+    assert!(
+        second.output().contains("is active for PID"),
+        "{}",
+        second.output()
+    );
+    active.kill().unwrap();
+}
+
+#[tokio::test]
+async fn emit_message_events_are_published_like_rows() {
+    let f = Fixture::new().await;
+    let mut consumer = f.consumer().await;
+    let mut relay = f.start_relay(&[]);
+    f.pg.psql(
+        r#"SELECT pg_logical_emit_message(true, 'outbox',
+             '{"id": "m-1", "aggregate_type": "order", "aggregate_id": "9",
+               "event_type": "created", "payload": {"seq": 1}}');
+           SELECT pg_logical_emit_message(false, 'outbox',
+             '{"aggregate_type": "order", "aggregate_id": "9",
+               "event_type": "shipped", "payload": {"seq": 2}}');
+           SELECT pg_logical_emit_message(true, 'audit', 'not for us');"#,
+    )
+    .unwrap();
+    let got = consumer.collect(2, Duration::from_secs(30)).await.unwrap();
+    let mut keys: Vec<String> = got.iter().map(|d| d.routing_key.to_string()).collect();
+    keys.sort();
+    assert_eq!(keys, ["order.created", "order.shipped"]);
+    let ids: Vec<String> = got
+        .iter()
+        .filter_map(|d| d.properties.message_id().as_ref().map(|s| s.to_string()))
+        .collect();
+    assert!(ids.contains(&"m-1".to_string()), "{ids:?}");
+    assert!(ids.iter().any(|i| i.starts_with("pg-message-")), "{ids:?}");
     assert!(consumer
         .next(Duration::from_millis(500))
         .await
