@@ -56,6 +56,8 @@ async fn concurrent_writers_with_rollbacks_lose_nothing_and_keep_per_aggregate_o
     let got = collect_all(&mut consumer, &written, Duration::from_secs(90)).await;
     let verdict = verify(&got, &written);
     assert_eq!(verdict.duplicates, 0, "no fault, no duplicate: {verdict:?}");
+    assert_eq!(verdict.delivered, verdict.unique);
+    assert_eq!(verdict.unique, committed_count(&written));
     relay.kill().unwrap();
 }
 
