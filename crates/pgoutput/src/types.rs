@@ -149,7 +149,7 @@ impl PgTimestamp {
     /// Seconds since the UNIX epoch (negative before 1970), for AMQP's
     /// timestamp property and logs.
     pub fn unix_seconds(self) -> i64 {
-        // 946_684_800 fits an i64; the division truncates toward zero.
+        // Floor division: -0.5 s before the epoch is second -1, not 0.
         self.0.div_euclid(1_000_000) + 946_684_800
     }
 }
@@ -189,6 +189,11 @@ mod tests {
         assert_eq!(PgTimestamp::from_system_time(t.to_system_time()), t);
         let before = PgTimestamp::from_micros(-2_000_000);
         assert_eq!(before.unix_seconds(), 946_684_798);
+        // Half a second before the PostgreSQL epoch lies in the second before it.
+        assert_eq!(
+            PgTimestamp::from_micros(-500_000).unix_seconds(),
+            946_684_799
+        );
         assert_eq!(
             PgTimestamp::from_system_time(before.to_system_time()),
             before
