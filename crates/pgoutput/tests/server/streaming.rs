@@ -70,6 +70,12 @@ async fn a_large_transaction_streams_in_blocks_and_ends_with_stream_commit() {
     )
     .await
     .unwrap();
+    tx.execute(
+        "SELECT pg_logical_emit_message(true, 'in_stream', 'streamed with its xid')",
+        &[],
+    )
+    .await
+    .unwrap();
     let xid = Server::xid_in(&tx).await;
     tx.commit().await.unwrap();
 
@@ -79,10 +85,26 @@ async fn a_large_transaction_streams_in_blocks_and_ends_with_stream_commit() {
                 &slot,
                 &publication,
                 proto,
-                &[("streaming", "on"), ("binary", "true")],
+                &[
+                    ("streaming", "on"),
+                    ("binary", "true"),
+                    ("messages", "true"),
+                ],
             )
             .await;
         assert!(matches!(changes[0].msg, LogicalMessage::StreamStart(_)));
+        // The transactional message rides in a block with the xid.
+        let messages: Vec<&pgoutput::Message> = changes
+            .iter()
+            .filter_map(|c| match &c.msg {
+                LogicalMessage::Message(m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].xid, Some(xid));
+        assert!(messages[0].transactional);
+        assert_eq!(messages[0].content.as_ref(), b"streamed with its xid");
         let rows = streamed_rows(&changes, xid);
         assert_eq!(rows, (1..=ROWS).map(|id| (xid, id)).collect::<Vec<_>>());
         let LogicalMessage::StreamCommit(c) = &changes.last().unwrap().msg else {
