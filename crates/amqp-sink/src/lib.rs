@@ -1,8 +1,63 @@
 //! amqp-sink: the broker side of outbox-relay.
 //!
-//! It owns publishing to RabbitMQ: one confirm-mode channel, a bounded window
-//! of in-flight publishes, confirm/return/nack tracking, and the reconnect
-//! path. It reports, in order, which messages the broker has taken
-//! responsibility for. It knows nothing of PostgreSQL.
+//! It publishes messages to RabbitMQ in order on one confirm-mode channel,
+//! keeps a bounded window of publishes in flight (by count and bytes), and
+//! reports, in order, which messages the broker took responsibility for:
+//! nothing is reported done before the broker confirmed it, and a message
+//! the broker returned (unroutable) or nacked is reported failed. It owns
+//! the reconnect path (several brokers, backoff with jitter, a circuit
+//! breaker, `connection.blocked` pauses), declares its topology, and knows
+//! nothing of PostgreSQL.
 //!
-//! The publisher lands with its own issue; this crate is the place it lives.
+//! - [`Publisher::connect`] with a [`SinkConfig`] gives a [`Publisher`]
+//!   and the [`Outcomes`] receiver.
+//! - [`Publisher::publish`] takes an [`OutgoingMessage`] and returns its
+//!   [`Seq`], waiting only when the window is full.
+//! - [`Outcomes`] yields [`SinkEvent`]s in order: `Confirmed { up_to }`,
+//!   `Failed { seq, reason }` ([`FailureReason`]: nacked, returned, or
+//!   unknown after a link failure), and link events (lost, connected,
+//!   blocked, unblocked).
+//! - After a link failure failed messages, publishing halts until
+//!   [`Publisher::resume`], so that a rewinding caller never has later
+//!   messages overtake earlier ones.
+//! - [`Publisher::close`] flushes and closes.
+//!
+//! Logging: the sink logs with `tracing` (lowercase messages, a `broker`
+//! field that never holds a password). lapin, underneath, traces every AMQP
+//! frame at TRACE level, the login frame included, whose SASL response holds
+//! the password (as bytes): a subscriber must keep lapin at DEBUG or above.
+//! Append [`LOG_DIRECTIVES`] to the relay's filter, after the user's own
+//! directives, so that even `RUST_LOG=trace` cannot show it.
+//!
+//! Module map: `config` (settings), `broker` (URLs and credentials),
+//! `message` (what is published), `outcome` (what is reported), `window`
+//! (the in-flight bound), `tracker` (confirm bookkeeping), `inflight`
+//! (lapin futures, ordering, the return barrier), `link` (one connection),
+//! `backoff` (reconnect policy), `driver` (the task tying them together),
+//! `publisher` (the handle), `error`.
+
+mod backoff;
+mod broker;
+mod config;
+mod driver;
+mod error;
+mod inflight;
+mod link;
+mod message;
+mod outcome;
+mod publisher;
+mod tracker;
+mod window;
+
+pub use backoff::BackoffConfig;
+pub use broker::BrokerUrl;
+pub use config::{DeadLetterConfig, ExchangeConfig, ExchangeType, SinkConfig};
+pub use error::{ConfigError, LinkError, MessageError, PublishError, SinkError};
+pub use message::{HeaderValue, MessageProperties, OutgoingMessage, DEAD_LETTER_REASON_HEADER};
+pub use outcome::{FailureReason, Outcomes, Seq, SinkEvent};
+pub use publisher::{LinkState, Publisher};
+
+/// `tracing` filter directives that keep credentials out of the logs:
+/// lapin traces raw frames (the login frame holds the password) at TRACE.
+/// Append them to an `EnvFilter` after any user-supplied directives.
+pub const LOG_DIRECTIVES: &str = "lapin=debug";

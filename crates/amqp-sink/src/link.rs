@@ -1,0 +1,261 @@
+//! One connection to one broker: connect (TCP or TLS, credentials through
+//! an auth provider, heartbeats negotiated), declare or check the topology,
+//! open the confirm-mode publishing channel.
+//!
+//! lapin's automatic recovery stays off: a [`Link`] that fails is dropped
+//! and the driver makes a new one (see `driver.rs`).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use lapin::options::{
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::tcp::OwnedTLSConfig;
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties, Event, ExchangeKind};
+
+use crate::broker::BrokerUrl;
+use crate::config::SinkConfig;
+use crate::error::LinkError;
+
+/// A live connection and its publishing channel.
+pub(crate) struct Link {
+    pub(crate) connection: Connection,
+    pub(crate) channel: Arc<Channel>,
+    pub(crate) events: Pin<Box<dyn Stream<Item = Event> + Send>>,
+    /// The broker, redacted.
+    pub(crate) broker: String,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("broker", &self.broker)
+            .finish()
+    }
+}
+
+impl Link {
+    /// Whether the broker has blocked publishing on this connection.
+    pub(crate) fn blocked(&self) -> bool {
+        self.connection.status().blocked()
+    }
+
+    /// Whether the connection itself is still up.
+    pub(crate) fn connection_up(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    /// Whether the publishing channel is still open.
+    pub(crate) fn channel_up(&self) -> bool {
+        self.channel.status().connected()
+    }
+
+    /// Closes the channel and the connection, without waiting long for a
+    /// broker that may be gone.
+    pub(crate) async fn close(self) {
+        let wait = std::time::Duration::from_secs(2);
+        if self.channel.status().connected() {
+            let _ = tokio::time::timeout(wait, self.channel.close(200, "closing".into())).await;
+        }
+        if self.connection.status().connected() {
+            let _ = tokio::time::timeout(
+                wait,
+                self.connection.close(200, "outbox-relay closing".into()),
+            )
+            .await;
+        }
+    }
+}
+
+/// Connects to `broker`, declares the topology and opens the publishing
+/// channel, all within the configured connect timeout.
+pub(crate) async fn connect(config: &SinkConfig, broker: &BrokerUrl) -> Result<Link, LinkError> {
+    let redacted = broker.redacted().to_string();
+    match tokio::time::timeout(config.connect_timeout, connect_inner(config, broker)).await {
+        Ok(result) => result,
+        Err(_) => Err(LinkError::ConnectTimeout {
+            broker: redacted,
+            timeout: config.connect_timeout,
+        }),
+    }
+}
+
+async fn connect_inner(config: &SinkConfig, broker: &BrokerUrl) -> Result<Link, LinkError> {
+    let redacted = broker.redacted().to_string();
+    let uri = broker.lapin_uri(config.heartbeat_secs());
+    let mut properties =
+        ConnectionProperties::default().with_connection_name(config.connection_name.clone().into());
+    if let Some(auth) = broker.auth() {
+        properties = properties.with_auth_provider(auth);
+    }
+    let connected = match &config.tls_ca_pem {
+        Some(pem) if broker.is_tls() => {
+            let runtime = lapin::runtime::default_runtime().map_err(|e| LinkError::Other {
+                broker: redacted.clone(),
+                cause: e.to_string(),
+            })?;
+            let tls = OwnedTLSConfig {
+                identity: None,
+                cert_chain: Some(pem.clone()),
+            };
+            Connection::connect_uri_with_config(uri, properties, tls, runtime).await
+        }
+        _ => Connection::connect_uri(uri, properties).await,
+    };
+    let connection =
+        connected.map_err(|e| LinkError::from_connect(&redacted, broker.user(), &e))?;
+    let events = Box::pin(connection.events_listener());
+    let lost = |e: lapin::Error| LinkError::from_lapin(&redacted, &e, config.heartbeat_timeout);
+
+    declare_topology(&connection, config, &redacted).await?;
+
+    let channel = connection.create_channel().await.map_err(lost)?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(lost)?;
+    Ok(Link {
+        connection,
+        channel: Arc::new(channel),
+        events,
+        broker: redacted,
+    })
+}
+
+/// Declares (or, passive, checks) the exchange, the dead-letter exchange
+/// and its queue, on a channel of its own (a refused declaration closes the
+/// channel it was made on).
+async fn declare_topology(
+    connection: &Connection,
+    config: &SinkConfig,
+    broker: &str,
+) -> Result<(), LinkError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| LinkError::from_lapin(broker, &e, config.heartbeat_timeout))?;
+    let exchange = &config.exchange;
+    if !exchange.name.is_empty() {
+        // `amq.*` exchanges exist on every broker and may not be declared.
+        let passive = config.passive || exchange.name.starts_with("amq.");
+        let what = format!(
+            "{} exchange '{}' ({:?}, {})",
+            if passive { "checking" } else { "declaring" },
+            exchange.name,
+            exchange.kind,
+            if exchange.durable {
+                "durable"
+            } else {
+                "transient"
+            }
+        );
+        channel
+            .exchange_declare(
+                name(&exchange.name)?,
+                exchange.kind.lapin(),
+                ExchangeDeclareOptions {
+                    passive,
+                    durable: exchange.durable,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| topology_error(broker, what, passive, &e))?;
+    }
+    if let Some(dead_letter) = &config.dead_letter {
+        let passive = config.passive;
+        let what = format!(
+            "{} dead-letter exchange '{}' (fanout, durable)",
+            if passive { "checking" } else { "declaring" },
+            dead_letter.exchange
+        );
+        channel
+            .exchange_declare(
+                name(&dead_letter.exchange)?,
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    passive,
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| topology_error(broker, what, passive, &e))?;
+        let what = format!(
+            "{} dead-letter queue '{}' (durable)",
+            if passive { "checking" } else { "declaring" },
+            dead_letter.queue
+        );
+        channel
+            .queue_declare(
+                name(&dead_letter.queue)?,
+                QueueDeclareOptions {
+                    passive,
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| topology_error(broker, what, passive, &e))?;
+        if !passive {
+            let what = format!(
+                "binding dead-letter queue '{}' to exchange '{}'",
+                dead_letter.queue, dead_letter.exchange
+            );
+            channel
+                .queue_bind(
+                    name(&dead_letter.queue)?,
+                    name(&dead_letter.exchange)?,
+                    ShortString::default(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| topology_error(broker, what, passive, &e))?;
+        }
+    }
+    let _ = channel.close(200, "topology done".into()).await;
+    Ok(())
+}
+
+fn name(value: &str) -> Result<ShortString, LinkError> {
+    ShortString::try_new(value).map_err(|_| LinkError::Topology {
+        what: format!(
+            "the name '{}...'",
+            value.chars().take(40).collect::<String>()
+        ),
+        reply: "longer than 255 bytes".into(),
+        fix: "use a name of at most 255 bytes",
+    })
+}
+
+fn topology_error(broker: &str, what: String, passive: bool, error: &lapin::Error) -> LinkError {
+    let lapin::ErrorKind::ProtocolError(amqp) = error.kind() else {
+        return LinkError::ConnectionLost {
+            broker: broker.to_string(),
+            cause: format!("{what}: {error}"),
+        };
+    };
+    let fix = match amqp.get_id() {
+        404 if passive => {
+            "create it on the broker, or turn passive mode off so that the relay declares it"
+        }
+        406 => {
+            "something of that name exists with another type or other flags: delete it, or \
+             configure the same type and durability"
+        }
+        403 => "grant the user configure permission on it, or create it and use passive mode",
+        _ => "check the broker log for details",
+    };
+    LinkError::Topology {
+        what,
+        reply: amqp.get_message().to_string(),
+        fix,
+    }
+}

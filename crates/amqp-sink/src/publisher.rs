@@ -1,0 +1,304 @@
+//! [`Publisher`]: the caller's handle. It checks and numbers messages, takes
+//! their room in the window, and hands them, in order, to the driver task
+//! that owns the broker link (see `driver.rs`).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use amqp_sink::{OutgoingMessage, Publisher, SinkConfig, SinkEvent};
+//! let config = SinkConfig::for_urls(&["amqp://guest:guest@127.0.0.1:5672/%2f"])?;
+//! let (mut publisher, mut outcomes) = Publisher::connect(config).await?;
+//! tokio::spawn(async move {
+//!     while let Some(event) = outcomes.recv().await {
+//!         match event {
+//!             SinkEvent::Confirmed { up_to } => { /* ack the source up to `up_to` */ }
+//!             SinkEvent::Failed { seq, reason } => { /* rewind, dead-letter... */ }
+//!             _ => {}
+//!         }
+//!     }
+//! });
+//! let seq = publisher
+//!     .publish(OutgoingMessage::new("outbox", "order.created", "{}"))
+//!     .await?;
+//! publisher.close().await?;
+//! # Ok(()) }
+//! ```
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::backoff::Retry;
+use crate::config::SinkConfig;
+use crate::driver::Driver;
+use crate::error::{LinkError, PublishError, SinkError};
+use crate::link;
+use crate::message::{OutgoingMessage, Prepared};
+use crate::outcome::{Outcomes, Seq};
+use crate::window::{Release, Window};
+
+/// The state of the broker link, for health checks and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkState {
+    /// Connected and publishing.
+    Connected {
+        /// The broker, redacted.
+        broker: String,
+    },
+    /// Connected, but the broker blocked publishing (resource alarm).
+    Blocked {
+        /// The broker, redacted.
+        broker: String,
+        /// The broker's reason.
+        reason: String,
+    },
+    /// Not connected; reconnecting.
+    Reconnecting {
+        /// Consecutive failed attempts so far.
+        attempts: u32,
+        /// The last failure.
+        last_error: LinkError,
+    },
+    /// Not connected for `attempts` attempts: publishing fails fast.
+    Unavailable {
+        /// Consecutive failed attempts so far.
+        attempts: u32,
+        /// The last failure.
+        last_error: LinkError,
+    },
+    /// Closed.
+    Closed,
+}
+
+/// A message on its way to the driver.
+// Nearly every command is a Publish: boxing it would only add an
+// allocation per message.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(crate) enum Command {
+    Publish {
+        seq: Seq,
+        message: Prepared,
+        release: Release,
+    },
+    /// The caller has seen the failures up to this loss generation.
+    Resume { generation: u64 },
+}
+
+/// State the driver publishes for the handle's fast checks.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// Bumped by every link loss that failed messages.
+    pub(crate) loss_generation: AtomicU64,
+    pub(crate) last_loss: Mutex<Option<LinkError>>,
+    pub(crate) breaker_open: AtomicBool,
+    pub(crate) breaker_cause: Mutex<Option<LinkError>>,
+    pub(crate) closed: AtomicBool,
+}
+
+impl Shared {
+    fn last_loss(&self) -> LinkError {
+        self.last_loss
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or(LinkError::Closed)
+    }
+
+    fn breaker_cause(&self) -> LinkError {
+        self.breaker_cause
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or(LinkError::Closed)
+    }
+}
+
+/// Publishes messages in order through one confirm-mode channel; see the
+/// crate documentation.
+#[derive(Debug)]
+pub struct Publisher {
+    commands: mpsc::UnboundedSender<Command>,
+    close: Option<oneshot::Sender<()>>,
+    driver: JoinHandle<Result<(), SinkError>>,
+    window: Arc<Window>,
+    shared: Arc<Shared>,
+    state: watch::Receiver<LinkState>,
+    next_seq: Seq,
+    resumed: u64,
+    max_message_bytes: usize,
+}
+
+impl Publisher {
+    /// Validates `config`, connects to the first broker that answers (each
+    /// is tried once, in order), declares the topology, and starts the
+    /// driver task. From then on the sink reconnects by itself.
+    ///
+    /// Needs a Tokio runtime.
+    pub async fn connect(config: SinkConfig) -> Result<(Publisher, Outcomes), SinkError> {
+        config.validate()?;
+        let config = Arc::new(config);
+        let mut retry = Retry::new(
+            config.backoff.clone(),
+            config.brokers.len(),
+            config.breaker_after_attempts,
+        );
+        let mut errors = Vec::new();
+        let link = loop {
+            let Some(broker) = config.brokers.get(retry.broker()) else {
+                return Err(SinkError::Connect(errors));
+            };
+            match link::connect(&config, broker).await {
+                Ok(link) => break link,
+                Err(error) => {
+                    tracing::warn!(broker = %broker, %error, "cannot connect to the broker");
+                    errors.push(error);
+                    retry.failed();
+                    if errors.len() >= config.brokers.len() {
+                        return Err(SinkError::Connect(errors));
+                    }
+                }
+            }
+        };
+        retry.connected();
+        tracing::info!(broker = %link.broker, exchange = %config.exchange.name, "connected to the broker");
+
+        let window_bytes = u32::try_from(config.window_bytes).unwrap_or(u32::MAX);
+        let window = Arc::new(Window::new(config.window_messages, window_bytes));
+        let shared = Arc::new(Shared::default());
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (close_tx, close_rx) = oneshot::channel();
+        let (state_tx, state_rx) = watch::channel(LinkState::Connected {
+            broker: link.broker.clone(),
+        });
+        let span = tracing::info_span!("amqp_sink", exchange = %config.exchange.name);
+        let driver = Driver::new(
+            Arc::clone(&config),
+            retry,
+            link,
+            commands_rx,
+            close_rx,
+            out_tx,
+            Arc::clone(&window),
+            Arc::clone(&shared),
+            state_tx,
+        );
+        let driver = tokio::spawn(driver.run().instrument(span));
+        let publisher = Publisher {
+            commands: commands_tx,
+            close: Some(close_tx),
+            driver,
+            window: Arc::clone(&window),
+            shared,
+            state: state_rx,
+            next_seq: Seq(1),
+            resumed: 0,
+            max_message_bytes: config.max_message_bytes,
+        };
+        Ok((publisher, Outcomes::new(out_rx, window)))
+    }
+
+    /// Publishes `message` after those published before it; returns its
+    /// sequence number at once, or after waiting for room if the window is
+    /// full. Its outcome comes later on [`Outcomes`].
+    ///
+    /// Errors use no sequence number: [`PublishError::Invalid`] (dead-letter
+    /// the message), [`PublishError::Halted`] (a link failure failed
+    /// messages: rewind, then [`resume`](Self::resume)),
+    /// [`PublishError::Unavailable`] (the broker stays down),
+    /// [`PublishError::Closed`].
+    ///
+    /// Cancel-safe: dropped while waiting for room, nothing is published.
+    pub async fn publish(&mut self, message: OutgoingMessage) -> Result<Seq, PublishError> {
+        let message = Prepared::new(message, self.max_message_bytes)?;
+        self.check()?;
+        let release = self
+            .window
+            .acquire(message.bytes)
+            .await
+            .map_err(|_| PublishError::Closed)?;
+        if let Err(error) = self.check() {
+            self.window.release(release);
+            return Err(error);
+        }
+        let seq = self.next_seq;
+        if let Err(refused) = self.commands.send(Command::Publish {
+            seq,
+            message,
+            release,
+        }) {
+            if let Command::Publish { release, .. } = refused.0 {
+                self.window.release(release);
+            }
+            return Err(PublishError::Closed);
+        }
+        self.next_seq = seq.next();
+        Ok(seq)
+    }
+
+    fn check(&self) -> Result<(), PublishError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(PublishError::Closed);
+        }
+        if self.shared.loss_generation.load(Ordering::Acquire) > self.resumed {
+            return Err(PublishError::Halted {
+                cause: self.shared.last_loss(),
+            });
+        }
+        if self.shared.breaker_open.load(Ordering::Acquire) {
+            return Err(PublishError::Unavailable {
+                cause: self.shared.breaker_cause(),
+            });
+        }
+        Ok(())
+    }
+
+    /// After a link failure failed messages, publishing is halted so that
+    /// nothing published after them can overtake their re-publication. Call
+    /// this once the caller has seen their `Failed` outcomes and rewound:
+    /// publishing goes on (after a reconnect, if need be).
+    pub fn resume(&mut self) {
+        let generation = self.shared.loss_generation.load(Ordering::Acquire);
+        if generation > self.resumed {
+            self.resumed = generation;
+            let _ = self.commands.send(Command::Resume { generation });
+        }
+    }
+
+    /// Whether publishing is halted (see [`resume`](Self::resume)).
+    pub fn is_halted(&self) -> bool {
+        self.shared.loss_generation.load(Ordering::Acquire) > self.resumed
+    }
+
+    /// The sequence number the next message will get.
+    pub fn next_seq(&self) -> Seq {
+        self.next_seq
+    }
+
+    /// The link state, updated as it changes.
+    pub fn link_state(&self) -> watch::Receiver<LinkState> {
+        self.state.clone()
+    }
+
+    /// Closes cleanly: publishes what was accepted, waits (up to the close
+    /// timeout) for the broker's confirms, fails the rest as unknown, closes
+    /// the channel and the connection. Every accepted message has an
+    /// outcome on [`Outcomes`], which then ends.
+    pub async fn close(mut self) -> Result<(), SinkError> {
+        if let Some(close) = self.close.take() {
+            let _ = close.send(());
+        }
+        let Publisher {
+            commands, driver, ..
+        } = self;
+        drop(commands);
+        match driver.await {
+            Ok(result) => result,
+            Err(join) => Err(SinkError::Close(format!("the sink task failed: {join}"))),
+        }
+    }
+}

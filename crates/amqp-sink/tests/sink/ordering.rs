@@ -1,0 +1,85 @@
+//! Order and completeness: many messages go out, in order, every one
+//! confirmed and consumed with the properties it was published with.
+
+use std::time::Duration;
+
+use amqp_sink::Publisher;
+use e2e::amqp::BrokerScope;
+use lapin::types::{AMQPValue, ByteArray};
+
+use super::support::{config, message, message_index, Reader};
+
+const N: u64 = 100_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_messages_arrive_in_order_with_their_properties() {
+    let scope = BrokerScope::connect().await.unwrap();
+    let (exchange, queue) = scope.topic_with_queue("sink-order").await.unwrap();
+    let mut collector = scope.consume(&queue).await.unwrap();
+    let consumed =
+        tokio::spawn(async move { collector.collect(100_000, Duration::from_secs(240)).await });
+
+    let mut config = config(&exchange);
+    config.window_messages = 2048;
+    let (mut publisher, outcomes) = Publisher::connect(config).await.unwrap();
+    let reader = Reader::spawn(outcomes);
+    for i in 1..=N {
+        let seq = publisher
+            .publish(message(&exchange, "order.created", i))
+            .await
+            .unwrap();
+        assert_eq!(seq.get(), i);
+    }
+    reader
+        .wait("every message confirmed", Duration::from_secs(240), |l| {
+            l.reported == N
+        })
+        .await;
+    {
+        let ledger = reader.ledger();
+        assert_eq!(ledger.failed(), vec![], "no message may fail");
+        assert_eq!(ledger.confirmed().len(), 100_000);
+    }
+    publisher.close().await.unwrap();
+
+    let deliveries = consumed.await.unwrap().unwrap();
+    for (n, delivery) in (1..=N).zip(&deliveries) {
+        assert_eq!(message_index(delivery), n, "delivery order");
+        let expected = message(&exchange, "order.created", n);
+        assert_eq!(delivery.data, expected.body.as_ref());
+        assert_eq!(delivery.routing_key.as_str(), "order.created");
+        let p = &delivery.properties;
+        assert_eq!(p.delivery_mode(), &Some(2), "persistent");
+        assert_eq!(p.kind().as_ref().map(|s| s.as_str()), Some("created"));
+        assert_eq!(
+            p.content_type().as_ref().map(|s| s.as_str()),
+            Some("application/json")
+        );
+        assert_eq!(p.timestamp(), &Some(1_700_000_000 + n));
+        let correlation = format!("c-{}", n % 7);
+        assert_eq!(
+            p.correlation_id().as_ref().map(|s| s.as_str()),
+            Some(correlation.as_str())
+        );
+        let headers = p.headers().as_ref().expect("headers").inner();
+        assert_eq!(
+            headers.get("aggregate_type"),
+            Some(&AMQPValue::LongString("order".into()))
+        );
+        assert_eq!(
+            headers.get("seq"),
+            Some(&AMQPValue::LongLongInt(i64::try_from(n).unwrap()))
+        );
+        assert_eq!(
+            headers.get("even"),
+            Some(&AMQPValue::Boolean(n.is_multiple_of(2)))
+        );
+        assert_eq!(
+            headers.get("raw"),
+            Some(&AMQPValue::ByteArray(ByteArray::from(
+                n.to_be_bytes().to_vec()
+            )))
+        );
+    }
+    assert_eq!(u64::try_from(deliveries.len()).unwrap(), N);
+}
