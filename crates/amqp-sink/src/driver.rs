@@ -360,7 +360,8 @@ impl Driver {
             .unwrap_or_default()
     }
 
-    /// Takes in the last answers of a dead link, then fails the rest.
+    /// Takes in the last answers of a dead link, then fails the rest (not
+    /// reported yet); returns how many failed.
     fn fail_in_flight(&mut self, link: &Link, error: &LinkError) -> usize {
         // Take in every answer lapin has handled (and every return it
         // attached): barrier rounds until one brings nothing new. On a dead
@@ -384,7 +385,6 @@ impl Driver {
         let failed = self.tracker.fail_unsettled(error);
         self.inflight.clear();
         self.unsettled = false;
-        self.report();
         failed
     }
 
@@ -396,8 +396,11 @@ impl Driver {
         let failed = self.fail_in_flight(&link, &error);
         let halted = failed > 0;
         if halted {
+            // Before the failures are reported: a caller that sees them and
+            // resumes must find the halt in place.
             self.halt(&error);
         }
+        self.report();
         if error.is_permanent() {
             tracing::error!(broker = %link.broker, %error, failed, "publishing link lost");
         } else {
@@ -555,6 +558,7 @@ impl Driver {
         let before = self.tracker.len();
         if let Some(link) = self.link.take() {
             self.fail_in_flight(&link, &LinkError::Closed);
+            self.report();
             self.link = Some(link);
         }
         self.commands.close();

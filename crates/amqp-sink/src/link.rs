@@ -142,8 +142,7 @@ async fn declare_topology(
         // `amq.*` exchanges exist on every broker and may not be declared.
         let passive = config.passive || exchange.name.starts_with("amq.");
         let what = format!(
-            "{} exchange '{}' ({:?}, {})",
-            if passive { "checking" } else { "declaring" },
+            "exchange '{}' ({:?}, {})",
             exchange.name,
             exchange.kind,
             if exchange.durable {
@@ -152,76 +151,68 @@ async fn declare_topology(
                 "transient"
             }
         );
-        channel
-            .exchange_declare(
-                name(&exchange.name)?,
-                exchange.kind.lapin(),
-                ExchangeDeclareOptions {
-                    passive,
-                    durable: exchange.durable,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| topology_error(broker, what, passive, &e))?;
+        let declare = ExchangeDeclareOptions {
+            passive,
+            durable: exchange.durable,
+            ..Default::default()
+        };
+        let kind = exchange.kind.lapin();
+        let declared = channel.exchange_declare(name(&exchange.name)?, kind, declare, no_args());
+        check(declared.await, broker, &what, passive)?;
     }
     if let Some(dead_letter) = &config.dead_letter {
         let passive = config.passive;
         let what = format!(
-            "{} dead-letter exchange '{}' (fanout, durable)",
-            if passive { "checking" } else { "declaring" },
+            "dead-letter exchange '{}' (fanout, durable)",
             dead_letter.exchange
         );
-        channel
-            .exchange_declare(
-                name(&dead_letter.exchange)?,
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions {
-                    passive,
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| topology_error(broker, what, passive, &e))?;
-        let what = format!(
-            "{} dead-letter queue '{}' (durable)",
-            if passive { "checking" } else { "declaring" },
-            dead_letter.queue
-        );
-        channel
-            .queue_declare(
-                name(&dead_letter.queue)?,
-                QueueDeclareOptions {
-                    passive,
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| topology_error(broker, what, passive, &e))?;
+        let declare = ExchangeDeclareOptions {
+            passive,
+            durable: true,
+            ..Default::default()
+        };
+        let dlx = name(&dead_letter.exchange)?;
+        let declared =
+            channel.exchange_declare(dlx.clone(), ExchangeKind::Fanout, declare, no_args());
+        check(declared.await, broker, &what, passive)?;
+
+        let what = format!("dead-letter queue '{}' (durable)", dead_letter.queue);
+        let declare = QueueDeclareOptions {
+            passive,
+            durable: true,
+            ..Default::default()
+        };
+        let dlq = name(&dead_letter.queue)?;
+        let declared = channel.queue_declare(dlq.clone(), declare, no_args());
+        check(declared.await.map(drop), broker, &what, passive)?;
+
         if !passive {
             let what = format!(
-                "binding dead-letter queue '{}' to exchange '{}'",
+                "the binding of '{}' to '{}'",
                 dead_letter.queue, dead_letter.exchange
             );
-            channel
-                .queue_bind(
-                    name(&dead_letter.queue)?,
-                    name(&dead_letter.exchange)?,
-                    ShortString::default(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| topology_error(broker, what, passive, &e))?;
+            let options = QueueBindOptions::default();
+            let bound = channel.queue_bind(dlq, dlx, ShortString::default(), options, no_args());
+            check(bound.await, broker, &what, passive)?;
         }
     }
     let _ = channel.close(200, "topology done".into()).await;
     Ok(())
+}
+
+fn no_args() -> FieldTable {
+    FieldTable::default()
+}
+
+/// A declaration's result, its refusal explained.
+fn check(
+    result: lapin::Result<()>,
+    broker: &str,
+    what: &str,
+    passive: bool,
+) -> Result<(), LinkError> {
+    let verb = if passive { "checking" } else { "declaring" };
+    result.map_err(|e| topology_error(broker, format!("{verb} {what}"), passive, &e))
 }
 
 fn name(value: &str) -> Result<ShortString, LinkError> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use amqp_sink::{LinkError, Publisher, SinkError, SinkEvent};
 use e2e::amqp::{amqp_addr, BrokerScope};
 
-use super::support::{capture_logs, config_for, message, rabbitmqctl, Reader};
+use super::support::{capture_logs, config_for, message, publish_confirmed, rabbitmqctl, Reader};
 
 /// A broker user for one test, deleted when dropped.
 struct TestUser(String);
@@ -57,10 +57,7 @@ async fn the_password_never_appears_in_logs_or_errors() {
     let config = config_for(&url, &exchange);
     let (mut publisher, outcomes) = Publisher::connect(config.clone()).await.unwrap();
     let reader = Reader::spawn(outcomes);
-    publisher.publish(message(&exchange, "k", 1)).await.unwrap();
-    reader
-        .wait("a confirm", Duration::from_secs(10), |l| l.reported == 1)
-        .await;
+    publish_confirmed(&mut publisher, &reader, message(&exchange, "k", 1)).await;
     publisher.close().await.unwrap();
 
     // A wrong password: the error names the user and the broker, not the

@@ -12,7 +12,7 @@ use amqp_sink::{
 use e2e::amqp::{amqp_addr, amqp_url_via, BrokerScope};
 use e2e::FaultProxy;
 
-use super::support::{config_for, message, message_index, Reader};
+use super::support::{config_for, message, message_index, publish_confirmed, Reader};
 
 fn via(proxy: &FaultProxy, exchange: &str) -> SinkConfig {
     config_for(&amqp_url_via(proxy.addr()), exchange)
@@ -208,16 +208,7 @@ async fn a_stalled_link_is_detected_by_heartbeats_within_the_timeout() {
         })
         .await;
     publisher.resume();
-    let seq = publisher
-        .publish(message(&exchange, "k", 9))
-        .await
-        .unwrap()
-        .get();
-    reader
-        .wait("a confirm after the stall", Duration::from_secs(10), |l| {
-            l.outcomes.get(&seq).is_some_and(|o| o.is_none())
-        })
-        .await;
+    publish_confirmed(&mut publisher, &reader, message(&exchange, "k", 9)).await;
     publisher.close().await.unwrap();
 }
 
@@ -334,10 +325,7 @@ async fn the_circuit_breaker_fails_fast_while_the_broker_stays_down() {
     config.breaker_after_attempts = 2;
     let (mut publisher, outcomes) = Publisher::connect(config).await.unwrap();
     let reader = Reader::spawn(outcomes);
-    publisher.publish(message(&exchange, "k", 1)).await.unwrap();
-    reader
-        .wait("a confirm", Duration::from_secs(10), |l| l.reported == 1)
-        .await;
+    publish_confirmed(&mut publisher, &reader, message(&exchange, "k", 1)).await;
 
     proxy.cut();
     wait_state(
@@ -365,17 +353,8 @@ async fn the_circuit_breaker_fails_fast_while_the_broker_stays_down() {
         matches!(s, LinkState::Connected { .. })
     })
     .await;
-    let seq = publisher
-        .publish(message(&exchange, "k", 3))
-        .await
-        .unwrap()
-        .get();
+    let seq = publish_confirmed(&mut publisher, &reader, message(&exchange, "k", 3)).await;
     assert_eq!(seq, 2, "the refused message used no sequence number");
-    reader
-        .wait("a confirm after the outage", Duration::from_secs(10), |l| {
-            l.outcomes.get(&seq).is_some_and(|o| o.is_none())
-        })
-        .await;
     publisher.close().await.unwrap();
 }
 

@@ -8,7 +8,7 @@ use e2e::amqp::BrokerScope;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::ExchangeKind;
 
-use super::support::{config, message, Reader};
+use super::support::{config, message, publish_confirmed, Reader};
 
 #[tokio::test]
 async fn a_nack_from_a_full_reject_publish_queue_is_reported_failed() {
@@ -54,15 +54,6 @@ async fn a_nack_from_a_full_reject_publish_queue_is_reported_failed() {
     assert!(!publisher.is_halted());
     let mut collector = scope.consume(&queue).await.unwrap();
     collector.collect(5, Duration::from_secs(5)).await.unwrap();
-    let seq = publisher
-        .publish(message(&exchange, "k", 9))
-        .await
-        .unwrap()
-        .get();
-    reader
-        .wait("the next message confirmed", Duration::from_secs(10), |l| {
-            l.outcomes.get(&seq).is_some_and(|o| o.is_none())
-        })
-        .await;
+    publish_confirmed(&mut publisher, &reader, message(&exchange, "k", 9)).await;
     publisher.close().await.unwrap();
 }

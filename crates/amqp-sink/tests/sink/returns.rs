@@ -10,7 +10,7 @@ use amqp_sink::{FailureReason, LinkError, PublishError, Publisher, SinkEvent};
 use e2e::amqp::BrokerScope;
 use lapin::ExchangeKind;
 
-use super::support::{config, message, message_index, Reader};
+use super::support::{config, message, message_index, publish_confirmed, Reader};
 
 #[tokio::test]
 async fn an_unroutable_message_is_reported_failed_not_confirmed() {
@@ -189,16 +189,7 @@ async fn publishing_to_a_missing_exchange_fails_the_channel_and_names_the_exchan
     // The caller rewinds and goes on: publishing works again on a new
     // channel.
     publisher.resume();
-    let seq = publisher
-        .publish(message(&exchange, "a.b", 100))
-        .await
-        .unwrap()
-        .get();
-    reader
-        .wait("a confirm after the reset", Duration::from_secs(10), |l| {
-            l.outcomes.get(&seq).is_some_and(|o| o.is_none())
-        })
-        .await;
+    publish_confirmed(&mut publisher, &reader, message(&exchange, "a.b", 100)).await;
     assert!(reader
         .ledger()
         .saw(|e| matches!(e, SinkEvent::Connected { .. })));

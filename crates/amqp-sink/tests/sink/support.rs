@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use amqp_sink::{
     BackoffConfig, BrokerUrl, FailureReason, HeaderValue, MessageProperties, Outcomes,
-    OutgoingMessage, SinkConfig, SinkEvent,
+    OutgoingMessage, Publisher, SinkConfig, SinkEvent,
 };
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -227,6 +227,24 @@ impl Reader {
             let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), notified).await;
         }
     }
+}
+
+/// Publishes `message` and waits until the broker confirmed it; returns
+/// its sequence number.
+pub async fn publish_confirmed(
+    publisher: &mut Publisher,
+    reader: &Reader,
+    message: OutgoingMessage,
+) -> u64 {
+    let seq = publisher.publish(message).await.unwrap().get();
+    reader
+        .wait(
+            &format!("message {seq} confirmed"),
+            Duration::from_secs(10),
+            |l| l.outcomes.get(&seq).is_some_and(|o| o.is_none()),
+        )
+        .await;
+    seq
 }
 
 impl Drop for Reader {

@@ -13,7 +13,7 @@ use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::ExchangeKind;
 
-use super::support::{config, message, Reader};
+use super::support::{config, message, publish_confirmed, Reader};
 
 async fn exists(scope: &BrokerScope, exchange: Option<(&str, ExchangeKind)>, queue: Option<&str>) {
     let channel = scope.connection().create_channel().await.unwrap();
@@ -181,13 +181,8 @@ async fn a_message_that_does_not_fit_amqp_is_an_error_not_a_panic() {
 
     // Refused messages used no sequence number, and the sink goes on.
     assert_eq!(publisher.next_seq().get(), 1);
-    let seq = publisher.publish(message(&exchange, "k", 1)).await.unwrap();
-    assert_eq!(seq.get(), 1);
-    reader
-        .wait("a confirm", Duration::from_secs(10), |l| {
-            l.confirmed() == vec![1]
-        })
-        .await;
+    let seq = publish_confirmed(&mut publisher, &reader, message(&exchange, "k", 1)).await;
+    assert_eq!(seq, 1);
     publisher.close().await.unwrap();
 }
 
