@@ -480,3 +480,76 @@ async fn emit_message_events_are_published_like_rows() {
         .is_none());
     relay.kill().unwrap();
 }
+
+/// Peak resident memory of a process (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_million_row_transaction_streams_through_in_bounded_memory() {
+    let f = Fixture::new().await;
+    // A queue that keeps only the newest 10,000 messages: the broker takes
+    // every event (persistent, confirmed) without holding a million.
+    let exchange = e2e::unique_name("relay-big");
+    let queue = e2e::unique_name("relay-big-q");
+    f.scope
+        .declare_exchange(&exchange, lapin::ExchangeKind::Topic)
+        .await
+        .unwrap();
+    let mut capped = lapin::types::FieldTable::default();
+    capped.insert(
+        "x-max-length".into(),
+        lapin::types::AMQPValue::LongLongInt(10_000),
+    );
+    capped.insert(
+        "x-overflow".into(),
+        lapin::types::AMQPValue::LongString("drop-head".into()),
+    );
+    f.scope.declare_queue(&queue, capped).await.unwrap();
+    f.scope.bind(&queue, &exchange, "#").await.unwrap();
+    let mut relay = f.start_relay(&[
+        ("RELAY_EXCHANGE", &exchange),
+        ("RELAY_WINDOW_MESSAGES", "1024"),
+        ("RELAY_WINDOW_BYTES", "4194304"),
+    ]);
+    f.pg.psql(
+        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+         SELECT 'order', g::text, 'created', jsonb_build_object('seq', g)
+         FROM generate_series(1, 1000000) g",
+    )
+    .unwrap();
+    let end: i64 =
+        f.pg.psql("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint")
+            .unwrap()
+            .parse()
+            .unwrap();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(400);
+    while f.confirmed_flush("outbox_relay").unwrap_or(0) < u64::try_from(end).unwrap() {
+        assert!(
+            Instant::now() < deadline,
+            "the transaction did not stream through in time:\n{}",
+            relay.output()
+        );
+        assert!(
+            relay.try_status().is_none(),
+            "the relay died:\n{}",
+            relay.output()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let peak_mib = peak_rss_kib(relay.pid()) / 1024;
+    println!(
+        "1,000,000-row transaction: {:?}, relay peak RSS {peak_mib} MiB",
+        started.elapsed()
+    );
+    assert!(peak_mib < 64, "peak RSS {peak_mib} MiB");
+    relay.kill().unwrap();
+}
