@@ -4,6 +4,7 @@
 //! cores.
 
 mod kit;
+mod operations;
 mod ops;
 mod relay;
 mod smoke;

@@ -165,6 +165,30 @@ impl Metrics {
             "Reconnects, by side (postgres, rabbitmq) and reason",
             metrics.reconnects.clone(),
         );
+        // Known label values start at 0, so that rate() and alerts see the
+        // series before the first event of each kind.
+        for reason in [
+            "unroutable-row",
+            "unroutable",
+            "oversize",
+            "undecodable",
+            "missing-column",
+        ] {
+            let _ = metrics.dead_lettered.get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            });
+        }
+        for kind in ["update", "delete", "truncate", "unroutable_dropped"] {
+            let _ = metrics.ignored.get_or_create(&ReasonLabels {
+                reason: kind.into(),
+            });
+        }
+        for side in ["postgres", "rabbitmq"] {
+            let _ = metrics.reconnects.get_or_create(&ReconnectLabels {
+                side,
+                reason: "connection_lost".into(),
+            });
+        }
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {

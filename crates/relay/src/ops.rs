@@ -15,8 +15,8 @@ use crate::pg;
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
     /// PostgreSQL is unreachable or refused the session.
-    #[error("cannot connect to PostgreSQL: {0}; check pg_url (`outbox-relay check` tells more)")]
-    Connect(#[source] tokio_postgres::Error),
+    #[error("cannot connect to PostgreSQL: {0} (`outbox-relay check` tells more)")]
+    Connect(#[source] walstream::Error),
     /// A catalog query or DDL failed.
     #[error(transparent)]
     Catalog(#[from] catalog::CatalogError),

@@ -1,27 +1,23 @@
-//! The control connection to PostgreSQL: an ordinary (non-replication)
-//! session for catalog queries, publication and slot management.
+//! The control connection to PostgreSQL for the operator commands (`check`,
+//! `setup`, `status`): an ordinary session with exactly the settings of the
+//! replication connection (TLS, sslrootcert, ~/.pgpass, keepalives), opened
+//! through walstream so that a URL that works for `run` works here too.
 //!
 //! It carries an application_name so that DBAs can tell the relay's
-//! sessions apart in pg_stat_activity, and its connection task ends with
-//! the client.
+//! sessions apart in pg_stat_activity.
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+use walstream::ReplicationConfig;
 
 /// Connects a control session to `url` (a libpq-style URL or keyword/value
 /// string).
 pub async fn connect_control(
     url: &str,
     application_name: &str,
-) -> Result<Client, tokio_postgres::Error> {
-    let mut config: tokio_postgres::Config = url.parse()?;
-    if config.get_application_name().is_none() {
-        config.application_name(application_name);
+) -> Result<Client, walstream::Error> {
+    let mut config: ReplicationConfig = url.parse()?;
+    if config.application_name().is_none() {
+        config.set_application_name(application_name);
     }
-    let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "control connection ended");
-        }
-    });
-    Ok(client)
+    walstream::connect_control(&config).await
 }

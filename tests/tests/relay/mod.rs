@@ -2,5 +2,5 @@
 //! private PostgreSQL cluster and the shared RabbitMQ, each test named after
 //! the guarantee it proves.
 
-mod fixture;
+pub mod fixture;
 mod guarantees;

@@ -1,0 +1,292 @@
+//! Operating the relay: metrics and health endpoints, logs (JSON, and never
+//! a password), the demo script, and the compose file kept honest.
+
+use std::time::Duration;
+
+use e2e::PgCluster;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::relay::fixture::Fixture;
+
+/// GET `path` from `addr` with HTTP/1.1; returns (status, body).
+async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    // Unchunk if needed (axum may send chunked bodies).
+    let body = if response
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body.as_str();
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = &after[n + 2..];
+        }
+        out
+    } else {
+        body
+    };
+    (status, body)
+}
+
+/// The metrics address the relay logged (it binds port 0 in tests).
+fn metrics_addr(relay: &e2e::RelayProcess) -> String {
+    let line = relay
+        .wait_for_line("metrics on /metrics", Duration::from_secs(30))
+        .unwrap();
+    let at = line.find("addr=").expect("addr field") + "addr=".len();
+    line[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':')
+        .to_string()
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_with_every_listed_series_and_health_is_json() {
+    let f = Fixture::new().await;
+    let mut consumer = f.consumer().await;
+    let mut relay = f.start_relay(&[]);
+    let addr = metrics_addr(&relay);
+    f.insert_events("m", 0, 20);
+    f.pg.psql("DELETE FROM outbox").unwrap();
+    consumer.collect(20, Duration::from_secs(30)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (status, text) = http_get(&addr, "/metrics").await;
+    assert_eq!(status, 200);
+    // Every sample line is `name{labels} value` with a numeric value.
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (name_labels, value) = line.rsplit_once(' ').expect(line);
+        assert!(value.parse::<f64>().is_ok(), "bad value in {line:?}");
+        let name = name_labels.split('{').next().unwrap();
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad name in {line:?}"
+        );
+    }
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+    };
+    assert!(value("outbox_relay_events_published_total") >= 20.0);
+    assert!(value("outbox_relay_events_confirmed_total") >= 20.0);
+    assert!(value("outbox_relay_transactions_total") >= 1.0);
+    assert!(value("outbox_relay_confirmed_lsn") > 0.0);
+    assert!(value("outbox_relay_server_wal_end") > 0.0);
+    assert!(value("outbox_relay_commit_to_confirm_seconds_count") >= 20.0);
+    for series in [
+        "outbox_relay_inflight_messages",
+        "outbox_relay_inflight_bytes",
+        "outbox_relay_replication_lag_bytes",
+        "outbox_relay_build_info",
+        "# TYPE outbox_relay_events_dead_lettered counter",
+        "# TYPE outbox_relay_events_ignored counter",
+        "# TYPE outbox_relay_reconnects counter",
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
+    }
+
+    let (status, body) = http_get(&addr, "/healthz").await;
+    assert_eq!(status, 200);
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "alive");
+    let (status, body) = http_get(&addr, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["ready"], true);
+    relay.kill().unwrap();
+}
+
+#[tokio::test]
+async fn logs_never_show_a_password_and_json_logs_carry_the_span_fields() {
+    // A role that needs a password.
+    let pg = PgCluster::builder()
+        .hba(&[
+            "host all postgres 127.0.0.1/32 trust",
+            "host all all 127.0.0.1/32 scram-sha-256",
+        ])
+        .start()
+        .unwrap();
+    let f = Fixture::with_cluster(pg).await;
+    f.pg.psql(
+        "CREATE ROLE relay LOGIN REPLICATION PASSWORD 'pg-s3cret-pw';
+         GRANT SELECT ON outbox TO relay;
+         CREATE PUBLICATION outbox_relay FOR TABLE outbox;",
+    )
+    .unwrap();
+    let pg_url = f.pg.url_for("relay", Some("pg-s3cret-pw"), "postgres");
+    // A dead broker first: its failure is logged, with the URL redacted.
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let amqp = format!(
+        "amqp://guest:amqp-s3cret-pw@127.0.0.1:{dead_port}/%2f,{}",
+        f.amqp_url
+    );
+    let mut relay = f.spawn_relay(
+        &["run", "--log-format", "json"],
+        &[
+            ("RELAY_PG_URL", &pg_url),
+            ("RELAY_AMQP_URL", &amqp),
+            ("RELAY_LOG", "debug"),
+        ],
+    );
+    relay
+        .wait_for_line("streaming from the slot", Duration::from_secs(60))
+        .unwrap();
+    f.insert_events("l", 0, 3);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A wrong password: the error is logged, the password is not.
+    let mut wrong = f.spawn_relay(
+        &["run"],
+        &[(
+            "RELAY_PG_URL",
+            &f.pg.url_for("relay", Some("wrong-s3cret-pw"), "postgres"),
+        )],
+    );
+    let status = wrong.wait(Duration::from_secs(30)).unwrap();
+    assert!(!status.success());
+    assert!(
+        wrong.output().contains("password authentication failed"),
+        "{}",
+        wrong.output()
+    );
+    relay.kill().unwrap();
+
+    let output = relay.output() + &wrong.output();
+    for secret in [
+        "pg-s3cret-pw",
+        "amqp-s3cret-pw",
+        "wrong-s3cret-pw",
+        "guest:guest@",
+    ] {
+        assert!(!output.contains(secret), "{secret} was logged:\n{output}");
+    }
+    let mut with_span = 0;
+    for line in relay.lines() {
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+        if v["span"]["slot"] == "outbox_relay" && v["span"]["exchange"] == f.exchange.as_str() {
+            with_span += 1;
+        }
+    }
+    assert!(with_span > 0, "no line carries the relay span's fields");
+}
+
+#[test]
+fn the_demo_script_delivers_an_order_event_and_cleans_up() {
+    let exchange = e2e::unique_name("demo");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let relay_bin = e2e::relay_binary().unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(root.join("scripts/demo.sh"))
+        .env("DEMO_EXCHANGE", &exchange)
+        .env("RELAY_BIN", &relay_bin)
+        .env(
+            "CONSUME_BIN",
+            relay_bin.parent().unwrap().join("examples/consume"),
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Delete the demo's exchange from the shared broker.
+    let cleanup = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let scope = e2e::amqp::BrokerScope::connect().await.unwrap();
+            scope.track_exchange(&exchange);
+        });
+    });
+    cleanup.join().unwrap();
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("received routing_key=order.created"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\"customer\": \"ada@example.com\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("lag                  0 bytes"), "{stdout}");
+}
+
+#[test]
+fn the_compose_file_matches_what_the_code_expects() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let compose = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+    // Every RELAY_* variable it sets is a setting the relay knows.
+    let (ok, config) = {
+        let mut p = e2e::RelayProcess::spawn(["config"], &[]).unwrap();
+        let status = p.wait(Duration::from_secs(30)).unwrap();
+        (status.success(), p.output())
+    };
+    assert!(ok, "{config}");
+    let vars: Vec<&str> = compose
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("RELAY_"))
+        .collect();
+    assert!(vars.contains(&"RELAY_PG_URL") && vars.contains(&"RELAY_AMQP_URL"));
+    for var in &vars {
+        assert!(
+            config.contains(&format!(", {var})")),
+            "{var} is not a setting:\n{config}"
+        );
+    }
+    // Every file it mounts exists.
+    for line in compose
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("- ./"))
+    {
+        let path = line[2..].split(':').next().unwrap();
+        assert!(root.join(path).exists(), "{path} does not exist");
+    }
+    // Postgres runs with logical decoding; the relay exposes its metrics port.
+    assert!(compose.contains("wal_level=logical"));
+    assert!(compose.contains("RELAY_METRICS_ADDR: 0.0.0.0:9187"));
+    assert!(compose.contains("\"9187:9187\""));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("-p outbox-relay"));
+    assert!(dockerfile.contains("USER nonroot"));
+    assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/outbox-relay\"]"));
+}
