@@ -231,3 +231,31 @@ fn config_shows_each_source_and_never_a_password() {
     assert!(line(&out, "window_messages").contains("128"), "{out}");
     assert!(line(&out, "table").contains("(default,"), "{out}");
 }
+
+#[test]
+fn the_readme_documents_every_setting_and_ci_runs_its_test_command() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let (ok, config) = relay(&["config"], &[]);
+    assert!(ok, "{config}");
+    for key in config
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|k| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+    {
+        let env = format!("RELAY_{}", key.to_uppercase());
+        assert!(
+            readme.contains(&format!("| `{key}` | `{env}` |")),
+            "the README's settings table lacks {key} / {env}"
+        );
+    }
+    // The first lines hold the two commands; CI runs the test command.
+    let head: String = readme.lines().take(6).collect::<Vec<_>>().join("\n");
+    assert!(head.contains("scripts/demo.sh"), "{head}");
+    assert!(head.contains("cargo test --workspace"), "{head}");
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    assert_eq!(
+        ci.lines().last().map(str::trim),
+        Some("cargo test --workspace")
+    );
+}
