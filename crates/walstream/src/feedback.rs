@@ -18,7 +18,7 @@
 //! The flush position sent never goes backwards: acks below the current one
 //! are ignored, and the first position is the slot's confirmed_flush_lsn.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -43,9 +43,9 @@ pub(crate) struct Shared {
     ack_advanced: Notify,
     /// Wakes the task when a keepalive asks for a reply.
     reply_requested: Notify,
-    /// Set once if the task fails; wakes the reader.
+    /// Set once if the task fails; the reader checks it before each read.
     failure: Mutex<Option<String>>,
-    failed: Notify,
+    failed: AtomicBool,
     slot: String,
 }
 
@@ -58,7 +58,7 @@ impl Shared {
             ack_advanced: Notify::new(),
             reply_requested: Notify::new(),
             failure: Mutex::new(None),
-            failed: Notify::new(),
+            failed: AtomicBool::new(false),
             slot: slot.to_string(),
         }
     }
@@ -76,21 +76,19 @@ impl Shared {
         }
     }
 
-    /// Waits until the feedback task has failed, and says why.
-    pub(crate) async fn failed(&self) -> String {
-        loop {
-            if let Some(why) = self.failure.lock().ok().and_then(|f| f.clone()) {
-                return why;
-            }
-            self.failed.notified().await;
+    /// Why the feedback task failed, if it did (one atomic load when not).
+    pub(crate) fn failure(&self) -> Option<String> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
         }
+        self.failure.lock().ok().and_then(|f| f.clone())
     }
 
     fn fail(&self, why: String) {
         if let Ok(mut failure) = self.failure.lock() {
             failure.get_or_insert(why);
         }
-        self.failed.notify_one();
+        self.failed.store(true, Ordering::Release);
     }
 }
 

@@ -12,6 +12,7 @@
 //! [`ReplicationStream::shutdown`]: last ack, CopyDone, the server's
 //! CommandComplete, Terminate.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::error::{DbError, Error};
 use crate::feedback::{self, AckHandle, Shared, Stop};
@@ -129,6 +130,10 @@ pub struct ReplicationStream {
     stop: Option<oneshot::Sender<Stop>>,
     settings: StreamSettings,
     last_received: Instant,
+    /// Fires at `last_received + receive_timeout` or earlier; re-armed
+    /// lazily (when it fires early), not on every read, so that the hot
+    /// path does not touch the timer wheel.
+    silence: Pin<Box<Sleep>>,
     ended: bool,
     slot: String,
 }
@@ -149,6 +154,7 @@ impl ReplicationStream {
             shared,
             feedback: Some(feedback),
             stop: Some(stop),
+            silence: Box::pin(tokio::time::sleep(settings.receive_timeout)),
             settings,
             last_received: Instant::now(),
             ended: false,
@@ -194,10 +200,12 @@ impl ReplicationStream {
                     return Ok(frame);
                 }
             }
+            if let Some(why) = self.shared.failure() {
+                return Err(feedback::failure_error(why));
+            }
             if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
                 self.rbuf.reserve(READ_CHUNK);
             }
-            let deadline = self.last_received + self.settings.receive_timeout;
             let Some(reader) = self.reader.as_mut() else {
                 return Err(Error::StreamEnded {
                     reason: "the stream was shut down".into(),
@@ -215,9 +223,12 @@ impl ReplicationStream {
                     Ok(_) => self.last_received = Instant::now(),
                     Err(e) => return Err(Error::io(DURING, e)),
                 },
-                why = self.shared.failed() => return Err(feedback::failure_error(why)),
-                () = tokio::time::sleep_until(deadline) => {
-                    return Err(Error::ReceiveTimeout(self.settings.receive_timeout))
+                () = self.silence.as_mut() => {
+                    let deadline = self.last_received + self.settings.receive_timeout;
+                    if Instant::now() >= deadline {
+                        return Err(Error::ReceiveTimeout(self.settings.receive_timeout));
+                    }
+                    self.silence.as_mut().reset(deadline);
                 }
             }
         }
@@ -280,7 +291,7 @@ impl ReplicationStream {
         let writer = match feedback.await {
             Ok(Some(writer)) => writer,
             Ok(None) => {
-                let why = self.shared.failed().await;
+                let why = self.shared.failure().unwrap_or_else(|| "it stopped".into());
                 return Err(feedback::failure_error(why));
             }
             Err(e) => {
