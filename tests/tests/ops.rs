@@ -259,3 +259,40 @@ fn the_readme_documents_every_setting_and_ci_runs_its_test_command() {
         Some("cargo test --workspace")
     );
 }
+
+#[test]
+fn the_shipped_sql_scripts_run_as_documented() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let pg = ready_cluster();
+    let setup = std::fs::read_to_string(root.join("sql/setup.sql")).unwrap();
+    // Statement by statement, as psql -f runs them (a slot cannot be
+    // created in a transaction that wrote).
+    for statement in setup.split(";\n").filter(|s| {
+        s.lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"))
+    }) {
+        pg.psql(statement).expect("sql/setup.sql runs");
+    }
+    assert_eq!(
+        pg.psql("SELECT rolreplication FROM pg_roles WHERE rolname = 'outbox_relay'")
+            .unwrap(),
+        "t"
+    );
+    assert_eq!(
+        pg.psql("SELECT plugin FROM pg_replication_slots WHERE slot_name = 'outbox_relay'")
+            .unwrap(),
+        "pgoutput"
+    );
+    // The periodic cleanup deletes old rows only.
+    pg.psql(
+        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at)
+         SELECT 'order', g::text, 'created', '{}', now() - interval '30 days'
+         FROM generate_series(1, 25000) g;
+         INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+         VALUES ('order', 'new', 'created', '{}');",
+    )
+    .unwrap();
+    let cleanup = std::fs::read_to_string(root.join("sql/cleanup.sql")).unwrap();
+    pg.psql(&cleanup).expect("sql/cleanup.sql runs");
+    assert_eq!(pg.psql("SELECT count(*) FROM outbox").unwrap(), "1");
+}

@@ -434,6 +434,34 @@ async fn a_standby_takes_over_within_ten_seconds_of_the_active_relay_dying() {
 }
 
 #[tokio::test]
+async fn a_dropped_slot_stops_the_relay_with_the_reason_instead_of_retrying() {
+    let f = Fixture::new().await;
+    let mut relay = f.start_relay(&[]);
+    f.pg.psql(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+         WHERE slot_name = 'outbox_relay'",
+    )
+    .unwrap();
+    // Drop it while the relay is between connections.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while f
+        .pg
+        .psql("SELECT pg_drop_replication_slot('outbox_relay')")
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the slot stayed busy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = relay.wait(Duration::from_secs(30)).unwrap();
+    assert!(!status.success(), "{}", relay.output());
+    let output = relay.output();
+    assert!(
+        output.contains("\"outbox_relay\" does not exist"),
+        "{output}"
+    );
+}
+
+#[tokio::test]
 async fn no_standby_exits_with_the_reason_when_the_slot_is_held() {
     let f = Fixture::new().await;
     let mut active = f.start_relay(&[]);
