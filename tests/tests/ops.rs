@@ -98,6 +98,12 @@ fn check_fails_with_the_fix_when_the_role_lacks_replication() {
     assert!(l.contains("lacks the REPLICATION attribute"), "{l}");
     assert!(l.contains("ALTER ROLE \"app\" WITH REPLICATION"), "{l}");
     line(&out, "ok    table");
+    // Nor can it create the publication: it does not own the table.
+    let l = line(&out, "FAIL  publication");
+    assert!(
+        l.contains("have the table's owner run: CREATE PUBLICATION"),
+        "{l}"
+    );
 }
 
 #[test]

@@ -172,6 +172,9 @@ pub struct TableInfo {
     pub can_select: bool,
     /// The replica identity: 'd' default, 'n' nothing, 'f' full, 'i' index.
     pub replica_identity: char,
+    /// Whether the connected role owns the table (or is a member of its
+    /// owner): needed to create a publication for it.
+    pub owned: bool,
 }
 
 impl TableInfo {
@@ -188,7 +191,8 @@ pub async fn table_info(
 ) -> Result<Option<TableInfo>, CatalogError> {
     let rel = client
         .query_opt(
-            "SELECT c.oid, has_table_privilege(c.oid, 'SELECT'), c.relreplident::text
+            "SELECT c.oid, has_table_privilege(c.oid, 'SELECT'), c.relreplident::text,
+                    pg_has_role(c.relowner, 'USAGE')
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
             &[&table.schema, &table.name],
@@ -220,6 +224,7 @@ pub async fn table_info(
         columns,
         can_select: rel.get(1),
         replica_identity: replident.chars().next().unwrap_or('d'),
+        owned: rel.get(3),
     }))
 }
 

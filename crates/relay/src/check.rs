@@ -259,6 +259,8 @@ async fn postgres_checks(settings: &Settings) -> Vec<CheckLine> {
         }
     }
 
+    let can_create_publication =
+        matches!(&info, Ok(Some(t)) if t.owned) || matches!(&role, Ok(r) if r.superuser);
     lines.push(
         match catalog::publication_info(&client, &settings.publication, &table).await {
             Ok(Some(p)) if p.covers_table && p.publishes_inserts => CheckLine::pass(
@@ -288,11 +290,22 @@ async fn postgres_checks(settings: &Settings) -> Vec<CheckLine> {
                     catalog::quote_ident(&settings.publication)
                 ),
             ),
-            Ok(None) => CheckLine::pass(
+            Ok(None) if can_create_publication => CheckLine::pass(
                 "publication",
                 format!(
                     "{} does not exist yet: `outbox-relay setup` or `run` creates it",
                     settings.publication
+                ),
+            ),
+            Ok(None) => CheckLine::fail(
+                "publication",
+                format!(
+                    "{} does not exist, and the role cannot create it (it does not own {table})",
+                    settings.publication
+                ),
+                format!(
+                    "have the table's owner run: {}",
+                    catalog::create_publication_sql(&settings.publication, &table)
                 ),
             ),
             Err(e) => CheckLine::fail("publication", e.to_string(), "see the error"),
