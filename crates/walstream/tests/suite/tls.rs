@@ -107,6 +107,10 @@ async fn tls_modes_check_the_certificate_like_libpq_and_scram_binds_to_the_chann
     assert!(matches!(err, Error::Tls { .. }), "{err}");
     assert!(!err.is_retryable(), "{err}");
     assert!(err.to_string().contains("certificate"), "{err}");
+    // The control connection refuses it the same way, for good.
+    let err = walstream::connect_control(&wrong_host).await.unwrap_err();
+    assert!(matches!(err, Error::Tls { .. }), "{err}");
+    assert!(!err.is_retryable(), "{err}");
 
     // ... and a certificate from another CA.
     let (other_ca, _) = make_ca("someone else's CA");
