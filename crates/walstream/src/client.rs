@@ -13,6 +13,7 @@ use pgoutput::Lsn;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use crate::config::ReplicationConfig;
 use crate::connect::{self, AuthMethod};
@@ -532,8 +533,7 @@ impl ReplicationClient {
         match self.wire.recv(DURING).await? {
             Backend::CopyBothResponse => {}
             Backend::Message(Message::ErrorResponse(body)) => {
-                let db = DbError::parse(body.fields())
-                    .map_err(|e| Error::protocol(DURING, e.to_string()))?;
+                let db = DbError::from_response(&body, DURING)?;
                 let e = Error::server(format!("START_REPLICATION of slot {slot:?}"), db);
                 return Err(self.explain(slot, e).await);
             }
@@ -552,12 +552,16 @@ impl ReplicationClient {
         let Wire { socket, rbuf, .. } = self.wire;
         let (reader, writer) = tokio::io::split(socket);
         let (stop_tx, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(feedback::run(
-            writer,
-            shared.clone(),
-            FeedbackState::new(status_interval, options.ack_coalesce),
-            stop_rx,
-        ));
+        let span = tracing::info_span!("walstream_feedback", slot, pid = self.wire.backend_pid);
+        let task = tokio::spawn(
+            feedback::run(
+                writer,
+                shared.clone(),
+                FeedbackState::new(status_interval, options.ack_coalesce),
+                stop_rx,
+            )
+            .instrument(span),
+        );
         let stream = ReplicationStream::new(
             reader,
             rbuf,

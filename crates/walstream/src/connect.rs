@@ -243,8 +243,7 @@ async fn startup(
             Backend::Message(Message::BackendKeyData(body)) => wire.backend_pid = body.process_id(),
             Backend::Message(Message::ReadyForQuery(_)) => return Ok(method),
             Backend::Message(Message::ErrorResponse(body)) => {
-                let db = DbError::parse(body.fields())
-                    .map_err(|e| Error::protocol(DURING, e.to_string()))?;
+                let db = DbError::from_response(&body, DURING)?;
                 return Err(Error::server("the session", db));
             }
             _ => {
@@ -336,8 +335,7 @@ async fn authenticate(
             scram(wire, config, pw, &mechanisms, server_error).await
         }
         Backend::Message(Message::ErrorResponse(body)) => {
-            let db = DbError::parse(body.fields())
-                .map_err(|e| Error::protocol(DURING, e.to_string()))?;
+            let db = DbError::from_response(&body, DURING)?;
             Err(server_error(db))
         }
         Backend::Message(
@@ -423,8 +421,7 @@ async fn scram(
             })?;
         }
         Backend::Message(Message::ErrorResponse(body)) => {
-            let db = DbError::parse(body.fields())
-                .map_err(|e| Error::protocol(DURING, e.to_string()))?;
+            let db = DbError::from_response(&body, DURING)?;
             return Err(server_error(db));
         }
         _ => return Err(Error::protocol(DURING, "expected a SASL challenge")),
@@ -445,8 +442,7 @@ async fn scram(
             })?;
         }
         Backend::Message(Message::ErrorResponse(body)) => {
-            let db = DbError::parse(body.fields())
-                .map_err(|e| Error::protocol(DURING, e.to_string()))?;
+            let db = DbError::from_response(&body, DURING)?;
             return Err(server_error(db));
         }
         _ => return Err(Error::protocol(DURING, "expected the SASL final message")),
@@ -460,8 +456,7 @@ async fn expect_ok(wire: &mut Wire, server_error: impl Fn(DbError) -> Error) -> 
     match wire.recv(DURING).await? {
         Backend::Message(Message::AuthenticationOk) => Ok(()),
         Backend::Message(Message::ErrorResponse(body)) => {
-            let db = DbError::parse(body.fields())
-                .map_err(|e| Error::protocol(DURING, e.to_string()))?;
+            let db = DbError::from_response(&body, DURING)?;
             Err(server_error(db))
         }
         _ => Err(Error::protocol(DURING, "expected AuthenticationOk")),

@@ -15,7 +15,7 @@ use std::io;
 use std::time::Duration;
 
 use fallible_iterator::FallibleIterator;
-use postgres_protocol::message::backend::ErrorFields;
+use postgres_protocol::message::backend::{ErrorFields, ErrorResponseBody};
 
 /// An error or notice sent by the server (an `ErrorResponse`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +51,14 @@ impl DbError {
             }
         }
         Ok(error)
+    }
+
+    /// Reads an ErrorResponse; a malformed one is a protocol error.
+    pub(crate) fn from_response(
+        body: &ErrorResponseBody,
+        during: &'static str,
+    ) -> Result<DbError, Error> {
+        DbError::parse(body.fields()).map_err(|e| Error::protocol(during, e.to_string()))
     }
 
     /// Builds one from tokio-postgres's view of a server error.

@@ -254,8 +254,7 @@ impl ReplicationStream {
             }
             Backend::Message(Message::ParameterStatus(_)) => Ok(None),
             Backend::Message(Message::ErrorResponse(body)) => {
-                let db = DbError::parse(body.fields())
-                    .map_err(|e| Error::protocol(DURING, e.to_string()))?;
+                let db = DbError::from_response(&body, DURING)?;
                 Err(Error::server(
                     format!("streaming from slot {:?}", self.slot),
                     db,
@@ -311,8 +310,7 @@ impl ReplicationStream {
                     match message {
                         Backend::Message(Message::ReadyForQuery(_)) => return Ok(true),
                         Backend::Message(Message::ErrorResponse(body)) => {
-                            let db = DbError::parse(body.fields())
-                                .map_err(|e| Error::protocol(DURING, e.to_string()))?;
+                            let db = DbError::from_response(&body, DURING)?;
                             return Err(Error::server(
                                 format!("ending the stream of slot {slot:?}"),
                                 db,

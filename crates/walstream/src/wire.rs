@@ -272,8 +272,7 @@ impl Wire {
                 Backend::Message(Message::CommandComplete(_))
                 | Backend::Message(Message::EmptyQueryResponse) => {}
                 Backend::Message(Message::ErrorResponse(body)) => {
-                    let db = DbError::parse(body.fields())
-                        .map_err(|e| Error::protocol(during, e.to_string()))?;
+                    let db = DbError::from_response(&body, during)?;
                     error = Some(db);
                 }
                 Backend::Message(Message::ReadyForQuery(_)) => {

@@ -5,30 +5,13 @@
 use std::time::{Duration, Instant};
 
 use e2e::{unique_ident, FaultProxy, PgCluster};
-use walstream::{Error, Frame, Lsn, ReplicationClient, ReplicationStream};
+use walstream::{Error, Frame, Lsn, ReplicationClient};
 
 use super::support::*;
 
-/// Reads until the stream fails; returns the error.
-async fn until_error(stream: &mut ReplicationStream) -> Error {
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            if let Err(e) = stream.next().await {
-                return e;
-            }
-        }
-    })
-    .await
-    .expect("the stream ends with an error")
-}
-
 #[tokio::test]
 async fn terminating_the_walsender_is_a_retryable_error() {
-    let pg = PgCluster::start().unwrap();
-    create_outbox(&pg);
-    let config = config(&pg.url());
-    let slot = unique_ident("terminate");
-    client_with_slot(&config, &slot).await.close().await;
+    let (pg, config, slot) = outbox_with_slot(PgCluster::builder(), "terminate").await;
     let (mut stream, _acks) = start(&config, &slot).await;
     let pid = slot_row(&pg, &slot).await.1.expect("active");
 
@@ -46,11 +29,7 @@ async fn terminating_the_walsender_is_a_retryable_error() {
 
 #[tokio::test]
 async fn a_server_restart_mid_stream_is_retryable_and_the_stream_resumes() {
-    let pg = PgCluster::start().unwrap();
-    create_outbox(&pg);
-    let config = config(&pg.url());
-    let slot = unique_ident("restart");
-    client_with_slot(&config, &slot).await.close().await;
+    let (pg, config, slot) = outbox_with_slot(PgCluster::builder(), "restart").await;
     insert_each(&pg, [1, 2]);
     let (mut stream, acks) = start(&config, &slot).await;
     let txns = read_txns(&mut stream, 2).await;

@@ -4,18 +4,14 @@
 
 use std::time::Duration;
 
-use e2e::{unique_ident, PgCluster};
+use e2e::PgCluster;
 use walstream::{Frame, Lsn, ReplicationClient, StartOptions};
 
 use super::support::*;
 
 #[tokio::test]
 async fn committed_transactions_arrive_as_xlogdata_and_idle_time_as_keepalives() {
-    let pg = PgCluster::start().unwrap();
-    create_outbox(&pg);
-    let config = config(&pg.url());
-    let slot = unique_ident("frames");
-    client_with_slot(&config, &slot).await.close().await;
+    let (pg, config, slot) = outbox_with_slot(PgCluster::builder(), "frames").await;
     insert_each(&pg, [1, 2, 3]);
     pg.psql("BEGIN; INSERT INTO outbox VALUES (99, 'never'); ROLLBACK;")
         .unwrap();
@@ -48,11 +44,7 @@ async fn committed_transactions_arrive_as_xlogdata_and_idle_time_as_keepalives()
 
 #[tokio::test]
 async fn acked_lsn_becomes_the_slots_confirmed_flush_lsn_and_never_goes_back() {
-    let pg = PgCluster::start().unwrap();
-    create_outbox(&pg);
-    let config = config(&pg.url());
-    let slot = unique_ident("ack");
-    client_with_slot(&config, &slot).await.close().await;
+    let (pg, config, slot) = outbox_with_slot(PgCluster::builder(), "ack").await;
     insert_each(&pg, [1, 2]);
 
     let (mut stream, acks) = start(&config, &slot).await;
@@ -71,11 +63,7 @@ async fn acked_lsn_becomes_the_slots_confirmed_flush_lsn_and_never_goes_back() {
 
 #[tokio::test]
 async fn resume_after_reconnect_starts_exactly_after_the_last_acked_transaction() {
-    let pg = PgCluster::start().unwrap();
-    create_outbox(&pg);
-    let config = config(&pg.url());
-    let slot = unique_ident("resume");
-    client_with_slot(&config, &slot).await.close().await;
+    let (pg, config, slot) = outbox_with_slot(PgCluster::builder(), "resume").await;
     insert_each(&pg, [1, 2, 3, 4]);
 
     let (mut stream, acks) = start(&config, &slot).await;
@@ -121,14 +109,11 @@ async fn resume_after_reconnect_starts_exactly_after_the_last_acked_transaction(
 
 #[tokio::test]
 async fn a_consumer_asleep_for_10s_keeps_its_stream_with_wal_sender_timeout_2s() {
-    let pg = PgCluster::builder()
-        .setting("wal_sender_timeout", "2s")
-        .start()
-        .unwrap();
-    create_outbox(&pg);
-    let config = config(&pg.url());
-    let slot = unique_ident("slow");
-    client_with_slot(&config, &slot).await.close().await;
+    let (pg, config, slot) = outbox_with_slot(
+        PgCluster::builder().setting("wal_sender_timeout", "2s"),
+        "slow",
+    )
+    .await;
 
     let (mut stream, acks) = start(&config, &slot).await;
     let pid = slot_row(&pg, &slot).await.1.expect("slot active");
@@ -169,14 +154,11 @@ async fn without_timely_feedback_the_server_drops_a_sleeping_consumer() {
     // The control experiment for the test above: the same sleep with the
     // feedback timer slowed to a minute is fatal, so that test proves the
     // feedback task, not a lenient server.
-    let pg = PgCluster::builder()
-        .setting("wal_sender_timeout", "2s")
-        .start()
-        .unwrap();
-    create_outbox(&pg);
-    let config = config(&pg.url());
-    let slot = unique_ident("nofeedback");
-    client_with_slot(&config, &slot).await.close().await;
+    let (pg, config, slot) = outbox_with_slot(
+        PgCluster::builder().setting("wal_sender_timeout", "2s"),
+        "nofeedback",
+    )
+    .await;
 
     let client = ReplicationClient::connect(&config).await.unwrap();
     let (mut stream, _acks) = client
@@ -188,26 +170,14 @@ async fn without_timely_feedback_the_server_drops_a_sleeping_consumer() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let error = tokio::time::timeout(PATIENCE, async {
-        loop {
-            if let Err(e) = stream.next().await {
-                return e;
-            }
-        }
-    })
-    .await
-    .expect("the stream ends");
+    let error = until_error(&mut stream).await;
     assert!(error.is_retryable(), "{error}");
     assert!(pg.log().contains("replication timeout"), "{}", pg.log());
 }
 
 #[tokio::test]
 async fn an_idle_consumer_acking_keepalives_releases_wal_it_does_not_stream() {
-    let pg = PgCluster::start().unwrap();
-    create_outbox(&pg);
-    let config = config(&pg.url());
-    let slot = unique_ident("idle");
-    client_with_slot(&config, &slot).await.close().await;
+    let (pg, config, slot) = outbox_with_slot(PgCluster::builder(), "idle").await;
     let (mut stream, acks) = start(&config, &slot).await;
 
     // WAL the slot does not publish.
@@ -240,11 +210,7 @@ async fn an_idle_consumer_acking_keepalives_releases_wal_it_does_not_stream() {
 
 #[tokio::test]
 async fn shutdown_sends_the_last_ack_and_frees_the_slot() {
-    let pg = PgCluster::start().unwrap();
-    create_outbox(&pg);
-    let config = config(&pg.url());
-    let slot = unique_ident("shutdown");
-    client_with_slot(&config, &slot).await.close().await;
+    let (pg, config, slot) = outbox_with_slot(PgCluster::builder(), "shutdown").await;
     insert_each(&pg, [1]);
 
     let client = ReplicationClient::connect(&config).await.unwrap();

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use e2e::PgCluster;
+use e2e::{PgCluster, PgClusterBuilder};
 use walstream::{
     AckHandle, CreateSlotOptions, Frame, Lsn, ReplicationClient, ReplicationConfig,
     ReplicationStream, StartOptions,
@@ -45,6 +45,20 @@ pub fn insert_range(pg: &PgCluster, from: i64, to: i64) {
         "INSERT INTO outbox SELECT g, repeat('x', 200) FROM generate_series({from}, {to}) g"
     ))
     .expect("insert rows");
+}
+
+/// A started cluster with the outbox table and its publication, settings
+/// for its superuser, and a pgoutput slot made before any row.
+pub async fn outbox_with_slot(
+    cluster: PgClusterBuilder,
+    slot_prefix: &str,
+) -> (PgCluster, ReplicationConfig, String) {
+    let pg = cluster.start().expect("start cluster");
+    create_outbox(&pg);
+    let config = config(&pg.url());
+    let slot = e2e::unique_ident(slot_prefix);
+    client_with_slot(&config, &slot).await.close().await;
+    (pg, config, slot)
 }
 
 /// Connects, creates a pgoutput slot, and returns the client.
@@ -212,4 +226,17 @@ pub async fn restart_stream(
             }
         }
     }
+}
+
+/// Reads until the stream fails; returns the error.
+pub async fn until_error(stream: &mut ReplicationStream) -> walstream::Error {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Err(e) = stream.next().await {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("the stream ends with an error")
 }
