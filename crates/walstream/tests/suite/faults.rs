@@ -148,5 +148,14 @@ async fn a_stalled_link_ends_with_a_retryable_receive_timeout() {
         waited >= Duration::from_secs(1) && waited < Duration::from_secs(6),
         "{waited:?}"
     );
+
+    // Connecting through the stalled link gives up at connect_timeout.
+    let mut impatient = via_proxy.clone();
+    impatient.set_connect_timeout(Some(Duration::from_secs(2)));
+    let started = Instant::now();
+    let err = ReplicationClient::connect(&impatient).await.unwrap_err();
+    assert!(matches!(err, Error::ConnectTimeout { .. }), "{err}");
+    assert!(err.is_retryable());
+    assert!(started.elapsed() < Duration::from_secs(4));
     proxy.restore();
 }

@@ -88,11 +88,28 @@ async fn a_used_snapshot_reads_in_the_creating_transaction() {
 
 #[tokio::test]
 async fn slot_state_shows_the_slot_and_a_slot_is_reused_then_dropped() {
-    let pg = PgCluster::start().unwrap();
+    let pg = PgCluster::builder()
+        .setting("statement_timeout", "'5s'")
+        .setting("lock_timeout", "'5s'")
+        .setting("idle_in_transaction_session_timeout", "'5s'")
+        .start()
+        .unwrap();
     create_outbox(&pg);
     let config = config(&pg.url());
     let slot = unique_ident("state");
     let mut client = ReplicationClient::connect(&config).await.unwrap();
+    // A stream lives for days: the server's session timeouts are off for it.
+    for setting in [
+        "statement_timeout",
+        "lock_timeout",
+        "idle_in_transaction_session_timeout",
+    ] {
+        let shown = client
+            .simple_query(&format!("SHOW {setting}"))
+            .await
+            .unwrap();
+        assert_eq!(shown, vec![vec![Some("0".to_string())]], "{setting}");
+    }
     let system = client.identify_system().await.unwrap();
     assert_eq!(system.timeline(), 1);
     assert_eq!(system.dbname(), Some("postgres"));
