@@ -10,6 +10,16 @@
 //! first publish to the last confirm (to the last frame written, without
 //! confirms). On a shared two-core machine the broker is the ceiling and
 //! the ratios, not the absolute numbers, are what the run measures.
+//!
+//! One run on the 2-core development machine (RabbitMQ 3.10, other builds
+//! and tests running beside it), messages/s:
+//!
+//! | window | amqp-sink | bare lapin, confirms | sink / lapin | bare lapin, no confirms |
+//! |---:|---:|---:|---:|---:|
+//! | 1 | 886 | 407 | 218% | 15817 |
+//! | 64 | 8286 | 6196 | 134% | 14543 |
+//! | 1024 | 8136 | 7645 | 106% | 13091 |
+//! | 8192 | 9501 | 9845 | 97% | 19949 |
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

@@ -20,7 +20,7 @@
 //! Polling it once therefore returns only after lapin finished the frame
 //! being handled, so every confirm of a frame seen before the barrier (and
 //! the return lapin attached to any of them) is in the ready list after
-//! it. (This relies on lapin 4.12's locking; `tests/returns.rs` exercises
+//! it. (This relies on lapin 4.12's locking; `tests/sink/returns.rs` exercises
 //! it with interleaved unroutable messages and a large window.)
 
 use std::collections::HashMap;
