@@ -1,0 +1,179 @@
+//! The two ceilings the relay is measured against.
+//!
+//! - The broker: a bare lapin loop publishing the same messages the relay
+//!   sends (persistent, ~300-byte JSON, the relay's properties and headers)
+//!   with publisher confirms and a window of 1024, to a topic exchange
+//!   bound to one durable queue, while the same consumer as in the drain
+//!   reads the queue. The figure is timed like the drain: first publish to
+//!   the consumer holding every message (the last confirm is recorded too).
+//! - WAL read: `pg_recvlogical` with pgoutput draining the backlog from a
+//!   slot of its own, to /dev/null: what Postgres can decode and send.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::BasicProperties;
+
+use crate::consumer::{Consumer, Tally};
+use crate::stats::rate;
+
+/// The broker's ceiling.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BrokerCeiling {
+    /// Messages published.
+    pub messages: u64,
+    /// Confirm window.
+    pub window: usize,
+    /// First publish to last confirm, seconds.
+    pub confirmed_secs: f64,
+    /// First publish to the consumer holding every message, seconds.
+    pub consumed_secs: f64,
+    /// messages / confirmed_secs.
+    pub confirmed_per_s: f64,
+    /// messages / consumed_secs: the ceiling.
+    pub events_per_s: f64,
+}
+
+/// Publishes `n` messages with a bare lapin loop to `exchange` (bound to
+/// `queue`) and times them.
+pub async fn broker(
+    exchange: &str,
+    queue: &str,
+    n: u64,
+    window: usize,
+) -> anyhow::Result<BrokerCeiling> {
+    let origin = Instant::now();
+    let tally = Tally::new(origin, 0, usize::try_from(n)?);
+    let consumer = Consumer::start(queue, tally.clone()).await?;
+    let connection = e2e::amqp::connect().await.context("publisher connection")?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let exchange: ShortString = exchange.into();
+    let options = BasicPublishOptions {
+        mandatory: true,
+        immediate: false,
+    };
+    let started = Instant::now();
+    let mut pending = VecDeque::with_capacity(window);
+    for seq in 0..n {
+        let body = crate::workload::payload(seq);
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "aggregate_type".into(),
+            AMQPValue::LongString("order".into()),
+        );
+        headers.insert(
+            "aggregate_id".into(),
+            AMQPValue::LongString(format!("ord-{seq}").into()),
+        );
+        headers.insert("event_type".into(), AMQPValue::LongString("created".into()));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(format!("00000000-0000-0000-0000-{seq:012}").into())
+            .with_type("created".into())
+            .with_content_type("application/json".into())
+            .with_app_id("relay-bench".into())
+            .with_timestamp(now)
+            .with_headers(headers);
+        let confirm = channel
+            .basic_publish(
+                exchange.clone(),
+                "order.created".into(),
+                options,
+                &body,
+                properties,
+            )
+            .await?;
+        pending.push_back(confirm);
+        if pending.len() >= window {
+            if let Some(oldest) = pending.pop_front() {
+                if !oldest.await?.is_ack() {
+                    bail!("the broker did not ack a message of the ceiling run");
+                }
+            }
+        }
+    }
+    while let Some(confirm) = pending.pop_front() {
+        if !confirm.await?.is_ack() {
+            bail!("the broker did not ack a message of the ceiling run");
+        }
+    }
+    let confirmed = started.elapsed();
+    let complete = tally.wait_all(Duration::from_secs(30), || true).await;
+    let _ = connection.close(200, "ceiling done".into()).await;
+    consumer.stop().await;
+    if !complete {
+        bail!(
+            "the consumer got {} of {n} messages of the ceiling run",
+            tally.unique()
+        );
+    }
+    let last = tally.last_arrival().unwrap_or_default();
+    let consumed = last.saturating_sub(started.saturating_duration_since(origin));
+    Ok(BrokerCeiling {
+        messages: n,
+        window,
+        confirmed_secs: confirmed.as_secs_f64(),
+        consumed_secs: consumed.as_secs_f64(),
+        confirmed_per_s: rate(n, confirmed),
+        events_per_s: rate(n, consumed),
+    })
+}
+
+/// The WAL-read ceiling.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WalCeiling {
+    /// Rows in the backlog read.
+    pub rows: u64,
+    /// pg_recvlogical's run time, seconds.
+    pub secs: f64,
+    /// rows / secs.
+    pub rows_per_s: f64,
+}
+
+/// Runs `pg_recvlogical` on `slot` until `end_lsn`, writing pgoutput's
+/// binary messages to /dev/null.
+pub fn wal_read(
+    bindir: &Path,
+    port: u16,
+    slot: &str,
+    publication: &str,
+    end_lsn: &str,
+    rows: u64,
+) -> anyhow::Result<WalCeiling> {
+    let program = bindir.join("pg_recvlogical");
+    let started = Instant::now();
+    let out = Command::new(&program)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(["-d", "postgres", "--slot", slot, "--start", "--no-loop"])
+        .args(["--endpos", end_lsn, "-f", "-"])
+        .args(["-o", "proto_version=1"])
+        .args(["-o", &format!("publication_names={publication}")])
+        .stdout(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", program.display()))?;
+    let elapsed = started.elapsed();
+    if !out.status.success() {
+        bail!(
+            "pg_recvlogical failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(WalCeiling {
+        rows,
+        secs: elapsed.as_secs_f64(),
+        rows_per_s: rate(rows, elapsed),
+    })
+}

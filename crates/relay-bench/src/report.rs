@@ -1,0 +1,407 @@
+//! The report: one table (figure | outbox-relay | ceiling or peer | ratio),
+//! the targets with met/missed, the machine, and the JSON with the
+//! top-level keys scripts read.
+
+use serde_json::{json, Value};
+
+use crate::phases::Results;
+
+/// The machine a run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Machine {
+    /// Cores the bench may use.
+    pub nproc: usize,
+    /// /proc/cpuinfo's model name.
+    pub cpu_model: String,
+    /// PostgreSQL's version() of the bench cluster.
+    pub postgres: String,
+    /// The broker's version.
+    pub rabbitmq: String,
+    /// uname -r.
+    pub kernel: String,
+    /// /proc/loadavg when the run started and ended (other work on the
+    /// machine makes figures noisy).
+    pub load_at_start: String,
+    /// See `load_at_start`.
+    pub load_at_end: String,
+}
+
+fn first_line_of(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(cmd).args(args).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
+}
+
+/// The load average now.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+impl Machine {
+    /// Reads the machine's facts.
+    pub fn read(postgres: &str, load_at_start: String) -> Machine {
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let rabbitmq = first_line_of("rabbitmq-diagnostics", &["server_version", "-q"])
+            .or_else(|| first_line_of("rabbitmqctl", &["version"]))
+            .unwrap_or_else(|| "unknown".into());
+        Machine {
+            nproc: std::thread::available_parallelism().map_or(1, usize::from),
+            cpu_model,
+            postgres: postgres.to_string(),
+            rabbitmq,
+            kernel: first_line_of("uname", &["-r"]).unwrap_or_default(),
+            load_at_start,
+            load_at_end: loadavg(),
+        }
+    }
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Row {
+    /// What is measured.
+    pub figure: String,
+    /// The relay's figure.
+    pub relay: String,
+    /// The ceiling or peer it is set beside.
+    pub other: String,
+    /// relay / other (or other / relay for costs), with what it means.
+    pub ratio: String,
+}
+
+/// One target of the issue.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Target {
+    /// The target.
+    pub target: String,
+    /// The measured figure.
+    pub measured: String,
+    /// Met, missed, or not measured (None).
+    pub met: Option<bool>,
+}
+
+fn row(
+    figure: impl Into<String>,
+    relay: impl Into<String>,
+    other: impl Into<String>,
+    ratio: impl Into<String>,
+) -> Row {
+    Row {
+        figure: figure.into(),
+        relay: relay.into(),
+        other: other.into(),
+        ratio: ratio.into(),
+    }
+}
+
+fn thousands(v: f64) -> String {
+    // Rates are positive and far below 2^53: format the rounded integer.
+    let s = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn opt_ms(v: Option<f64>) -> String {
+    match v {
+        Some(x) if x.is_infinite() => "> 33 s".into(),
+        Some(x) => format!("{x:.2}"),
+        None => "-".into(),
+    }
+}
+
+/// The rows of the table.
+pub fn rows(r: &Results) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let ceiling = r.broker.events_per_s.min(r.wal.rows_per_s);
+    let n = thousands(crate::stats::count_f64(r.drain.events));
+    rows.push(row(
+        "1a broker ceiling: bare lapin, confirms, window 1024 (msg/s)",
+        "",
+        thousands(r.broker.events_per_s),
+        "",
+    ));
+    rows.push(row(
+        "1b WAL-read ceiling: pg_recvlogical, pgoutput (rows/s)",
+        "",
+        thousands(r.wal.rows_per_s),
+        "",
+    ));
+    rows.push(row(
+        format!(
+            "2 backlog drain, {n} rows in {}-row txns (events/s) vs min(1a, 1b)",
+            r.backlog.rows_per_txn
+        ),
+        thousands(r.drain.events_per_s),
+        thousands(ceiling),
+        format!("{:.0}%", 100.0 * r.drain.events_per_s / ceiling),
+    ));
+    for l in &r.latency {
+        let (p50, p99, max) = match &l.end_to_end {
+            Some(p) => (p.p50_ms, p.p99_ms, p.max_ms),
+            None => (0.0, 0.0, 0.0),
+        };
+        rows.push(row(
+            format!(
+                "3 latency at {} events/s, commit -> consumer p50 / p99 / max (ms)",
+                thousands(crate::stats::count_f64(l.rate))
+            ),
+            format!("{p50:.2} / {p99:.2} / {max:.2}"),
+            format!(
+                "relay histogram p50 / p99 <= {} / {} ms",
+                opt_ms(l.relay_p50_ms),
+                opt_ms(l.relay_p99_ms)
+            ),
+            format!("achieved {} events/s", thousands(l.produced.achieved_rate)),
+        ));
+    }
+    let dbz_amqp = r.debezium.as_ref().and_then(|d| d.rabbitmq.as_ref());
+    rows.push(row(
+        "4 CPU seconds per 100k events, during 2",
+        format!("{:.2}", r.drain.cpu_s_per_100k),
+        dbz_amqp.map_or("-".into(), |d| {
+            format!("Debezium + RabbitMQ: {:.2}", d.cpu_s_per_100k)
+        }),
+        dbz_amqp.map_or(String::new(), |d| {
+            format!(
+                "{:.1}x less",
+                d.cpu_s_per_100k / r.drain.cpu_s_per_100k.max(1e-9)
+            )
+        }),
+    ));
+    rows.push(row(
+        "4 peak RSS (MiB), during 2",
+        format!("{:.1}", r.drain.usage.peak_rss_mib()),
+        dbz_amqp.map_or("-".into(), |d| {
+            format!("Debezium + RabbitMQ: {:.0}", d.usage.peak_rss_mib())
+        }),
+        dbz_amqp.map_or(String::new(), |d| {
+            format!(
+                "{:.0}x less",
+                d.usage.peak_rss_mib() / r.drain.usage.peak_rss_mib().max(1e-9)
+            )
+        }),
+    ));
+    let big = thousands(crate::stats::count_f64(r.big_txn.rows));
+    rows.push(row(
+        format!("4 CPU seconds per 100k events, one {big}-row txn"),
+        format!("{:.2}", r.big_txn.cpu_s_per_100k),
+        "",
+        "",
+    ));
+    rows.push(row(
+        format!("4 peak RSS (MiB), one {big}-row txn"),
+        format!("{:.1}", r.big_txn.usage.peak_rss_mib()),
+        "",
+        "",
+    ));
+    rows.push(row(
+        format!(
+            "5a drain vs polling publisher (SKIP LOCKED, 500/batch), {} rows (events/s)",
+            thousands(crate::stats::count_f64(r.poller.events))
+        ),
+        thousands(r.drain.events_per_s),
+        thousands(r.poller.events_per_s),
+        format!(
+            "{:.1}x",
+            r.drain.events_per_s / r.poller.events_per_s.max(1e-9)
+        ),
+    ));
+    match &r.debezium {
+        None => rows.push(row(
+            "5b Debezium 3.6 (not run: --with-debezium)",
+            "",
+            "-",
+            "",
+        )),
+        Some(d) => {
+            if let Some(a) = &d.rabbitmq {
+                rows.push(row(
+                    "5b drain vs Debezium 3.6 + RabbitMQ sink with confirms (events/s, once started)",
+                    thousands(r.drain.events_per_s),
+                    format!("{} ({} from start)", thousands(a.steady_events_per_s), thousands(a.events_per_s)),
+                    format!("{:.1}x", r.drain.events_per_s / a.steady_events_per_s.max(1e-9)),
+                ));
+            }
+            if let Some(z) = &d.null {
+                rows.push(row(
+                    "5b drain vs Debezium 3.6, null sink (events/s, once started)",
+                    thousands(r.drain.events_per_s),
+                    format!(
+                        "{} ({} from start)",
+                        thousands(z.steady_events_per_s),
+                        thousands(z.events_per_s)
+                    ),
+                    format!(
+                        "{:.1}x",
+                        r.drain.events_per_s / z.steady_events_per_s.max(1e-9)
+                    ),
+                ));
+            }
+            if let Some(e) = &d.error {
+                rows.push(row("5b Debezium did not run completely", "", e.clone(), ""));
+            }
+        }
+    }
+    rows
+}
+
+fn latency_p99(r: &Results, rate: u64) -> Option<f64> {
+    r.latency
+        .iter()
+        .find(|l| l.rate == rate)
+        .and_then(|l| l.end_to_end.as_ref())
+        .map(|p| p.p99_ms)
+}
+
+/// The issue's targets, met or missed.
+pub fn targets(r: &Results) -> Vec<Target> {
+    let ceiling = r.broker.events_per_s.min(r.wal.rows_per_s);
+    let drain = r.drain.events_per_s;
+    let mut t = vec![Target {
+        target: "backlog drain >= 90% of min(broker ceiling, WAL-read ceiling)".into(),
+        measured: format!("{:.0}%", 100.0 * drain / ceiling),
+        met: Some(drain >= 0.9 * ceiling),
+    }];
+    let dbz_amqp = r.debezium.as_ref().and_then(|d| d.rabbitmq.as_ref());
+    let dbz_null = r.debezium.as_ref().and_then(|d| d.null.as_ref());
+    t.push(Target {
+        target: ">= 3x Debezium with a confirming RabbitMQ sink".into(),
+        measured: dbz_amqp.map_or("not run".into(), |d| {
+            format!("{:.1}x", drain / d.steady_events_per_s)
+        }),
+        met: dbz_amqp.map(|d| drain >= 3.0 * d.steady_events_per_s),
+    });
+    t.push(Target {
+        target: ">= Debezium's null-sink figure".into(),
+        measured: dbz_null.map_or("not run".into(), |d| {
+            format!("{:.1}x", drain / d.steady_events_per_s)
+        }),
+        met: dbz_null.map(|d| drain >= d.steady_events_per_s),
+    });
+    t.push(Target {
+        target: ">= 5x the polling publisher".into(),
+        measured: format!("{:.1}x", drain / r.poller.events_per_s),
+        met: Some(drain >= 5.0 * r.poller.events_per_s),
+    });
+    for (rate, limit) in [(500u64, 10.0), (2_000, 50.0)] {
+        let p99 = latency_p99(r, rate);
+        t.push(Target {
+            target: format!("latency p99 <= {limit:.0} ms at {rate} events/s"),
+            measured: p99.map_or("not measured".into(), |p| format!("{p:.2} ms")),
+            met: p99.map(|p| p <= limit),
+        });
+    }
+    t.push(Target {
+        target: "<= 3 CPU-seconds per 100,000 events".into(),
+        measured: format!("{:.2} s", r.drain.cpu_s_per_100k),
+        met: Some(r.drain.cpu_s_per_100k <= 3.0),
+    });
+    t.push(Target {
+        target: "peak RSS <= 32 MiB in the drain".into(),
+        measured: format!("{:.1} MiB", r.drain.usage.peak_rss_mib()),
+        met: Some(r.drain.usage.peak_rss_mib() <= 32.0),
+    });
+    let big = r.big_txn.usage.peak_rss_mib();
+    t.push(Target {
+        target: format!(
+            "peak RSS <= 64 MiB with a {}-row transaction",
+            thousands(crate::stats::count_f64(r.big_txn.rows))
+        ),
+        measured: format!("{big:.1} MiB"),
+        met: Some(big <= 64.0),
+    });
+    t
+}
+
+/// The table as Markdown.
+pub fn table(rows: &[Row]) -> String {
+    let mut out =
+        String::from("| figure | outbox-relay | ceiling or peer | ratio |\n|---|---:|---:|---:|\n");
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            r.figure, r.relay, r.other, r.ratio
+        ));
+    }
+    out
+}
+
+/// The targets as a list.
+pub fn target_lines(targets: &[Target]) -> String {
+    let mut out = String::new();
+    for t in targets {
+        let verdict = match t.met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "not measured",
+        };
+        out.push_str(&format!("- {}: {} ({verdict})\n", t.target, t.measured));
+    }
+    out
+}
+
+/// The JSON document: the scripts' keys at the top, then everything.
+pub fn json(
+    r: &Results,
+    machine: &Machine,
+    rows: &[Row],
+    targets: &[Target],
+    command: &str,
+) -> Value {
+    let ceiling = r.broker.events_per_s.min(r.wal.rows_per_s);
+    json!({
+        "drain_events_per_s": r.drain.events_per_s,
+        "drain_ratio_to_ceiling": r.drain.events_per_s / ceiling,
+        "latency_p99_ms_at_500": latency_p99(r, 500),
+        "latency_p99_ms_at_2000": latency_p99(r, 2_000),
+        "cpu_s_per_100k": r.drain.cpu_s_per_100k,
+        "peak_rss_mib": r.drain.usage.peak_rss_mib(),
+        "peak_rss_mib_1m_txn": r.big_txn.usage.peak_rss_mib(),
+        "poller_events_per_s": r.poller.events_per_s,
+        "debezium_null_events_per_s": r.debezium.as_ref().and_then(|d| d.null.as_ref()).map(|d| d.steady_events_per_s),
+        "debezium_rabbitmq_events_per_s": r.debezium.as_ref().and_then(|d| d.rabbitmq.as_ref()).map(|d| d.steady_events_per_s),
+        "broker_ceiling_events_per_s": r.broker.events_per_s,
+        "wal_read_ceiling_rows_per_s": r.wal.rows_per_s,
+        "mode": r.plan.mode,
+        "command": command,
+        "machine": machine,
+        "table": rows,
+        "targets": targets,
+        "details": r,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(1_000.0), "1,000");
+        assert_eq!(thousands(1_234_567.0), "1,234,567");
+    }
+}
