@@ -160,7 +160,7 @@ async fn logs_never_show_a_password_and_json_logs_carry_the_span_fields() {
         &[
             ("RELAY_PG_URL", &pg_url),
             ("RELAY_AMQP_URL", &amqp),
-            ("RELAY_LOG", "debug"),
+            ("RELAY_LOG", "trace"),
         ],
     );
     relay

@@ -179,14 +179,45 @@ fn load_settings(cli: &Cli) -> anyhow::Result<Resolved> {
     )?)
 }
 
+/// The log filter: RELAY_LOG (default `info`), with lapin never above
+/// debug: at trace it logs every AMQP frame, the login frame with its
+/// password included.
+fn log_filter(user: Option<&str>) -> String {
+    let user = user
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("info");
+    let mut mentions_lapin = false;
+    let directives: Vec<String> = user
+        .split(',')
+        .map(|d| {
+            let d = d.trim();
+            if d.starts_with("lapin") {
+                mentions_lapin = true;
+                if d.to_ascii_lowercase().ends_with("=trace") {
+                    return amqp_sink::LOG_DIRECTIVES.to_string();
+                }
+            }
+            d.to_string()
+        })
+        .collect();
+    let mut filter = directives.join(",");
+    if !mentions_lapin {
+        filter.push_str(",lapin=warn");
+    }
+    filter
+}
+
 fn init_logging(cli: &Cli, resolved: &Resolved) {
     let format = match cli.global.log_format {
         Some(LogFormatArg::Json) => LogFormat::Json,
         Some(LogFormatArg::Text) => LogFormat::Text,
         None => resolved.settings.log_format,
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RELAY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(
+        std::env::var("RELAY_LOG").ok().as_deref(),
+    ))
+    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=warn"));
     // Colours only on a terminal: log files and shippers get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
