@@ -206,6 +206,10 @@ const FIELDS: &[(&str, Kind)] = &[
     ("log_format", Kind::Str),
 ];
 
+/// The largest `max_payload_bytes`: RabbitMQ 4's default
+/// `max_message_size`, and the sink's own limit.
+pub const MAX_PAYLOAD_LIMIT: u64 = 16 * 1024 * 1024;
+
 /// RELAY_* variables that are not settings but are read elsewhere: the
 /// config file's path, the log filter, and the test kit's own.
 const OTHER_VARS: &[&str] = &["RELAY_CONFIG", "RELAY_LOG"];
@@ -415,6 +419,16 @@ impl Settings {
                     message: "must be greater than 0".into(),
                 });
             }
+        }
+        if self.max_payload_bytes > MAX_PAYLOAD_LIMIT {
+            return Err(ConfigError::Invalid {
+                key: "max_payload_bytes",
+                message: format!(
+                    "{} is over {MAX_PAYLOAD_LIMIT} (16 MiB, RabbitMQ's default max_message_size): \
+                     larger messages would be refused by the broker, not dead-lettered",
+                    self.max_payload_bytes
+                ),
+            });
         }
         if self.backoff_max_ms < self.backoff_initial_ms {
             return Err(ConfigError::Invalid {
@@ -679,6 +693,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("routing_key:"));
+        let bad = Settings {
+            max_payload_bytes: MAX_PAYLOAD_LIMIT + 1,
+            ..base.clone()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("16 MiB"));
         let bad = Settings {
             window_messages: 0,
             ..base

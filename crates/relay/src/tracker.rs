@@ -107,8 +107,30 @@ impl AckTracker {
             return Err(TrackerError::AlreadyCommitted(id));
         }
         txn.end_lsn = Some(end_lsn);
+        self.merge_done_back();
         self.advance();
         Ok(())
+    }
+
+    /// Keeps the list as long as the unconfirmed work, not as long as the
+    /// stream: a transaction that is done when it commits (no outbox rows,
+    /// or all confirmed already) but waits behind an earlier one folds into
+    /// that one, which then ends where it ended. Without this, every
+    /// transaction of the database would queue up behind one slow confirm.
+    fn merge_done_back(&mut self) {
+        let len = self.txns.len();
+        if len < 2 {
+            return;
+        }
+        let done_back = self.txns.back().is_some_and(Txn::is_done);
+        let prev_committed = self.txns.get(len - 2).is_some_and(|t| t.end_lsn.is_some());
+        if done_back && prev_committed {
+            if let Some(done) = self.txns.pop_back() {
+                if let Some(prev) = self.txns.back_mut() {
+                    prev.end_lsn = done.end_lsn.max(prev.end_lsn);
+                }
+            }
+        }
     }
 
     /// The broker took responsibility for one message of this transaction
@@ -167,21 +189,14 @@ impl AckTracker {
     }
 
     fn find(&mut self, id: TxnId) -> Result<&mut Txn, TrackerError> {
-        // Ids are handed out in order and only the front is ever removed, so
-        // the position is the id's distance from the front's.
-        let front = self
+        // Ids are handed out in increasing order and the list stays sorted
+        // by id (entries leave from the front, or fold into their
+        // predecessor once done): a binary search finds one.
+        let index = self
             .txns
-            .front()
-            .map(|t| t.id.0)
-            .ok_or(TrackerError::Unknown(id))?;
-        let index =
-            id.0.checked_sub(front)
-                .and_then(|i| usize::try_from(i).ok())
-                .ok_or(TrackerError::Unknown(id))?;
-        self.txns
-            .get_mut(index)
-            .filter(|t| t.id == id)
-            .ok_or(TrackerError::Unknown(id))
+            .binary_search_by_key(&id, |t| t.id)
+            .map_err(|_| TrackerError::Unknown(id))?;
+        self.txns.get_mut(index).ok_or(TrackerError::Unknown(id))
     }
 
     /// Pops every done transaction at the front; the last one's end LSN is
@@ -321,6 +336,22 @@ mod tests {
         assert_eq!(t.acked(), lsn(0));
         t.confirm(a).unwrap();
         assert_eq!(t.acked(), lsn(150));
+    }
+
+    #[test]
+    fn transactions_without_rows_behind_a_slow_confirm_do_not_pile_up() {
+        let mut t = AckTracker::new(lsn(0));
+        let slow = t.begin();
+        t.add_message(slow).unwrap();
+        t.commit(slow, lsn(100)).unwrap();
+        for i in 0..10_000u64 {
+            let empty = t.begin();
+            t.commit(empty, lsn(200 + i)).unwrap();
+        }
+        assert_eq!(t.pending_transactions(), 1);
+        assert_eq!(t.acked(), lsn(0));
+        t.confirm(slow).unwrap();
+        assert_eq!(t.acked(), lsn(10_199));
     }
 
     #[test]
