@@ -94,6 +94,13 @@ consumer_pid=""
 grep -v '^ready' "$work/consumer.log"
 
 say "slot status"
+# The acknowledgement follows the broker's confirm within a moment.
+for _ in $(seq 1 100); do
+  lag=$(RELAY_PG_URL=$pg_url "$relay_bin" status --json \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["lag_bytes"])')
+  [ "$lag" = 0 ] && break
+  sleep 0.1
+done
 RELAY_PG_URL=$pg_url "$relay_bin" status
 echo
 echo "demo done: the event went from PostgreSQL's WAL to RabbitMQ, confirmed, and the slot advanced."
