@@ -105,11 +105,19 @@ pub enum Mapped {
     DeadLetter(EventMessage, DeadLetterReason),
 }
 
-/// What the mapper knows of the outbox table's current shape.
+/// What the mapper knows of the outbox table's current shape: each
+/// column, and the positions of the columns the mapping reads (looked up
+/// once per Relation message, not per row).
 #[derive(Debug, Clone)]
 pub struct Plan {
     columns: Vec<PlanColumn>,
-    index: HashMap<String, usize>,
+    payload: Option<usize>,
+    id: Option<usize>,
+    kind: Option<usize>,
+    timestamp: Option<usize>,
+    /// The columns the exchange and routing key templates name, with their
+    /// positions (None: no such column).
+    routing: Vec<(String, Option<usize>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -183,12 +191,26 @@ impl Mapper {
                 },
             })
             .collect();
-        let index = columns
+        let index: HashMap<String, usize> = columns
             .iter()
             .enumerate()
             .map(|(i, c)| (c.name.clone(), i))
             .collect();
-        self.plans.insert(relation.oid, Plan { columns, index });
+        let routing = self
+            .exchange
+            .columns()
+            .chain(self.routing_key.columns())
+            .map(|name| (name.to_string(), index.get(name).copied()))
+            .collect();
+        let plan = Plan {
+            payload: index.get(&self.payload_column).copied(),
+            id: index.get(&self.id_column).copied(),
+            kind: index.get(&self.type_column).copied(),
+            timestamp: index.get(&self.timestamp_column).copied(),
+            routing,
+            columns,
+        };
+        self.plans.insert(relation.oid, plan);
         true
     }
 
@@ -201,12 +223,11 @@ impl Mapper {
     /// Maps an Insert; `None` if it is not into the outbox table.
     pub fn insert(&self, insert: &Insert, lsn: Lsn) -> Option<Mapped> {
         let plan = self.plans.get(&insert.rel)?;
-        let text = |name: &str| -> Result<Option<String>, DeadLetterReason> {
-            let Some(&i) = plan.index.get(name) else {
-                return Ok(None);
-            };
-            match insert.tuple.get(i) {
-                Some(Column::Text(b)) => String::from_utf8(b.to_vec())
+        // The row's columns, parsed once (each is a slice of the message).
+        let row: Vec<Column> = insert.tuple.iter().collect();
+        let text = |at: Option<usize>| -> Result<Option<&str>, DeadLetterReason> {
+            match at.and_then(|i| row.get(i)) {
+                Some(Column::Text(b)) => std::str::from_utf8(b)
                     .map(Some)
                     .map_err(|_| DeadLetterReason::Undecodable),
                 Some(Column::Binary(_)) => Err(DeadLetterReason::Undecodable),
@@ -214,9 +235,7 @@ impl Mapper {
             }
         };
         let row_headers = || -> Vec<(String, HeaderValue)> {
-            insert
-                .tuple
-                .iter()
+            row.iter()
                 .zip(&plan.columns)
                 .filter_map(|(value, col)| {
                     let bytes = value.value()?;
@@ -230,12 +249,11 @@ impl Mapper {
 
         // The payload: required, within the limit, decodable.
         let payload = plan
-            .index
-            .get(&self.payload_column)
-            .and_then(|&i| insert.tuple.get(i).map(|v| (v, plan.columns.get(i))));
+            .payload
+            .and_then(|i| row.get(i).map(|v| (v, plan.columns.get(i))));
         let body = match payload {
             Some((Column::Text(b), Some(col))) if col.type_oid.0 == BYTEA_OID => {
-                match pgtext::decode_bytea_hex(&b) {
+                match pgtext::decode_bytea_hex(b) {
                     Some(raw) => Bytes::from(raw),
                     None => {
                         return dead(
@@ -246,8 +264,8 @@ impl Mapper {
                     }
                 }
             }
-            Some((Column::Text(b), _)) => b,
-            Some((Column::Binary(b), _)) => b,
+            Some((Column::Text(b), _)) => b.clone(),
+            Some((Column::Binary(b), _)) => b.clone(),
             _ => {
                 return dead(
                     DeadLetterReason::MissingColumn,
@@ -274,10 +292,11 @@ impl Mapper {
         }
 
         // Routing: the template columns' values, read once.
-        let mut values: Vec<(&str, Option<String>)> = Vec::new();
-        for name in self.exchange.columns().chain(self.routing_key.columns()) {
-            match text(name) {
-                Ok(value) => values.push((name, value)),
+        let mut values: Vec<(&str, Option<usize>, Option<&str>)> =
+            Vec::with_capacity(plan.routing.len());
+        for (name, at) in &plan.routing {
+            match text(*at) {
+                Ok(value) => values.push((name, *at, value)),
                 Err(_) => {
                     return dead(
                         DeadLetterReason::Undecodable,
@@ -287,9 +306,9 @@ impl Mapper {
                 }
             }
         }
-        let lookup = |name: &str| match values.iter().find(|(n, _)| *n == name) {
-            Some((_, Some(t))) => ColumnValue::Text(t.as_str()),
-            Some((_, None)) if plan.index.contains_key(name) => ColumnValue::Null,
+        let lookup = |name: &str| match values.iter().find(|(n, _, _)| *n == name) {
+            Some((_, _, Some(t))) => ColumnValue::Text(t),
+            Some((_, Some(_), None)) => ColumnValue::Null,
             _ => ColumnValue::Missing,
         };
         let exchange = self.exchange.render(lookup);
@@ -301,16 +320,14 @@ impl Mapper {
             }
         };
 
-        let message_id = text(&self.id_column).ok().flatten();
-        let kind = text(&self.type_column).ok().flatten();
-        let timestamp = text(&self.timestamp_column)
+        let message_id = text(plan.id).ok().flatten().map(str::to_string);
+        let kind = text(plan.kind).ok().flatten().map(str::to_string);
+        let timestamp = text(plan.timestamp)
             .ok()
             .flatten()
-            .as_deref()
             .and_then(pgtext::parse_timestamp)
             .and_then(|s| u64::try_from(s).ok());
-        let headers = insert
-            .tuple
+        let headers = row
             .iter()
             .zip(&plan.columns)
             .filter(|(_, col)| col.header)

@@ -18,6 +18,8 @@
 //! the reason.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -122,10 +124,10 @@ async fn sleep_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>
     }
 }
 
-/// One event waiting to be published, and what it belongs to.
+/// One event waiting to be published, and what it belongs to. Its broker
+/// message is built from `event` once, when its publish starts.
 #[derive(Debug, Clone)]
 struct Pending {
-    message: OutgoingMessage,
     event: EventMessage,
     txn: TxnId,
     lsn: Lsn,
@@ -361,9 +363,11 @@ async fn prepare(
         }));
     }
     match catalog::table_info(control, table).await.map_err(prereq)? {
-        None => return Err(RunError::Prerequisite(format!(
+        None => {
+            return Err(RunError::Prerequisite(format!(
             "table {table} does not exist: create it (sql/outbox.sql) or set table (RELAY_TABLE)"
-        ))),
+        )))
+        }
         Some(info) if !info.can_select => {
             return Err(RunError::Prerequisite(format!(
                 "the role may not SELECT from {table}: GRANT SELECT ON {} TO the relay's role",
@@ -572,11 +576,31 @@ impl Session<'_> {
         shutdown: &mut watch::Receiver<bool>,
         backoff: &mut Backoff,
     ) -> Result<LoopEnd, RunError> {
+        // The publish in progress and the event it publishes. It lives
+        // across iterations, so that an outcome or a frame arriving while it
+        // waits for window room does not cancel it (and its message is built
+        // once); the publisher is lent to it and comes back with its result.
+        let mut idle: Option<&mut Publisher> = Some(publisher);
+        let mut publishing: Option<(Pending, Publishing<'_>)> = None;
         loop {
             if *shutdown.borrow() {
                 return Ok(LoopEnd::Shutdown);
             }
-            let next = self.pending.front().map(|p| p.message.clone());
+            if publishing.is_none() {
+                if let Some(publisher) = idle.take() {
+                    match self.pending.pop_front() {
+                        Some(next) => {
+                            let message = outgoing(&next.event);
+                            let publish: Publishing<'_> = Box::pin(async move {
+                                let result = publisher.publish(message).await;
+                                (publisher, result)
+                            });
+                            publishing = Some((next, publish));
+                        }
+                        None => idle = Some(publisher),
+                    }
+                }
+            }
             tokio::select! {
                 biased;
                 changed = shutdown.changed() => {
@@ -592,10 +616,15 @@ impl Session<'_> {
                         return Ok(end);
                     }
                 }
-                published = publish_next(publisher, next) => {
+                done = in_progress(&mut publishing), if publishing.is_some() => {
+                    let (publisher, published) = done;
+                    idle = Some(publisher);
+                    let Some((pending, _)) = publishing.take() else {
+                        continue;
+                    };
                     match published {
-                        Ok(seq) => self.published(seq),
-                        Err(PublishError::Invalid(e)) => self.invalid(&e.to_string())?,
+                        Ok(seq) => self.published(pending, seq),
+                        Err(PublishError::Invalid(e)) => self.invalid(pending, &e.to_string())?,
                         Err(e @ (PublishError::Halted { .. } | PublishError::Unavailable { .. })) => {
                             return Ok(LoopEnd::Sink(e.to_string()));
                         }
@@ -604,7 +633,7 @@ impl Session<'_> {
                         }
                     }
                 }
-                frame = stream.next(), if self.pending.is_empty() => {
+                frame = stream.next(), if publishing.is_none() && self.pending.is_empty() => {
                     match frame {
                         Ok(frame) => {
                             backoff.reset();
@@ -733,7 +762,6 @@ impl Session<'_> {
             }
         };
         self.pending.push_back(Pending {
-            message: outgoing(&event),
             event,
             txn: id,
             lsn,
@@ -742,10 +770,7 @@ impl Session<'_> {
         });
     }
 
-    fn published(&mut self, seq: Seq) {
-        let Some(pending) = self.pending.pop_front() else {
-            return;
-        };
+    fn published(&mut self, pending: Pending, seq: Seq) {
         let bytes = pending.event.body.len();
         self.inflight_bytes += bytes;
         if let Some(reason) = pending.dead_letter {
@@ -762,10 +787,7 @@ impl Session<'_> {
 
     /// The sink refused the message itself (a name over 255 bytes, a body
     /// over the broker's limit): dead-letter it instead.
-    fn invalid(&mut self, why: &str) -> Result<(), RunError> {
-        let Some(front) = self.pending.pop_front() else {
-            return Ok(());
-        };
+    fn invalid(&mut self, front: Pending, why: &str) -> Result<(), RunError> {
         if front.dead_letter.is_some() {
             return Err(RunError::Broker(format!(
                 "the dead-letter copy of the event at {} cannot be published either: {why}",
@@ -776,7 +798,6 @@ impl Session<'_> {
         let mut copy = copy;
         set_header(&mut copy, "x-relay-reason", "invalid-message");
         self.pending.push_front(Pending {
-            message: outgoing(&copy),
             event: copy,
             dead_letter: Some(DeadLetterReason::Unroutable),
             ..front
@@ -846,7 +867,6 @@ impl Session<'_> {
                                 // The transaction still counts this event: the
                                 // copy's confirm completes it.
                                 self.pending.push_front(Pending {
-                                    message: outgoing(&copy),
                                     event: copy,
                                     dead_letter: Some(DeadLetterReason::Returned),
                                     ..pending
@@ -914,14 +934,19 @@ impl Session<'_> {
     }
 }
 
-/// Publishes `message` if there is one; pends forever otherwise (a disabled
-/// branch of the loop's `select!`). Cancel-safe (see Publisher::publish).
-async fn publish_next(
-    publisher: &mut Publisher,
-    message: Option<OutgoingMessage>,
-) -> Result<Seq, PublishError> {
-    match message {
-        Some(m) => publisher.publish(m).await,
+/// A publish in progress, holding the publisher it borrowed. Dropped before
+/// it completes (the loop ends), nothing is published: Publisher::publish
+/// is cancel-safe.
+type Publishing<'p> =
+    Pin<Box<dyn Future<Output = (&'p mut Publisher, Result<Seq, PublishError>)> + Send + 'p>>;
+
+/// Polls the publish in progress; pends forever if there is none (a
+/// disabled branch of the loop's `select!`).
+async fn in_progress<'p>(
+    publishing: &mut Option<(Pending, Publishing<'p>)>,
+) -> (&'p mut Publisher, Result<Seq, PublishError>) {
+    match publishing {
+        Some((_, publish)) => publish.await,
         None => std::future::pending().await,
     }
 }
