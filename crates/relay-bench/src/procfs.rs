@@ -36,12 +36,57 @@ pub fn usage(pid: u32) -> anyhow::Result<Usage> {
     })
 }
 
-/// CPU seconds (utime + stime) of thread `tid` of this process.
-pub fn thread_cpu_secs(tid: i32) -> anyhow::Result<f64> {
-    let path = format!("/proc/self/task/{tid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let ticks = cpu_ticks(&stat).ok_or_else(|| anyhow!("cannot parse {path}: {stat}"))?;
-    Ok(crate::stats::count_f64(ticks) / clock_ticks_per_sec())
+/// CPU seconds of every process of a PostgreSQL cluster (the postmaster
+/// and its children: backends, walsenders, background workers), by pid.
+pub fn cluster_cpu(
+    data_dir: &std::path::Path,
+) -> anyhow::Result<std::collections::HashMap<u32, f64>> {
+    let pidfile = data_dir.join("postmaster.pid");
+    let text = std::fs::read_to_string(&pidfile)
+        .with_context(|| format!("reading {}", pidfile.display()))?;
+    let postmaster: u32 = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no pid in {}", pidfile.display()))?;
+    let tck = clock_ticks_per_sec();
+    let mut out = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if pid == postmaster || parent(&stat) == Some(postmaster) {
+            if let Some(ticks) = cpu_ticks(&stat) {
+                out.insert(pid, crate::stats::count_f64(ticks) / tck);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// CPU seconds the cluster spent between two [`cluster_cpu`] snapshots
+/// (processes that ended in between are not counted).
+pub fn cluster_cpu_since(
+    before: &std::collections::HashMap<u32, f64>,
+    after: &std::collections::HashMap<u32, f64>,
+) -> f64 {
+    after
+        .iter()
+        .map(|(pid, cpu)| cpu - before.get(pid).copied().unwrap_or(0.0))
+        .sum()
+}
+
+/// The parent pid (field 4) of a /proc/<pid>/stat line.
+fn parent(stat: &str) -> Option<u32> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// utime + stime (fields 14 and 15) of a /proc/<pid>/stat line. The
@@ -79,6 +124,7 @@ mod tests {
         let stat = "4242 (outbox) relay)) S 1 4242 4242 0 -1 4194560 1510 0 0 0 \
                     250 75 0 0 20 0 6 0 123 456 789";
         assert_eq!(cpu_ticks(stat), Some(325));
+        assert_eq!(parent(stat), Some(1));
         assert_eq!(cpu_ticks("garbage"), None);
     }
 
@@ -87,6 +133,13 @@ mod tests {
         let status = "Name:\trelay\nVmPeak:\t  99999 kB\nVmHWM:\t   12345 kB\nVmRSS:\t 1000 kB\n";
         assert_eq!(vm_hwm_kib(status), Some(12_345));
         assert_eq!(vm_hwm_kib("Name: x\n"), None);
+    }
+
+    #[test]
+    fn cluster_cpu_counts_what_each_process_spent_since() {
+        let before = std::collections::HashMap::from([(1, 1.0), (2, 5.0)]);
+        let after = std::collections::HashMap::from([(1, 1.5), (2, 5.0), (3, 0.25)]);
+        assert_eq!(cluster_cpu_since(&before, &after), 0.75);
     }
 
     #[test]

@@ -137,10 +137,14 @@ pub fn rows(r: &Results) -> Vec<Row> {
     let ceiling = r.broker.events_per_s.min(r.wal.rows_per_s);
     let n = thousands(crate::stats::count_f64(r.drain.events));
     rows.push(row(
-        "1a broker ceiling: bare lapin, confirms, window 1024 (msg/s)",
+        "1a broker ceiling: bare lapin, confirms, window 1024, better of 2 runs (msg/s)",
         "",
         thousands(r.broker.events_per_s),
-        "",
+        r.broker_runs
+            .iter()
+            .map(|b| thousands(b.events_per_s))
+            .collect::<Vec<_>>()
+            .join(" / "),
     ));
     rows.push(row(
         "1b WAL-read ceiling: pg_recvlogical, pgoutput (rows/s)",
@@ -226,6 +230,36 @@ pub fn rows(r: &Results) -> Vec<Row> {
         format!(
             "{:.1}x",
             r.drain.events_per_s / r.poller.events_per_s.max(1e-9)
+        ),
+    ));
+    rows.push(row(
+        "5a CPU seconds per 100k events: relay process vs poller process",
+        format!("{:.2}", r.drain.cpu_s_per_100k),
+        format!("{:.2}", r.poller.cpu_s_per_100k),
+        format!(
+            "{:.1}x",
+            r.poller.cpu_s_per_100k / r.drain.cpu_s_per_100k.max(1e-9)
+        ),
+    ));
+    rows.push(row(
+        "5a peak RSS (MiB): relay process vs poller process",
+        format!("{:.1}", r.drain.usage.peak_rss_mib()),
+        format!("{:.1}", r.poller.usage.peak_rss_mib()),
+        "",
+    ));
+    rows.push(row(
+        "5a Postgres per 100k events: CPU seconds / WAL MiB written (relay: walsender; poller: its queries)",
+        format!(
+            "{:.2} / {:.1}",
+            r.drain.postgres.cpu_s_per_100k, r.drain.postgres.wal_mib_per_100k
+        ),
+        format!(
+            "{:.2} / {:.1}",
+            r.poller.postgres.cpu_s_per_100k, r.poller.postgres.wal_mib_per_100k
+        ),
+        format!(
+            "{:.1}x CPU",
+            r.poller.postgres.cpu_s_per_100k / r.drain.postgres.cpu_s_per_100k.max(1e-9)
         ),
     ));
     match &r.debezium {
