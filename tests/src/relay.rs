@@ -60,6 +60,8 @@ fn workspace_manifest() -> PathBuf {
 struct Output {
     lines: Mutex<Vec<String>>,
     grew: Condvar,
+    /// Output streams that reached their end (the process exited).
+    closed: std::sync::atomic::AtomicUsize,
 }
 
 /// A running `outbox-relay` process; killed (SIGKILL) on drop if still alive.
@@ -68,6 +70,8 @@ pub struct RelayProcess {
     child: Child,
     output: Arc<Output>,
     readers: Vec<std::thread::JoinHandle<()>>,
+    /// How many output streams are collected (2: stdout and stderr).
+    streams: usize,
     exited: Option<ExitStatus>,
 }
 
@@ -110,6 +114,7 @@ impl RelayProcess {
         Ok(RelayProcess {
             child,
             output,
+            streams: readers.len(),
             readers,
             exited: None,
         })
@@ -147,6 +152,17 @@ impl RelayProcess {
                 return Ok(line.clone());
             }
             let now = Instant::now();
+            let exited =
+                self.output.closed.load(std::sync::atomic::Ordering::SeqCst) >= self.streams;
+            if exited {
+                return Err(KitError::Timeout(
+                    Duration::ZERO,
+                    format!(
+                        "a relay line containing {needle:?}: the relay exited; its output:\n{}",
+                        lines.join("\n")
+                    ),
+                ));
+            }
             if now >= deadline {
                 return Err(KitError::Timeout(
                     timeout,
@@ -238,5 +254,12 @@ fn collect<R: std::io::Read + Send + 'static>(
             }
             output.grew.notify_all();
         }
+        // Take the lock so a waiter cannot miss this between its check and
+        // its wait.
+        let _guard = output.lines.lock();
+        output
+            .closed
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        output.grew.notify_all();
     })
 }

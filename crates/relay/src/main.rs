@@ -94,6 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// `outbox-relay run`: metrics endpoint, signal handling, the pipeline.
 async fn run_relay(settings: config::Settings, no_standby: bool) -> anyhow::Result<()> {
+    settings.validate()?;
     let (metrics, registry) = Metrics::new();
     let health = Arc::new(Health::default());
     let (stop, shutdown) = watch::channel(false);

@@ -80,6 +80,9 @@ pub enum DeadLetterReason {
     /// The broker returned the message: no queue is bound for its routing
     /// key.
     Returned,
+    /// The broker client refused the message as it was (a name over 255
+    /// bytes, a body over the broker's limit).
+    Invalid,
 }
 
 impl DeadLetterReason {
@@ -91,6 +94,7 @@ impl DeadLetterReason {
             DeadLetterReason::Undecodable => "undecodable",
             DeadLetterReason::MissingColumn => "missing-column",
             DeadLetterReason::Returned => "unroutable",
+            DeadLetterReason::Invalid => "invalid-message",
         }
     }
 }
@@ -264,8 +268,11 @@ impl Mapper {
                     }
                 }
             }
-            Some((Column::Text(b), _)) => b.clone(),
-            Some((Column::Binary(b), _)) => b.clone(),
+            // A copy of the value, not a slice: a slice would keep the whole
+            // read buffer it came from alive while the message is in flight,
+            // and the window counts only the body.
+            Some((Column::Text(b), _)) => Bytes::copy_from_slice(b),
+            Some((Column::Binary(b), _)) => Bytes::copy_from_slice(b),
             _ => {
                 return dead(
                     DeadLetterReason::MissingColumn,
@@ -497,6 +504,45 @@ impl Mapper {
         message.kind.clone_from(&original.kind);
         message.timestamp = original.timestamp;
         message.content_type.clone_from(&original.content_type);
+        message
+    }
+
+    /// The dead-letter copy of a message the broker client refused as it
+    /// is (a name, id or type over AMQP's 255 bytes, a body over the
+    /// broker's limit): only what surely fits is kept, so that the copy
+    /// itself can be published.
+    pub fn unpublishable(&self, original: &EventMessage, lsn: Lsn, why: &str) -> EventMessage {
+        let fits = |s: &str| s.len() <= crate::template::MAX_SHORT_STRING;
+        let mut headers: Vec<(String, HeaderValue)> = original
+            .headers
+            .iter()
+            .filter(|(name, _)| fits(name) && !name.starts_with("x-relay-"))
+            .cloned()
+            .collect();
+        headers.push((
+            "x-relay-original-exchange".into(),
+            HeaderValue::Text(original.exchange.clone()),
+        ));
+        headers.push((
+            "x-relay-original-routing-key".into(),
+            HeaderValue::Text(original.routing_key.clone()),
+        ));
+        let body = if original.body.len() <= self.max_payload_bytes {
+            original.body.clone()
+        } else {
+            Bytes::new()
+        };
+        let detail: String = format!("the broker client refused the message: {why}")
+            .chars()
+            .take(1000)
+            .collect();
+        let mut message =
+            match self.dead_letter(DeadLetterReason::Invalid, &detail, lsn, headers, body) {
+                Mapped::DeadLetter(m, _) | Mapped::Publish(m) => m,
+            };
+        message.message_id = original.message_id.clone().filter(|s| fits(s));
+        message.kind = original.kind.clone().filter(|s| fits(s));
+        message.timestamp = original.timestamp;
         message
     }
 
@@ -879,6 +925,38 @@ mod tests {
             m.logical_message(&logical("outbox", r#"{"event_type": "b", "payload": 1}"#)),
             Some(Mapped::DeadLetter(_, DeadLetterReason::Unroutable))
         ));
+    }
+
+    #[test]
+    fn a_message_the_client_refuses_gets_a_copy_that_fits() {
+        let m = Mapper::new(&Settings::default()).unwrap();
+        let long = "k".repeat(300);
+        let original = EventMessage {
+            exchange: "outbox".into(),
+            routing_key: "order.created".into(),
+            body: Bytes::from_static(b"{}"),
+            message_id: Some(long.clone()),
+            kind: Some("created".into()),
+            content_type: "application/json".into(),
+            timestamp: Some(1),
+            headers: vec![
+                (long.clone(), HeaderValue::Text("v".into())),
+                ("tenant".into(), HeaderValue::Text("acme".into())),
+            ],
+        };
+        let copy = m.unpublishable(&original, lsn(), "header name too long");
+        assert_eq!(copy.exchange, "outbox.dead-letter");
+        assert_eq!(copy.message_id, None);
+        assert_eq!(copy.kind.as_deref(), Some("created"));
+        assert!(copy.headers.iter().all(|(n, _)| n.len() <= 255));
+        assert!(copy
+            .headers
+            .contains(&("tenant".into(), HeaderValue::Text("acme".into()))));
+        assert!(copy.headers.contains(&(
+            "x-relay-reason".into(),
+            HeaderValue::Text("invalid-message".into())
+        )));
+        assert_eq!(&copy.body[..], b"{}");
     }
 
     #[test]

@@ -173,6 +173,7 @@ impl Metrics {
             "oversize",
             "undecodable",
             "missing-column",
+            "invalid-message",
         ] {
             let _ = metrics.dead_lettered.get_or_create(&ReasonLabels {
                 reason: reason.into(),

@@ -167,6 +167,9 @@ struct Session<'a> {
     inflight: VecDeque<InFlight>,
     txn: Option<(TxnId, PgTimestamp)>,
     inflight_bytes: usize,
+    /// Whether the broker confirmed anything in this session (a rewind's
+    /// backoff resets only on progress).
+    confirmed_any: bool,
 }
 
 /// Runs the relay until shutdown or a permanent error.
@@ -205,6 +208,10 @@ pub async fn run(settings: Settings, no_standby: bool, mut ctx: Context) -> Resu
     tracing::info!(slot = %settings.slot, lsn = %start, "streaming from the slot");
 
     let mut backoff = Backoff::new(&settings);
+    // Rewinds after publish failures back off on their own, and only
+    // progress (a confirm after the rewind) resets it: a queue that nacks
+    // everything must not turn into a replay every half second.
+    let mut rewinds = Backoff::new(&settings);
     let mut shutdown = ctx.shutdown.clone();
     let result = loop {
         // Connect and start streaming from the last acknowledged position.
@@ -248,6 +255,7 @@ pub async fn run(settings: Settings, no_standby: bool, mut ctx: Context) -> Resu
             inflight: VecDeque::new(),
             txn: None,
             inflight_bytes: 0,
+            confirmed_any: false,
         };
         let mut stream = stream;
         let end = session
@@ -287,6 +295,18 @@ pub async fn run(settings: Settings, no_standby: bool, mut ctx: Context) -> Resu
                 session.drain(&mut outcomes, Duration::from_secs(10)).await;
                 session.acks.ack(session.tracker.acked());
                 session.tracker.reset();
+                if publisher.is_halted()
+                    && !wait_for_broker(
+                        &mut publisher,
+                        &mut outcomes,
+                        &ctx,
+                        &mut shutdown,
+                        Duration::ZERO,
+                    )
+                    .await
+                {
+                    break Ok(());
+                }
                 let delay = backoff.delay();
                 tracing::warn!(error = %e, retry_in = ?delay, acked = %session.tracker.acked(), "replication stream lost; reconnecting");
                 if !sleep_or_shutdown(delay, &mut shutdown).await {
@@ -297,6 +317,9 @@ pub async fn run(settings: Settings, no_standby: bool, mut ctx: Context) -> Resu
             LoopEnd::Sink(why) => {
                 // Rewind: drop everything in flight, stream again from the
                 // last acknowledged transaction once the broker is back.
+                if session.confirmed_any {
+                    rewinds.reset();
+                }
                 session.tracker.reset();
                 let acked = session.tracker.acked();
                 session.acks.ack(acked);
@@ -309,7 +332,7 @@ pub async fn run(settings: Settings, no_standby: bool, mut ctx: Context) -> Resu
                     &mut outcomes,
                     &ctx,
                     &mut shutdown,
-                    &mut backoff,
+                    rewinds.delay(),
                 )
                 .await
                 {
@@ -532,7 +555,7 @@ async fn wait_for_broker(
     outcomes: &mut amqp_sink::Outcomes,
     ctx: &Context,
     shutdown: &mut watch::Receiver<bool>,
-    backoff: &mut Backoff,
+    delay: Duration,
 ) -> bool {
     // Outcomes of the dropped messages may still be queued: read them (they
     // release window room) without acting on them.
@@ -543,7 +566,6 @@ async fn wait_for_broker(
     }
     publisher.resume();
     let mut state = publisher.link_state();
-    let delay = backoff.delay();
     loop {
         let connected = matches!(
             *state.borrow_and_update(),
@@ -551,8 +573,10 @@ async fn wait_for_broker(
         );
         if connected {
             ctx.health.set_broker(true);
-            // A short pause so a flapping broker is not hammered.
-            return sleep_or_shutdown(delay.min(Duration::from_millis(500)), shutdown).await;
+            // The rewind's backoff: a failure that repeats (a queue that
+            // nacks everything) is retried ever more slowly.
+            tracing::info!(retry_in = ?delay, "streaming again from the slot");
+            return sleep_or_shutdown(delay, shutdown).await;
         }
         ctx.health.set_broker(false);
         tokio::select! {
@@ -794,12 +818,10 @@ impl Session<'_> {
                 front.lsn
             )));
         }
-        let copy = self.mapper.returned(&front.event, front.lsn, why);
-        let mut copy = copy;
-        set_header(&mut copy, "x-relay-reason", "invalid-message");
+        let copy = self.mapper.unpublishable(&front.event, front.lsn, why);
         self.pending.push_front(Pending {
             event: copy,
-            dead_letter: Some(DeadLetterReason::Unroutable),
+            dead_letter: Some(DeadLetterReason::Invalid),
             ..front
         });
         Ok(())
@@ -828,6 +850,7 @@ impl Session<'_> {
                     let Some(done) = self.inflight.pop_front() else {
                         break;
                     };
+                    self.confirmed_any = true;
                     self.inflight_bytes -= done.bytes;
                     self.tracker
                         .confirm(done.pending.txn)
@@ -893,10 +916,12 @@ impl Session<'_> {
                 self.ctx
                     .metrics
                     .reconnect(Side::Rabbitmq, "connection_lost");
-                if halted || !self.inflight.is_empty() {
+                if halted {
                     return Ok(Some(LoopEnd::Sink(format!("broker link lost: {error}"))));
                 }
-                tracing::warn!(error = %error, "broker link lost with nothing in flight; reconnecting");
+                // Nothing unconfirmed was failed: what is queued goes out, in
+                // order, once the sink has reconnected.
+                tracing::warn!(error = %error, "broker link lost with nothing unconfirmed; reconnecting");
             }
             SinkEvent::Connected { broker } => {
                 self.ctx.health.set_broker(true);
@@ -953,14 +978,6 @@ async fn in_progress<'p>(
 
 fn lsn_gauge(lsn: Lsn) -> i64 {
     i64::try_from(lsn.as_u64()).unwrap_or(i64::MAX)
-}
-
-fn set_header(event: &mut EventMessage, name: &str, value: &str) {
-    for (n, v) in &mut event.headers {
-        if n == name {
-            *v = HeaderValue::Text(value.to_string());
-        }
-    }
 }
 
 /// The sink's message for a mapped event.

@@ -436,7 +436,11 @@ async fn a_standby_takes_over_within_ten_seconds_of_the_active_relay_dying() {
 #[tokio::test]
 async fn a_dropped_slot_stops_the_relay_with_the_reason_instead_of_retrying() {
     let f = Fixture::new().await;
-    let mut relay = f.start_relay(&[]);
+    // A long first backoff leaves time to drop the slot between connections.
+    let mut relay = f.start_relay(&[
+        ("RELAY_BACKOFF_INITIAL_MS", "3000"),
+        ("RELAY_BACKOFF_MAX_MS", "3000"),
+    ]);
     f.pg.psql(
         "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
          WHERE slot_name = 'outbox_relay'",
@@ -596,5 +600,33 @@ async fn a_million_row_transaction_streams_through_in_bounded_memory() {
         started.elapsed()
     );
     assert!(peak_mib < 64, "peak RSS {peak_mib} MiB");
+    relay.kill().unwrap();
+}
+
+#[tokio::test]
+async fn a_message_the_broker_client_refuses_is_dead_lettered_and_the_stream_goes_on() {
+    let f = Fixture::new().await;
+    let mut consumer = f.consumer().await;
+    let mut relay = f.start_relay(&[]);
+    let mut dead = f.scope.consume(&f.dead_letter_queue).await.unwrap();
+    // A header name over AMQP's 255 bytes: no AMQP message can carry it.
+    f.pg.psql(&format!(
+        r#"SELECT pg_logical_emit_message(true, 'outbox',
+             '{{"aggregate_type": "order", "aggregate_id": "1", "event_type": "created",
+               "payload": {{"seq": 1}}, "{}": "x"}}');
+           INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+           VALUES ('order', '1', 'created', '{{"seq": 2}}');"#,
+        "k".repeat(300)
+    ))
+    .unwrap();
+    let good = consumer.collect(1, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(seq_of(&good[0].data), 2);
+    let bad = dead.collect(1, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(
+        header(&bad[0], "x-relay-reason").as_deref(),
+        Some("invalid-message")
+    );
+    assert_eq!(seq_of(&bad[0].data), 1);
+    assert!(relay.try_status().is_none(), "{}", relay.output());
     relay.kill().unwrap();
 }
