@@ -441,11 +441,23 @@ async fn a_dropped_slot_stops_the_relay_with_the_reason_instead_of_retrying() {
         ("RELAY_BACKOFF_INITIAL_MS", "3000"),
         ("RELAY_BACKOFF_MAX_MS", "3000"),
     ]);
-    f.pg.psql(
-        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
-         WHERE slot_name = 'outbox_relay'",
-    )
-    .unwrap();
+    // Terminate its walsender (once the slot shows it active).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while f
+        .pg
+        .psql(
+            "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots
+             WHERE slot_name = 'outbox_relay' AND active_pid IS NOT NULL",
+        )
+        .unwrap()
+        != "1"
+    {
+        assert!(Instant::now() < deadline, "the slot never became active");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    relay
+        .wait_for_line("replication stream lost", Duration::from_secs(10))
+        .unwrap();
     // Drop it while the relay is between connections.
     let deadline = Instant::now() + Duration::from_secs(10);
     while f
