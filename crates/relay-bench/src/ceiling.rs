@@ -177,3 +177,74 @@ pub fn wal_read(
         rows_per_s: rate(rows, elapsed),
     })
 }
+
+/// The broker's latency floor at a fixed rate: a bare lapin loop (confirms,
+/// window 1024) publishing `rate` messages/s for `duration` while the
+/// consumer reads; the time from the publish call to the consumer's
+/// receipt. What any publisher on this machine and broker would see.
+pub async fn broker_latency(
+    exchange: &str,
+    queue: &str,
+    rate: u64,
+    duration: Duration,
+) -> anyhow::Result<Option<crate::stats::Percentiles>> {
+    let txns_per_sec = rate.clamp(1, 1000);
+    let per_tick = (rate / txns_per_sec).max(1);
+    let ticks = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX) * txns_per_sec / 1000;
+    let n = usize::try_from(ticks * per_tick)?;
+    let origin = Instant::now();
+    let tally = Tally::new(origin, 0, n);
+    let sent = crate::workload::CommitTimes::new(origin, 0, n);
+    let consumer = Consumer::start(queue, tally.clone()).await?;
+    let connection = e2e::amqp::connect().await.context("publisher connection")?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let exchange: ShortString = exchange.into();
+    let options = BasicPublishOptions {
+        mandatory: true,
+        immediate: false,
+    };
+    let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / txns_per_sec));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut pending = VecDeque::new();
+    let mut seq = 0u64;
+    for _ in 0..ticks {
+        ticker.tick().await;
+        for _ in 0..per_tick {
+            let body = crate::workload::payload(seq);
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into());
+            sent.record(seq, Instant::now());
+            let confirm = channel
+                .basic_publish(
+                    exchange.clone(),
+                    "order.created".into(),
+                    options,
+                    &body,
+                    properties,
+                )
+                .await?;
+            pending.push_back(confirm);
+            seq += 1;
+        }
+        // Settle the confirms that are in, without waiting (window 1024).
+        while pending.len() > 1024 {
+            if let Some(oldest) = pending.pop_front() {
+                oldest.await?;
+            }
+        }
+    }
+    for confirm in pending {
+        confirm.await?;
+    }
+    let _ = tally.wait_all(Duration::from_secs(30), || true).await;
+    let _ = connection.close(200, "latency ceiling done".into()).await;
+    consumer.stop().await;
+    let mut samples: Vec<Duration> = (0..seq)
+        .filter_map(|s| Some(tally.arrival(s)?.saturating_sub(sent.get(s)?)))
+        .collect();
+    Ok(crate::stats::percentiles(&mut samples))
+}

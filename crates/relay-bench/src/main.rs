@@ -11,6 +11,12 @@
 //!
 //! On two shared cores every figure is the day's: the ratios, measured in
 //! the same run, are what hold.
+//!
+//! For profiling: `--rows N`, `--rates R1,R2`, `--latency-secs S` shrink a
+//! run to the part under study; `RELAY_TEST_BIN` runs another relay binary
+//! (a wrapper that starts `perf record -p $$` and execs the relay works);
+//! `RELAY_BENCH_DUMP=PREFIX` writes each latency phase's events as
+//! `seq commit_ms latency_ms` lines to `PREFIX-<phase>`.
 
 mod ceiling;
 mod consumer;
@@ -54,6 +60,12 @@ struct Args {
     /// drain without the rest of a full run.
     #[arg(long, value_name = "N")]
     rows: Option<u64>,
+    /// Override the latency phases' rates, events/s (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "RATES")]
+    rates: Option<Vec<u64>>,
+    /// Override how long each latency phase produces, seconds.
+    #[arg(long, value_name = "SECS")]
+    latency_secs: Option<u64>,
     /// Internal: run the polling publisher peer as this process (the bench
     /// starts it so that its CPU and memory are its own).
     #[arg(long, hide = true, value_name = "PG_URL", requires = "poller_exchange")]
@@ -97,6 +109,12 @@ fn main() -> anyhow::Result<()> {
         plan.backlog_rows = rows;
         plan.broker_messages = rows;
         plan.poller_rows = rows;
+    }
+    if let Some(rates) = args.rates {
+        plan.latency_rates = rates;
+    }
+    if let Some(secs) = args.latency_secs {
+        plan.latency_phase = std::time::Duration::from_secs(secs.max(1));
     }
     let results = runtime.block_on(phases::run(plan, args.with_debezium))?;
     let machine = report::Machine::read(&results.postgres_version, load_at_start);

@@ -106,6 +106,9 @@ pub struct Latency {
     pub relay_observations: u64,
     /// Committed events that never arrived (0 in a run without faults).
     pub lost: usize,
+    /// The broker's floor at this rate: a bare lapin publisher's publish
+    /// -> consumer latency, measured right before the phase.
+    pub broker_floor: Option<Percentiles>,
 }
 
 /// The one big transaction.
@@ -676,6 +679,23 @@ impl Bench {
             let first = 10_000_000 * (u64::try_from(k)? + 1);
             let secs = self.plan.latency_phase.as_secs().max(1);
             let expected = rate_per_s * secs;
+            say(&format!(
+                "broker latency floor at {rate_per_s} messages/s for {secs} s"
+            ));
+            let (floor_exchange, floor_queue) = self.scope.topic_with_queue("bench-floor").await?;
+            let broker_floor = ceiling::broker_latency(
+                &floor_exchange,
+                &floor_queue,
+                rate_per_s,
+                self.plan.latency_phase,
+            )
+            .await?;
+            if let Some(p) = &broker_floor {
+                say(&format!(
+                    "  p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                    p.p50_ms, p.p99_ms, p.max_ms
+                ));
+            }
             say(&format!("latency at {rate_per_s} events/s for {secs} s"));
             let origin = Instant::now();
             let n = usize::try_from(expected)?;
@@ -709,6 +729,20 @@ impl Bench {
                     _ => {}
                 }
             }
+            if let Some(path) = std::env::var_os("RELAY_BENCH_DUMP") {
+                let mut text = String::new();
+                for seq in first..first + expected {
+                    if let (Some(c), Some(a)) = (times.get(seq), tally.arrival(seq)) {
+                        text.push_str(&format!(
+                            "{} {:.3} {:.3}\n",
+                            seq - first,
+                            c.as_secs_f64() * 1000.0,
+                            (a.saturating_sub(c)).as_secs_f64() * 1000.0
+                        ));
+                    }
+                }
+                let _ = std::fs::write(format!("{}-{k}", path.to_string_lossy()), text);
+            }
             let relay_hist = after.since(&before);
             let phase = Latency {
                 rate: rate_per_s,
@@ -718,6 +752,7 @@ impl Bench {
                 relay_p99_ms: relay_hist.quantile_ms(9_900),
                 relay_observations: relay_hist.count,
                 lost,
+                broker_floor,
             };
             if let Some(p) = &phase.end_to_end {
                 say(&format!(

@@ -173,11 +173,29 @@ pub fn rows(r: &Results) -> Vec<Row> {
             ),
             format!("{p50:.2} / {p99:.2} / {max:.2}"),
             format!(
-                "relay histogram p50 / p99 <= {} / {} ms",
+                "bare lapin publish -> consumer p50 / p99 / max {}; relay histogram p50 / p99 <= {} / {} ms; commit round trip p99 / max {}",
+                l.broker_floor.as_ref().map_or("-".into(), |p| format!(
+                    "{:.2} / {:.2} / {:.2} ms",
+                    p.p50_ms, p.p99_ms, p.max_ms
+                )),
                 opt_ms(l.relay_p50_ms),
-                opt_ms(l.relay_p99_ms)
+                opt_ms(l.relay_p99_ms),
+                l.produced
+                    .commit_round_trip
+                    .as_ref()
+                    .map_or("-".into(), |p| format!(
+                        "{:.2} / {:.2} ms",
+                        p.p99_ms, p.max_ms
+                    ))
             ),
-            format!("achieved {} events/s", thousands(l.produced.achieved_rate)),
+            match &l.broker_floor {
+                Some(f) if f.p99_ms > 0.0 => format!(
+                    "p99 {:.1}x the broker floor's; achieved {} events/s",
+                    p99 / f.p99_ms,
+                    thousands(l.produced.achieved_rate)
+                ),
+                _ => format!("achieved {} events/s", thousands(l.produced.achieved_rate)),
+            },
         ));
     }
     let dbz_amqp = r.debezium.as_ref().and_then(|d| d.rabbitmq.as_ref());

@@ -170,7 +170,8 @@ impl CommitTimes {
         }
     }
 
-    fn record(&self, seq: u64, when: Instant) {
+    /// Records that event `seq` was committed (or sent) at `when`.
+    pub fn record(&self, seq: u64, when: Instant) {
         let nanos = when.saturating_duration_since(self.origin).as_nanos();
         let nanos = u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1;
         if let Some(slot) = seq
@@ -212,6 +213,11 @@ pub struct Produced {
     /// Transactions that could not start on time because every connection
     /// was busy (the producer fell behind its rate).
     pub late_txns: u64,
+    /// The INSERT's round trip (client -> Postgres commit -> client): how
+    /// long the machine takes to serve a commit at this rate, the floor
+    /// under any commit-to-consumer latency (on a busy shared machine it
+    /// shows the scheduling delays every process suffers).
+    pub commit_round_trip: Option<crate::stats::Percentiles>,
 }
 
 /// Commits events `first..` into `outbox` at `rate` events/s for
@@ -242,18 +248,21 @@ pub async fn produce_at_rate(
         senders.push(tx);
         let times = times.clone();
         workers.push(tokio::spawn(async move {
+            let mut round_trips = Vec::new();
             while let Some((a, b)) = rx.recv().await {
                 let (ia, ib) = (
                     i64::try_from(a).unwrap_or(i64::MAX),
                     i64::try_from(b).unwrap_or(i64::MAX),
                 );
+                let sent = Instant::now();
                 client.execute(&statement, &[&ia, &ib]).await?;
                 let now = Instant::now();
+                round_trips.push(now - sent);
                 for seq in a..=b {
                     times.record(seq, now);
                 }
             }
-            Ok::<(), tokio_postgres::Error>(())
+            Ok::<_, tokio_postgres::Error>(round_trips)
         }));
     }
     let started = Instant::now();
@@ -287,10 +296,13 @@ pub async fn produce_at_rate(
         }
     }
     drop(senders);
+    let mut round_trips = Vec::new();
     for w in workers {
-        w.await
-            .context("a producer task")?
-            .context("committing an event")?;
+        round_trips.extend(
+            w.await
+                .context("a producer task")?
+                .context("committing an event")?,
+        );
     }
     let elapsed = started.elapsed();
     let events = seq - first;
@@ -299,6 +311,7 @@ pub async fn produce_at_rate(
         rows_per_txn: per_txn,
         achieved_rate: crate::stats::rate(events, elapsed),
         late_txns: late,
+        commit_round_trip: crate::stats::percentiles(&mut round_trips),
     })
 }
 
