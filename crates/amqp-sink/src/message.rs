@@ -240,10 +240,20 @@ impl Prepared {
 
 /// The fallible `ShortString` conversion (lapin's `From` panics past 255
 /// bytes).
+/// The longest AMQP short string, in bytes.
+const MAX_SHORT_STRING: usize = 255;
+
 fn short(field: &'static str, value: String) -> Result<ShortString, MessageError> {
-    let len = value.len();
-    let start: String = value.chars().take(40).collect();
-    ShortString::try_new(value).map_err(|_| MessageError::TooLong { field, len, start })
+    if value.len() > MAX_SHORT_STRING {
+        let len = value.len();
+        let start: String = value.chars().take(40).collect();
+        return Err(MessageError::TooLong { field, len, start });
+    }
+    ShortString::try_new(value).map_err(|_| MessageError::TooLong {
+        field,
+        len: MAX_SHORT_STRING + 1,
+        start: String::new(),
+    })
 }
 
 /// What identifies a message when the broker returns it: basic.return

@@ -86,7 +86,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { no_standby } => {
-            runtime.block_on(run_relay(settings, no_standby))?;
+            // The pipeline runs as a task, not on the main thread: the
+            // broker driver and the replication stream wake it many times
+            // a second, and a wake-up between tasks of one worker is far
+            // cheaper than unparking another thread.
+            runtime.block_on(async move {
+                tokio::spawn(run_relay(settings, no_standby))
+                    .await
+                    .context("the relay task panicked")?
+            })?;
             Ok(ExitCode::SUCCESS)
         }
     }
