@@ -27,6 +27,8 @@ use crate::workload::{self, CommitTimes, Produced};
 const PUBLICATION: &str = "outbox_relay";
 const RELAY_SLOT: &str = "bench_relay";
 const RECV_SLOT: &str = "bench_recvlogical";
+/// The relay's second drain of the same backlog (into a non-durable queue).
+const TRANSIENT_SLOT: &str = "bench_relay_transient";
 const DBZ_NULL_SLOT: &str = "bench_debezium_null";
 const DBZ_AMQP_SLOT: &str = "bench_debezium_rabbitmq";
 
@@ -53,14 +55,33 @@ pub struct Backlog {
 pub struct PgCost {
     /// CPU seconds of every cluster process, per 100,000 events.
     pub cpu_s_per_100k: f64,
+    /// CPU seconds of the local RabbitMQ, per 100,000 events (None when
+    /// RabbitMQ runs elsewhere).
+    pub broker_cpu_s_per_100k: Option<f64>,
+    /// How busy the whole machine was meanwhile: percent of all cores.
+    pub machine_busy_pct: f64,
     /// MiB of WAL written, per 100,000 events.
     pub wal_mib_per_100k: f64,
 }
 
 /// A snapshot to measure a [`PgCost`] from.
 struct PgMark {
+    broker_cpu: Option<f64>,
+    machine: (u64, u64),
     cpu: std::collections::HashMap<u32, f64>,
     lsn: String,
+}
+
+/// The same backlog drained into a non-durable queue, by a bare lapin loop
+/// and by the relay: RabbitMQ then keeps the (still persistent-flagged)
+/// messages in memory only, so the two figures show how much of the
+/// drain's bound is the broker's disk path rather than the relay.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Transient {
+    /// The bare lapin loop into the non-durable queue.
+    pub broker: BrokerCeiling,
+    /// The relay into the non-durable queue (a slot of its own).
+    pub drain: Drain,
 }
 
 /// The relay draining the backlog.
@@ -177,6 +198,8 @@ pub struct Results {
     pub wal: WalCeiling,
     /// 2 (and 4 during 2).
     pub drain: Drain,
+    /// 2 again, with RabbitMQ off its disk: what bounds the drain.
+    pub transient: Transient,
     /// 5b, if asked for.
     pub debezium: Option<Debezium>,
     /// 5a.
@@ -227,6 +250,8 @@ impl Bench {
 
     async fn pg_mark(&self, client: &tokio_postgres::Client) -> anyhow::Result<PgMark> {
         Ok(PgMark {
+            broker_cpu: crate::procfs::broker_cpu(),
+            machine: crate::procfs::machine_ticks()?,
             cpu: crate::procfs::cluster_cpu(&self.pg.data_dir())?,
             lsn: workload::wal_insert_lsn(client).await?,
         })
@@ -247,8 +272,18 @@ impl Bench {
             )
             .await?;
         let wal_bytes: f64 = row.get(0);
+        let broker_cpu = match (mark.broker_cpu, crate::procfs::broker_cpu()) {
+            (Some(before), Some(after)) => Some(per_100k(after - before, events)),
+            _ => None,
+        };
+        let (busy, total) = crate::procfs::machine_ticks()?;
+        let busy = busy.saturating_sub(mark.machine.0);
+        let total = total.saturating_sub(mark.machine.1).max(1);
         Ok(PgCost {
             cpu_s_per_100k: per_100k(cpu, events),
+            broker_cpu_s_per_100k: broker_cpu,
+            machine_busy_pct: 100.0 * crate::stats::count_f64(busy)
+                / crate::stats::count_f64(total),
             wal_mib_per_100k: wal_bytes / 1_048_576.0 * 100_000.0
                 / crate::stats::count_f64(events.max(1)),
         })
@@ -266,7 +301,7 @@ impl Bench {
                 "CREATE PUBLICATION {PUBLICATION} FOR TABLE public.outbox WITH (publish = 'insert')"
             ))
             .await?;
-        let mut slots = vec![RELAY_SLOT, RECV_SLOT];
+        let mut slots = vec![RELAY_SLOT, RECV_SLOT, TRANSIENT_SLOT];
         if with_debezium {
             slots.extend([DBZ_NULL_SLOT, DBZ_AMQP_SLOT]);
         }
@@ -360,6 +395,26 @@ impl Bench {
         };
         let broker_runs = vec![broker_before, broker_after];
 
+        // 2b: the same two with RabbitMQ off its disk.
+        say("non-durable queue: bare lapin loop, then the relay on the same backlog");
+        let (exchange, queue) = self.transient_topic_with_queue("bench-transient").await?;
+        let transient_broker =
+            ceiling::broker(&exchange, &queue, plan.broker_messages, 1024).await?;
+        say(&format!(
+            "  bare lapin {:.0} msg/s",
+            transient_broker.events_per_s
+        ));
+        let (exchange, queue) = self.transient_topic_with_queue("bench-transient").await?;
+        let transient_drain = self.drain_into(TRANSIENT_SLOT, &exchange, &queue).await?;
+        say(&format!(
+            "  relay {:.0} events/s (CPU {:.2} s per 100k)",
+            transient_drain.events_per_s, transient_drain.cpu_s_per_100k
+        ));
+        let transient = Transient {
+            broker: transient_broker,
+            drain: transient_drain,
+        };
+
         // 5b: Debezium on the same backlog.
         let debezium = if with_debezium {
             Some(self.debezium().await)
@@ -384,6 +439,7 @@ impl Bench {
             backlog,
             wal,
             drain,
+            transient,
             debezium,
             poller,
             latency,
@@ -419,12 +475,16 @@ impl Bench {
     }
 
     fn target(&self, exchange: &str) -> Target {
+        self.target_on(RELAY_SLOT, exchange)
+    }
+
+    fn target_on(&self, slot: &str, exchange: &str) -> Target {
         let dead_letter = e2e::unique_name("bench-dlx");
         self.scope.track_exchange(&dead_letter);
         self.scope.track_queue(&dead_letter);
         Target {
             pg_url: self.pg.url(),
-            slot: RELAY_SLOT.into(),
+            slot: slot.into(),
             publication: PUBLICATION.into(),
             exchange: exchange.into(),
             dead_letter,
@@ -449,14 +509,46 @@ impl Bench {
     }
 
     async fn drain(&self) -> anyhow::Result<Drain> {
-        let n = self.plan.backlog_rows;
         let (exchange, queue) = self.scope.topic_with_queue("bench-relay").await?;
+        self.drain_into(RELAY_SLOT, &exchange, &queue).await
+    }
+
+    /// A topic exchange bound to a non-durable queue (RabbitMQ keeps its
+    /// messages in memory only). Returns (exchange, queue).
+    async fn transient_topic_with_queue(&self, prefix: &str) -> anyhow::Result<(String, String)> {
+        let exchange = e2e::unique_name(&format!("{prefix}-x"));
+        let queue = e2e::unique_name(&format!("{prefix}-q"));
+        self.scope
+            .declare_exchange(&exchange, lapin::ExchangeKind::Topic)
+            .await?;
+        self.scope.track_queue(&queue);
+        self.scope
+            .channel()
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    durable: false,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("declaring the non-durable queue {queue}"))?;
+        self.scope.bind(&queue, &exchange, "#").await?;
+        Ok((exchange, queue))
+    }
+
+    /// The relay on `slot` drains the backlog into `exchange`, read from
+    /// `queue`.
+    async fn drain_into(&self, slot: &str, exchange: &str, queue: &str) -> anyhow::Result<Drain> {
+        let n = self.plan.backlog_rows;
+        let (exchange, queue) = (exchange.to_string(), queue.to_string());
         let origin = Instant::now();
         let tally = Tally::new(origin, 0, usize::try_from(n)?);
         let consumer = Consumer::start(&queue, tally.clone()).await?;
         let client = self.client().await?;
         let mark = self.pg_mark(&client).await?;
-        let mut relay = Relay::spawn(&self.target(&exchange))?;
+        let mut relay = Relay::spawn(&self.target_on(slot, &exchange))?;
         let started = relay.spawned.saturating_duration_since(origin);
         self.wait_relay(&tally, &mut relay, "backlog drain").await?;
         let usage = relay.usage()?;

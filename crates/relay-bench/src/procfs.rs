@@ -83,6 +83,46 @@ pub fn cluster_cpu_since(
         .sum()
 }
 
+/// CPU seconds of the local RabbitMQ (every `beam.smp` process: the Erlang
+/// VM it runs in), or None if there is none on this machine.
+pub fn broker_cpu() -> Option<f64> {
+    let tck = clock_ticks_per_sec();
+    let mut total = None;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if stat.contains("(beam.smp)") {
+            if let Some(ticks) = cpu_ticks(&stat) {
+                *total.get_or_insert(0.0) += crate::stats::count_f64(ticks) / tck;
+            }
+        }
+    }
+    total
+}
+
+/// Busy and total CPU ticks of the whole machine, all cores (the first
+/// line of /proc/stat; idle and iowait count as not busy).
+pub fn machine_ticks() -> anyhow::Result<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = text.lines().next().unwrap_or_default();
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    Ok((total.saturating_sub(idle), total))
+}
+
 /// The parent pid (field 4) of a /proc/<pid>/stat line.
 fn parent(stat: &str) -> Option<u32> {
     let after = &stat[stat.rfind(')')? + 1..];

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::phases::Results;
+use crate::phases::{PgCost, Results};
 
 /// The machine a run measured.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -161,6 +161,15 @@ pub fn rows(r: &Results) -> Vec<Row> {
         thousands(ceiling),
         format!("{:.0}%", 100.0 * r.drain.events_per_s / ceiling),
     ));
+    rows.push(row(
+        "2b the same drain into a non-durable queue (RabbitMQ off its disk) vs bare lapin into one (events/s)".to_string(),
+        thousands(r.transient.drain.events_per_s),
+        thousands(r.transient.broker.events_per_s),
+        format!(
+            "{:.0}%",
+            100.0 * r.transient.drain.events_per_s / r.transient.broker.events_per_s.max(1.0)
+        ),
+    ));
     for l in &r.latency {
         let (p50, p99, max) = match &l.end_to_end {
             Some(p) => (p.p50_ms, p.p99_ms, p.max_ms),
@@ -279,6 +288,20 @@ pub fn rows(r: &Results) -> Vec<Row> {
             "{:.1}x CPU",
             r.poller.postgres.cpu_s_per_100k / r.drain.postgres.cpu_s_per_100k.max(1e-9)
         ),
+    ));
+    let busy = |c: &PgCost| {
+        format!(
+            "{:.0}% / {}",
+            c.machine_busy_pct,
+            c.broker_cpu_s_per_100k
+                .map_or("-".into(), |b| format!("{b:.2}"))
+        )
+    };
+    rows.push(row(
+        "5a while draining: whole machine busy (% of all cores) / RabbitMQ CPU seconds per 100k events",
+        busy(&r.drain.postgres),
+        busy(&r.poller.postgres),
+        "",
     ));
     match &r.debezium {
         None => rows.push(row(
@@ -435,6 +458,8 @@ pub fn json(
         "debezium_null_events_per_s": r.debezium.as_ref().and_then(|d| d.null.as_ref()).map(|d| d.steady_events_per_s),
         "debezium_rabbitmq_events_per_s": r.debezium.as_ref().and_then(|d| d.rabbitmq.as_ref()).map(|d| d.steady_events_per_s),
         "broker_ceiling_events_per_s": r.broker.events_per_s,
+        "transient_drain_events_per_s": r.transient.drain.events_per_s,
+        "transient_broker_events_per_s": r.transient.broker.events_per_s,
         "wal_read_ceiling_rows_per_s": r.wal.rows_per_s,
         "mode": r.plan.mode,
         "command": command,
