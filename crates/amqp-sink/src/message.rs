@@ -238,11 +238,12 @@ impl Prepared {
     }
 }
 
-/// The fallible `ShortString` conversion (lapin's `From` panics past 255
-/// bytes).
 /// The longest AMQP short string, in bytes.
 const MAX_SHORT_STRING: usize = 255;
 
+/// The fallible `ShortString` conversion (lapin's `From` panics past 255
+/// bytes); the error's preview of the value is built only when it is too
+/// long.
 fn short(field: &'static str, value: String) -> Result<ShortString, MessageError> {
     if value.len() > MAX_SHORT_STRING {
         let len = value.len();
