@@ -483,14 +483,7 @@ impl Mapper {
     /// the reason and where it was going.
     pub fn returned(&self, original: &EventMessage, lsn: Lsn, reply_text: &str) -> EventMessage {
         let mut headers = original.headers.clone();
-        headers.push((
-            "x-relay-original-exchange".into(),
-            HeaderValue::Text(original.exchange.clone()),
-        ));
-        headers.push((
-            "x-relay-original-routing-key".into(),
-            HeaderValue::Text(original.routing_key.clone()),
-        ));
+        push_destination(&mut headers, original);
         let mut message = match self.dead_letter(
             DeadLetterReason::Returned,
             &format!("returned by the broker: {reply_text}"),
@@ -519,14 +512,7 @@ impl Mapper {
             .filter(|(name, _)| fits(name) && !name.starts_with("x-relay-"))
             .cloned()
             .collect();
-        headers.push((
-            "x-relay-original-exchange".into(),
-            HeaderValue::Text(original.exchange.clone()),
-        ));
-        headers.push((
-            "x-relay-original-routing-key".into(),
-            HeaderValue::Text(original.routing_key.clone()),
-        ));
+        push_destination(&mut headers, original);
         let body = if original.body.len() <= self.max_payload_bytes {
             original.body.clone()
         } else {
@@ -608,6 +594,18 @@ fn render_reason(e: &RenderError) -> DeadLetterReason {
         }
         RenderError::TooLong { .. } => DeadLetterReason::Unroutable,
     }
+}
+
+/// Records in a dead-letter copy's headers where the original was going.
+fn push_destination(headers: &mut Vec<(String, HeaderValue)>, original: &EventMessage) {
+    headers.push((
+        "x-relay-original-exchange".into(),
+        HeaderValue::Text(original.exchange.clone()),
+    ));
+    headers.push((
+        "x-relay-original-routing-key".into(),
+        HeaderValue::Text(original.routing_key.clone()),
+    ));
 }
 
 #[cfg(test)]
