@@ -169,9 +169,16 @@ impl BrokerScope {
 
     /// Declares a durable queue (deleted on drop, and expiring on its own
     /// after ten idle minutes), with extra arguments such as `x-max-length`.
-    pub async fn declare_queue(
+    pub async fn declare_queue(&self, name: &str, arguments: FieldTable) -> Result<(), KitError> {
+        self.declare_queue_with(name, true, arguments).await
+    }
+
+    /// Declares a queue, durable or not (a non-durable queue keeps its
+    /// messages in memory only), deleted on drop and expiring on its own.
+    pub async fn declare_queue_with(
         &self,
         name: &str,
+        durable: bool,
         mut arguments: FieldTable,
     ) -> Result<(), KitError> {
         self.track_queue(name);
@@ -180,7 +187,7 @@ impl BrokerScope {
             .queue_declare(
                 name.into(),
                 QueueDeclareOptions {
-                    durable: true,
+                    durable,
                     ..Default::default()
                 },
                 arguments,

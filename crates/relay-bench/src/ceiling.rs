@@ -15,11 +15,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::BasicProperties;
+use lapin::types::ShortString;
 
 use crate::consumer::{Consumer, Tally};
+use crate::publish;
 use crate::stats::rate;
 
 /// The broker's ceiling.
@@ -50,64 +49,30 @@ pub async fn broker(
     let origin = Instant::now();
     let tally = Tally::new(origin, 0, usize::try_from(n)?);
     let consumer = Consumer::start(queue, tally.clone()).await?;
-    let connection = e2e::amqp::connect().await.context("publisher connection")?;
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let (connection, channel) = publish::confirming_channel("the broker ceiling").await?;
     let exchange: ShortString = exchange.into();
-    let options = BasicPublishOptions {
-        mandatory: true,
-        immediate: false,
-    };
     let started = Instant::now();
     let mut pending = VecDeque::with_capacity(window);
     for seq in 0..n {
         let body = crate::workload::payload(seq);
-        let mut headers = FieldTable::default();
-        headers.insert(
-            "aggregate_type".into(),
-            AMQPValue::LongString("order".into()),
-        );
-        headers.insert(
-            "aggregate_id".into(),
-            AMQPValue::LongString(format!("ord-{seq}").into()),
-        );
-        headers.insert("event_type".into(), AMQPValue::LongString("created".into()));
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_message_id(format!("00000000-0000-0000-0000-{seq:012}").into())
-            .with_type("created".into())
-            .with_content_type("application/json".into())
-            .with_app_id("relay-bench".into())
-            .with_timestamp(now)
-            .with_headers(headers);
         let confirm = channel
             .basic_publish(
                 exchange.clone(),
                 "order.created".into(),
-                options,
+                publish::OPTIONS,
                 &body,
-                properties,
+                publish::synthetic(seq),
             )
             .await?;
         pending.push_back(confirm);
         if pending.len() >= window {
             if let Some(oldest) = pending.pop_front() {
-                if !oldest.await?.is_ack() {
-                    bail!("the broker did not ack a message of the ceiling run");
-                }
+                publish::acked(oldest, "ceiling run").await?;
             }
         }
     }
     while let Some(confirm) = pending.pop_front() {
-        if !confirm.await?.is_ack() {
-            bail!("the broker did not ack a message of the ceiling run");
-        }
+        publish::acked(confirm, "ceiling run").await?;
     }
     let confirmed = started.elapsed();
     let complete = tally.wait_all(Duration::from_secs(30), || true).await;
@@ -179,9 +144,10 @@ pub fn wal_read(
 }
 
 /// The broker's latency floor at a fixed rate: a bare lapin loop (confirms,
-/// window 1024) publishing `rate` messages/s for `duration` while the
-/// consumer reads; the time from the publish call to the consumer's
-/// receipt. What any publisher on this machine and broker would see.
+/// window 1024) publishing the ceiling's messages at `rate` messages/s for
+/// `duration` while the consumer reads; the time from the publish call to
+/// the consumer's receipt. What any publisher on this machine and broker
+/// would see.
 pub async fn broker_latency(
     exchange: &str,
     queue: &str,
@@ -196,16 +162,8 @@ pub async fn broker_latency(
     let tally = Tally::new(origin, 0, n);
     let sent = crate::workload::CommitTimes::new(origin, 0, n);
     let consumer = Consumer::start(queue, tally.clone()).await?;
-    let connection = e2e::amqp::connect().await.context("publisher connection")?;
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let (connection, channel) = publish::confirming_channel("the latency floor").await?;
     let exchange: ShortString = exchange.into();
-    let options = BasicPublishOptions {
-        mandatory: true,
-        immediate: false,
-    };
     let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / txns_per_sec));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut pending = VecDeque::new();
@@ -214,15 +172,13 @@ pub async fn broker_latency(
         ticker.tick().await;
         for _ in 0..per_tick {
             let body = crate::workload::payload(seq);
-            let properties = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into());
+            let properties = publish::synthetic(seq);
             sent.record(seq, Instant::now());
             let confirm = channel
                 .basic_publish(
                     exchange.clone(),
                     "order.created".into(),
-                    options,
+                    publish::OPTIONS,
                     &body,
                     properties,
                 )
@@ -230,15 +186,15 @@ pub async fn broker_latency(
             pending.push_back(confirm);
             seq += 1;
         }
-        // Settle the confirms that are in, without waiting (window 1024).
+        // Window 1024: wait for the oldest confirms beyond it.
         while pending.len() > 1024 {
             if let Some(oldest) = pending.pop_front() {
-                oldest.await?;
+                publish::acked(oldest, "latency floor").await?;
             }
         }
     }
     for confirm in pending {
-        confirm.await?;
+        publish::acked(confirm, "latency floor").await?;
     }
     let _ = tally.wait_all(Duration::from_secs(30), || true).await;
     let _ = connection.close(200, "latency ceiling done".into()).await;

@@ -25,6 +25,7 @@ mod phases;
 mod plan;
 mod poller;
 mod procfs;
+mod publish;
 mod relay;
 mod report;
 mod stats;

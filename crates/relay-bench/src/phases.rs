@@ -521,19 +521,9 @@ impl Bench {
         self.scope
             .declare_exchange(&exchange, lapin::ExchangeKind::Topic)
             .await?;
-        self.scope.track_queue(&queue);
         self.scope
-            .channel()
-            .queue_declare(
-                queue.as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    durable: false,
-                    ..Default::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await
-            .with_context(|| format!("declaring the non-durable queue {queue}"))?;
+            .declare_queue_with(&queue, false, lapin::types::FieldTable::default())
+            .await?;
         self.scope.bind(&queue, &exchange, "#").await?;
         Ok((exchange, queue))
     }
@@ -542,13 +532,12 @@ impl Bench {
     /// `queue`.
     async fn drain_into(&self, slot: &str, exchange: &str, queue: &str) -> anyhow::Result<Drain> {
         let n = self.plan.backlog_rows;
-        let (exchange, queue) = (exchange.to_string(), queue.to_string());
         let origin = Instant::now();
         let tally = Tally::new(origin, 0, usize::try_from(n)?);
-        let consumer = Consumer::start(&queue, tally.clone()).await?;
+        let consumer = Consumer::start(queue, tally.clone()).await?;
         let client = self.client().await?;
         let mark = self.pg_mark(&client).await?;
-        let mut relay = Relay::spawn(&self.target_on(slot, &exchange))?;
+        let mut relay = Relay::spawn(&self.target_on(slot, exchange))?;
         let started = relay.spawned.saturating_duration_since(origin);
         self.wait_relay(&tally, &mut relay, "backlog drain").await?;
         let usage = relay.usage()?;

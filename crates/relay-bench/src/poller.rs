@@ -10,10 +10,9 @@
 
 use std::time::Duration;
 
+use crate::publish;
 use anyhow::{bail, Context as _};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::BasicProperties;
+use lapin::types::ShortString;
 
 /// Rows per poll.
 pub const BATCH: i64 = 500;
@@ -39,16 +38,8 @@ pub async fn drain(pg_url: &str, exchange: &str) -> anyhow::Result<PollerRun> {
     let mut client = crate::workload::connect(pg_url).await?;
     let select = client.prepare(SELECT).await?;
     let delete = client.prepare(DELETE).await?;
-    let connection = e2e::amqp::connect().await.context("poller connection")?;
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let (connection, channel) = publish::confirming_channel("the polling publisher").await?;
     let exchange: ShortString = exchange.into();
-    let options = BasicPublishOptions {
-        mandatory: true,
-        immediate: false,
-    };
     let mut run = PollerRun::default();
     loop {
         let tx = client.transaction().await?;
@@ -67,33 +58,21 @@ pub async fn drain(pg_url: &str, exchange: &str) -> anyhow::Result<PollerRun> {
             let event_type: String = row.get(4);
             let payload: String = row.get(5);
             let created: i64 = row.get(6);
-            let mut headers = FieldTable::default();
-            headers.insert(
-                "aggregate_type".into(),
-                AMQPValue::LongString(aggregate_type.as_str().into()),
-            );
-            headers.insert(
-                "aggregate_id".into(),
-                AMQPValue::LongString(aggregate_id.as_str().into()),
-            );
-            headers.insert(
-                "event_type".into(),
-                AMQPValue::LongString(event_type.as_str().into()),
-            );
-            let properties = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_message_id(id.into())
-                .with_type(event_type.as_str().into())
-                .with_content_type("application/json".into())
-                .with_app_id("bench-poller".into())
-                .with_timestamp(u64::try_from(created).unwrap_or(0))
-                .with_headers(headers);
+            let properties = publish::Event {
+                id,
+                aggregate_type: &aggregate_type,
+                aggregate_id: &aggregate_id,
+                event_type: &event_type,
+                timestamp: u64::try_from(created).unwrap_or(0),
+                app_id: "bench-poller",
+            }
+            .properties();
             let routing_key = format!("{aggregate_type}.{event_type}");
             let confirm = channel
                 .basic_publish(
                     exchange.clone(),
                     routing_key.as_str().into(),
-                    options,
+                    publish::OPTIONS,
                     payload.as_bytes(),
                     properties,
                 )
