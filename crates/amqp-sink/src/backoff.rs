@@ -74,6 +74,37 @@ pub(crate) fn jittered(delay: Duration, sample: f64) -> Duration {
     delay.mul_f64(1.0 - 0.5 * sample.clamp(0.0, 1.0))
 }
 
+/// A backoff in use: the delay before each next attempt, growing by the
+/// multiplier up to the maximum, jittered; back to the initial delay after
+/// [`reset`](Self::reset). Every reconnect loop of the relay uses this one.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    config: BackoffConfig,
+    failures: u32,
+}
+
+impl Backoff {
+    /// A backoff that starts at `config.initial`.
+    pub fn new(config: BackoffConfig) -> Backoff {
+        Backoff {
+            config,
+            failures: 0,
+        }
+    }
+
+    /// The delay before the next attempt (somewhere in `[d/2, d]` of the
+    /// un-jittered delay `d`); the following one grows.
+    pub fn next_delay(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        jittered(self.config.delay(self.failures), fastrand::f64())
+    }
+
+    /// Progress was made: the next delay is the initial one again.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
 /// Which broker to try, how long to wait, whether the breaker is open.
 #[derive(Debug, Clone)]
 pub(crate) struct Retry {
@@ -160,6 +191,20 @@ mod tests {
             let j = jittered(d, fastrand::f64());
             assert!(j >= Duration::from_millis(500) && j <= d);
         }
+    }
+
+    #[test]
+    fn a_backoff_grows_until_reset() {
+        let mut b = Backoff::new(knobs());
+        let first = b.next_delay();
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+        let second = b.next_delay();
+        assert!(second >= Duration::from_millis(150) && second <= Duration::from_millis(300));
+        for _ in 0..10 {
+            assert!(b.next_delay() <= Duration::from_secs(2));
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 
     #[test]

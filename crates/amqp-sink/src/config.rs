@@ -7,6 +7,12 @@ use crate::backoff::BackoffConfig;
 use crate::broker::BrokerUrl;
 use crate::error::ConfigError;
 
+/// RabbitMQ's default `frame_max`, and the sink's.
+pub const DEFAULT_FRAME_MAX: u32 = 131_072;
+
+/// AMQP's smallest `frame_max`: every peer must accept frames this large.
+pub const MIN_FRAME_MAX: u32 = 4096;
+
 /// The sink's configuration. `Debug` shows broker URLs without passwords.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SinkConfig {
@@ -31,6 +37,12 @@ pub struct SinkConfig {
     /// [`crate::MessageError::TooLarge`] to dead-letter (RabbitMQ refuses
     /// bodies over its `max_message_size`, 16 MiB by default on 4.x).
     pub max_message_bytes: usize,
+    /// The largest AMQP frame to negotiate (RabbitMQ's default,
+    /// 131072, unless the broker asks for less). A message's properties and
+    /// headers travel in one frame: a message whose headers do not fit the
+    /// negotiated size is a [`crate::MessageError::PropertiesTooLarge`],
+    /// never sent (the broker would close the connection).
+    pub frame_max: u32,
     /// Reconnect delays.
     pub backoff: BackoffConfig,
     /// After this many consecutive failed connection attempts, publishing
@@ -129,6 +141,7 @@ impl SinkConfig {
             window_messages: 1024,
             window_bytes: 16 << 20,
             max_message_bytes: 16 << 20,
+            frame_max: DEFAULT_FRAME_MAX,
             backoff: BackoffConfig::default(),
             breaker_after_attempts: 5,
             heartbeat_timeout: Duration::from_secs(30),
@@ -172,6 +185,13 @@ impl SinkConfig {
                 "max_message_bytes",
                 self.max_message_bytes,
                 "at least 1",
+            ));
+        }
+        if self.frame_max < MIN_FRAME_MAX {
+            return Err(out_of_range(
+                "frame_max",
+                self.frame_max,
+                "at least 4096 (AMQP's minimum frame size)",
             ));
         }
         if self.heartbeat_timeout < Duration::from_secs(3) {

@@ -32,7 +32,7 @@ use crate::inflight::{barrier, InFlight};
 use crate::link::{self, Link};
 use crate::message::fingerprint;
 use crate::outcome::{Delivered, FailureReason, Seq, SinkEvent};
-use crate::publisher::{Command, LinkState, Shared};
+use crate::shared::{Command, LinkState, Shared};
 use crate::tracker::Tracker;
 use crate::window::{Release, Window};
 
@@ -80,6 +80,7 @@ impl Driver {
         state: watch::Sender<LinkState>,
     ) -> Driver {
         let blocked = link.blocked();
+        shared.frame_max.store(link.frame_max, Ordering::Release);
         Driver {
             config,
             retry,
@@ -495,6 +496,9 @@ impl Driver {
                 self.retry.connected();
                 self.shared.breaker_open.store(false, Ordering::Release);
                 self.blocked = link.blocked();
+                self.shared
+                    .frame_max
+                    .store(link.frame_max, Ordering::Release);
                 let broker = link.broker.clone();
                 tracing::info!(%broker, "connected to the broker");
                 self.link = Some(link);

@@ -101,6 +101,17 @@ pub enum LinkError {
         /// What the broker said.
         reply_text: String,
     },
+    /// The broker closed the whole connection over something the relay
+    /// sent (a frame or method it refused: FRAME_ERROR, SYNTAX_ERROR,
+    /// COMMAND_INVALID, UNEXPECTED_FRAME), as opposed to a shutdown or a
+    /// network failure.
+    #[error("the broker closed the connection over what was sent: {reply_code} {reply_text}")]
+    Rejected {
+        /// The AMQP reply code.
+        reply_code: u16,
+        /// What the broker said.
+        reply_text: String,
+    },
     /// Declaring or checking the exchange, dead-letter exchange or queue
     /// failed.
     #[error("{what} was refused by the broker ({reply}); {fix}")]
@@ -151,6 +162,23 @@ impl LinkError {
         )
     }
 
+    /// True when the broker ended the channel or connection because of a
+    /// message it was sent (an exchange that does not exist, a property it
+    /// refuses, a frame it cannot take), not because the link or the broker
+    /// failed. Publishing the same message again fails the same way: the
+    /// caller should find the message and set it aside after a bounded
+    /// number of attempts, not retry forever.
+    pub fn caused_by_message(&self) -> bool {
+        match self {
+            LinkError::ExchangeNotFound { .. } | LinkError::Rejected { .. } => true,
+            // 403 ACCESS_REFUSED (no write permission on that exchange),
+            // 404 NOT_FOUND, 406 PRECONDITION_FAILED (a property or size the
+            // broker refuses).
+            LinkError::ChannelClosed { reply_code, .. } => matches!(reply_code, 403 | 404 | 406),
+            _ => false,
+        }
+    }
+
     /// Classifies a lapin error from an established link (`broker` is the
     /// redacted address).
     pub(crate) fn from_lapin(broker: &str, error: &lapin::Error, heartbeat: Duration) -> Self {
@@ -172,6 +200,13 @@ impl LinkError {
                         reply_code,
                         reply_text,
                     },
+                }
+            }
+            // Hard errors the broker raises over what it was sent.
+            K::ProtocolError(amqp) if matches!(amqp.get_id(), 501 | 502 | 503 | 505) => {
+                LinkError::Rejected {
+                    reply_code: amqp.get_id(),
+                    reply_text: amqp.get_message().to_string(),
                 }
             }
             _ => LinkError::ConnectionLost {
@@ -277,6 +312,17 @@ pub enum MessageError {
         /// Its first characters, for the dead-letter reason.
         start: String,
     },
+    /// The properties and headers do not fit one frame of the negotiated
+    /// frame_max (the broker would close the whole connection).
+    #[error(
+        "the message's properties and headers take {len} bytes; one AMQP frame holds at most {max}"
+    )]
+    PropertiesTooLarge {
+        /// Their encoded size.
+        len: usize,
+        /// What fits.
+        max: usize,
+    },
     /// The body exceeds the configured maximum message size.
     #[error("the body is {len} bytes; the configured maximum is {max}")]
     TooLarge {
@@ -314,6 +360,10 @@ pub enum PublishError {
         /// The last connection failure.
         cause: LinkError,
     },
+    /// The in-flight window is full ([`crate::Publisher::try_publish`]
+    /// only): publish again once an outcome has been received.
+    #[error("the in-flight window is full")]
+    Full,
     /// The sink has been closed.
     #[error("the sink is closed")]
     Closed,
@@ -373,5 +423,40 @@ mod tests {
             cause: "reset".into(),
         };
         assert!(!lost.is_permanent());
+    }
+
+    #[test]
+    fn faults_of_a_message_are_told_apart_from_faults_of_the_link() {
+        let no_exchange = LinkError::ExchangeNotFound {
+            exchange: "orders".into(),
+            reply_text: "NOT_FOUND - no exchange 'orders' in vhost '/'".into(),
+        };
+        let refused = LinkError::ChannelClosed {
+            reply_code: 406,
+            reply_text: "PRECONDITION_FAILED - message size 20000000 is larger than max size"
+                .into(),
+        };
+        let frame = LinkError::Rejected {
+            reply_code: 501,
+            reply_text: "FRAME_ERROR - type 1, all octets = <<>>: frame_too_large".into(),
+        };
+        for e in [&no_exchange, &refused, &frame] {
+            assert!(e.caused_by_message(), "{e}");
+        }
+        let forced = LinkError::ChannelClosed {
+            reply_code: 320,
+            reply_text: "CONNECTION_FORCED - broker forced connection closure".into(),
+        };
+        let lost = LinkError::ConnectionLost {
+            broker: "amqp://u@h:5672/%2f".into(),
+            cause: "reset".into(),
+        };
+        let stalled = LinkError::HeartbeatTimeout {
+            broker: "amqp://u@h:5672/%2f".into(),
+            timeout: Duration::from_secs(3),
+        };
+        for e in [&forced, &lost, &stalled, &LinkError::Closed] {
+            assert!(!e.caused_by_message(), "{e}");
+        }
     }
 }

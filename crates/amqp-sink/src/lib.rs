@@ -46,16 +46,22 @@ mod link;
 mod message;
 mod outcome;
 mod publisher;
+mod shared;
 mod tracker;
 mod window;
 
-pub use backoff::BackoffConfig;
+pub use backoff::{Backoff, BackoffConfig};
 pub use broker::BrokerUrl;
-pub use config::{DeadLetterConfig, ExchangeConfig, ExchangeType, SinkConfig};
+pub use config::{
+    DeadLetterConfig, ExchangeConfig, ExchangeType, SinkConfig, DEFAULT_FRAME_MAX, MIN_FRAME_MAX,
+};
 pub use error::{ConfigError, LinkError, MessageError, PublishError, SinkError};
-pub use message::{HeaderValue, MessageProperties, OutgoingMessage, DEAD_LETTER_REASON_HEADER};
+pub use message::{
+    properties_budget, HeaderValue, MessageProperties, OutgoingMessage, DEAD_LETTER_REASON_HEADER,
+};
 pub use outcome::{FailureReason, Outcomes, Seq, SinkEvent};
-pub use publisher::{LinkState, Publisher};
+pub use publisher::Publisher;
+pub use shared::LinkState;
 
 /// `tracing` filter directives that keep credentials out of the logs:
 /// lapin traces raw frames (the login frame holds the password) at TRACE.

@@ -27,6 +27,8 @@ pub(crate) struct Link {
     pub(crate) events: Pin<Box<dyn Stream<Item = Event> + Send>>,
     /// The broker, redacted.
     pub(crate) broker: String,
+    /// The frame size negotiated with the broker.
+    pub(crate) frame_max: u32,
 }
 
 impl std::fmt::Debug for Link {
@@ -85,7 +87,8 @@ pub(crate) async fn connect(config: &SinkConfig, broker: &BrokerUrl) -> Result<L
 
 async fn connect_inner(config: &SinkConfig, broker: &BrokerUrl) -> Result<Link, LinkError> {
     let redacted = broker.redacted().to_string();
-    let uri = broker.lapin_uri(config.heartbeat_secs());
+    let mut uri = broker.lapin_uri(config.heartbeat_secs());
+    uri.query.frame_max = Some(config.frame_max);
     let mut properties =
         ConnectionProperties::default().with_connection_name(config.connection_name.clone().into());
     if let Some(auth) = broker.auth() {
@@ -117,11 +120,13 @@ async fn connect_inner(config: &SinkConfig, broker: &BrokerUrl) -> Result<Link, 
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(lost)?;
+    let frame_max = connection.configuration().frame_max();
     Ok(Link {
         connection,
         channel: Arc::new(channel),
         events,
         broker: redacted,
+        frame_max,
     })
 }
 
@@ -234,14 +239,12 @@ fn topology_error(broker: &str, what: String, passive: bool, error: &lapin::Erro
         };
     };
     let fix = match amqp.get_id() {
-        404 if passive => {
-            "create it on the broker, or turn passive mode off so that the relay declares it"
-        }
+        404 if passive => "create it on the broker (passive mode only checks that it exists)",
         406 => {
-            "something of that name exists with another type or other flags: delete it, or \
-             configure the same type and durability"
+            "one of that name exists with another type, durability or arguments: delete it, or \
+             use another name"
         }
-        403 => "grant the user configure permission on it, or create it and use passive mode",
+        403 => "grant the user configure permission on it, or create it on the broker beforehand",
         _ => "check the broker log for details",
     };
     LinkError::Topology {

@@ -155,8 +155,13 @@ pub(crate) struct Prepared {
 
 impl Prepared {
     /// Checks and converts `message`; `max_body` is the configured maximum
-    /// message size.
-    pub(crate) fn new(message: OutgoingMessage, max_body: usize) -> Result<Prepared, MessageError> {
+    /// message size, `frame_max` the negotiated frame size (the properties
+    /// and headers travel in one frame of it).
+    pub(crate) fn new(
+        message: OutgoingMessage,
+        max_body: usize,
+        frame_max: u32,
+    ) -> Result<Prepared, MessageError> {
         let OutgoingMessage {
             exchange,
             routing_key,
@@ -167,6 +172,14 @@ impl Prepared {
             return Err(MessageError::TooLarge {
                 len: body.len(),
                 max: max_body,
+            });
+        }
+        let encoded = properties.encoded_len();
+        let budget = properties_budget(frame_max);
+        if encoded > budget {
+            return Err(MessageError::PropertiesTooLarge {
+                len: encoded,
+                max: budget,
             });
         }
         let mut bytes = body.len() + exchange.len() + routing_key.len();
@@ -236,6 +249,58 @@ impl Prepared {
             bytes,
         })
     }
+}
+
+impl MessageProperties {
+    /// The size of these properties and headers as AMQP encodes them in a
+    /// content header frame (delivery_mode included): what must fit
+    /// [`properties_budget`].
+    pub fn encoded_len(&self) -> usize {
+        let short = |v: &Option<String>| v.as_ref().map_or(0, |s| 1 + s.len());
+        // delivery_mode (always set) and the timestamp.
+        let mut len = 1 + self.timestamp.map_or(0, |_| 8);
+        len += short(&self.message_id)
+            + short(&self.message_type)
+            + short(&self.content_type)
+            + short(&self.content_encoding)
+            + short(&self.correlation_id)
+            + short(&self.app_id);
+        if !self.headers.is_empty() {
+            // The table's length, then per entry a short-string name, a type
+            // tag and the value.
+            len += 4;
+            for (name, value) in &self.headers {
+                len += 1 + name.len() + 1 + value.encoded_len();
+            }
+        }
+        len
+    }
+}
+
+impl HeaderValue {
+    /// The value's size in an AMQP field table, after its type tag.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            HeaderValue::String(s) => 4 + s.len(),
+            HeaderValue::Int(_) => 8,
+            HeaderValue::Bool(_) => 1,
+            HeaderValue::Bytes(b) => 4 + b.len(),
+            HeaderValue::Null => 0,
+        }
+    }
+}
+
+/// Bytes of a content header frame that are not properties: the frame's
+/// own header and end octet (8), class id, weight, body size and property
+/// flags (14).
+const CONTENT_HEADER_OVERHEAD: usize = 22;
+
+/// How many bytes of properties and headers ([`MessageProperties::encoded_len`])
+/// fit in one frame of `frame_max` bytes.
+pub fn properties_budget(frame_max: u32) -> usize {
+    usize::try_from(frame_max)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(CONTENT_HEADER_OVERHEAD)
 }
 
 /// The longest AMQP short string, in bytes.
@@ -309,7 +374,7 @@ mod tests {
 
     #[test]
     fn every_property_is_carried_and_the_message_is_persistent() {
-        let p = Prepared::new(full(), 1 << 20).unwrap();
+        let p = Prepared::new(full(), 1 << 20, 131_072).unwrap();
         assert_eq!(p.exchange.as_str(), "outbox");
         assert_eq!(p.routing_key.as_str(), "order.created");
         let props = &p.properties;
@@ -342,7 +407,7 @@ mod tests {
         let mut m = full();
         m.routing_key = long.clone();
         assert!(matches!(
-            Prepared::new(m, 1 << 20),
+            Prepared::new(m, 1 << 20, 131_072),
             Err(MessageError::TooLong {
                 field: "routing key",
                 len: 256,
@@ -352,7 +417,7 @@ mod tests {
         let mut m = full();
         m.properties.message_id = Some(long.clone());
         assert!(matches!(
-            Prepared::new(m, 1 << 20),
+            Prepared::new(m, 1 << 20, 131_072),
             Err(MessageError::TooLong {
                 field: "message id",
                 ..
@@ -363,7 +428,7 @@ mod tests {
             .headers
             .push((long.clone(), HeaderValue::Int(1)));
         assert!(matches!(
-            Prepared::new(m, 1 << 20),
+            Prepared::new(m, 1 << 20, 131_072),
             Err(MessageError::TooLong {
                 field: "header name",
                 ..
@@ -371,24 +436,57 @@ mod tests {
         ));
         let mut m = full();
         m.exchange = "x".repeat(255);
-        assert!(Prepared::new(m, 1 << 20).is_ok());
+        assert!(Prepared::new(m, 1 << 20, 131_072).is_ok());
         // A multi-byte character counts in bytes.
         let mut m = full();
         m.routing_key = "é".repeat(128);
-        assert!(Prepared::new(m, 1 << 20).is_err());
+        assert!(Prepared::new(m, 1 << 20, 131_072).is_err());
         // Long header *values* are fine (long strings).
         let mut m = full();
         m.properties
             .headers
             .push(("note".into(), HeaderValue::String("v".repeat(10_000))));
-        assert!(Prepared::new(m, 1 << 20).is_ok());
+        assert!(Prepared::new(m, 1 << 20, 131_072).is_ok());
+    }
+
+    #[test]
+    fn headers_that_do_not_fit_one_frame_are_refused_before_sending() {
+        let mut m = full();
+        m.properties
+            .headers
+            .push(("note".into(), HeaderValue::String("v".repeat(200_000))));
+        assert!(matches!(
+            Prepared::new(m, 1 << 20, 131_072),
+            Err(MessageError::PropertiesTooLarge { max: 131_050, .. })
+        ));
+        // Exactly at the budget is fine; one byte more is not.
+        let mut m = OutgoingMessage::new("x", "k", "{}");
+        let fixed = m.properties.encoded_len() + 4 + 1 + 4 + 1 + 4;
+        let fill = properties_budget(4096) - fixed;
+        m.properties
+            .headers
+            .push(("note".into(), HeaderValue::String("v".repeat(fill))));
+        assert_eq!(m.properties.encoded_len(), properties_budget(4096));
+        assert!(Prepared::new(m.clone(), 1 << 20, 4096).is_ok());
+        m.properties.headers[0].1 = HeaderValue::String("v".repeat(fill + 1));
+        assert!(Prepared::new(m, 1 << 20, 4096).is_err());
+    }
+
+    #[test]
+    fn the_encoded_length_matches_what_lapin_serialises() {
+        // lapin's serialiser writes the 2-byte property flags, then the
+        // properties: the rest of the content header is fixed.
+        let p = Prepared::new(full(), 1 << 20, 131_072).unwrap();
+        let serialise = lapin::protocol::basic::gen_properties(&p.properties);
+        let buf = cookie_factory::gen_simple(serialise, Vec::new()).unwrap();
+        assert_eq!(buf.len(), 2 + full().properties.encoded_len());
     }
 
     #[test]
     fn a_body_over_the_limit_is_refused() {
         let m = OutgoingMessage::new("x", "k", vec![0u8; 11]);
         assert_eq!(
-            Prepared::new(m, 10).unwrap_err(),
+            Prepared::new(m, 10, 131_072).unwrap_err(),
             MessageError::TooLarge { len: 11, max: 10 }
         );
     }

@@ -23,8 +23,8 @@
 //! # Ok(()) }
 //! ```
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -33,89 +33,12 @@ use tracing::Instrument;
 use crate::backoff::Retry;
 use crate::config::SinkConfig;
 use crate::driver::Driver;
-use crate::error::{LinkError, PublishError, SinkError};
+use crate::error::{PublishError, SinkError};
 use crate::link;
 use crate::message::{OutgoingMessage, Prepared};
 use crate::outcome::{Outcomes, Seq};
+use crate::shared::{Command, LinkState, Shared};
 use crate::window::{Release, Window};
-
-/// The state of the broker link, for health checks and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum LinkState {
-    /// Connected and publishing.
-    Connected {
-        /// The broker, redacted.
-        broker: String,
-    },
-    /// Connected, but the broker blocked publishing (resource alarm).
-    Blocked {
-        /// The broker, redacted.
-        broker: String,
-        /// The broker's reason.
-        reason: String,
-    },
-    /// Not connected; reconnecting.
-    Reconnecting {
-        /// Consecutive failed attempts so far.
-        attempts: u32,
-        /// The last failure.
-        last_error: LinkError,
-    },
-    /// Not connected for `attempts` attempts: publishing fails fast.
-    Unavailable {
-        /// Consecutive failed attempts so far.
-        attempts: u32,
-        /// The last failure.
-        last_error: LinkError,
-    },
-    /// Closed.
-    Closed,
-}
-
-/// A message on its way to the driver.
-// Nearly every command is a Publish: boxing it would only add an
-// allocation per message.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub(crate) enum Command {
-    Publish {
-        seq: Seq,
-        message: Prepared,
-        release: Release,
-    },
-    /// The caller has seen the failures up to this loss generation.
-    Resume { generation: u64 },
-}
-
-/// State the driver publishes for the handle's fast checks.
-#[derive(Debug, Default)]
-pub(crate) struct Shared {
-    /// Bumped by every link loss that failed messages.
-    pub(crate) loss_generation: AtomicU64,
-    pub(crate) last_loss: Mutex<Option<LinkError>>,
-    pub(crate) breaker_open: AtomicBool,
-    pub(crate) breaker_cause: Mutex<Option<LinkError>>,
-    pub(crate) closed: AtomicBool,
-}
-
-impl Shared {
-    fn last_loss(&self) -> LinkError {
-        self.last_loss
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .unwrap_or(LinkError::Closed)
-    }
-
-    fn breaker_cause(&self) -> LinkError {
-        self.breaker_cause
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .unwrap_or(LinkError::Closed)
-    }
-}
 
 /// Publishes messages in order through one confirm-mode channel; see the
 /// crate documentation.
@@ -130,6 +53,7 @@ pub struct Publisher {
     next_seq: Seq,
     resumed: u64,
     max_message_bytes: usize,
+    frame_max: u32,
 }
 
 impl Publisher {
@@ -198,6 +122,7 @@ impl Publisher {
             next_seq: Seq(1),
             resumed: 0,
             max_message_bytes: config.max_message_bytes,
+            frame_max: config.frame_max,
         };
         Ok((publisher, Outcomes::new(out_rx, window)))
     }
@@ -214,13 +139,42 @@ impl Publisher {
     ///
     /// Cancel-safe: dropped while waiting for room, nothing is published.
     pub async fn publish(&mut self, message: OutgoingMessage) -> Result<Seq, PublishError> {
-        let message = Prepared::new(message, self.max_message_bytes)?;
-        self.check()?;
+        let message = self.prepare(message)?;
         let release = self
             .window
             .acquire(message.bytes)
             .await
             .map_err(|_| PublishError::Closed)?;
+        self.send(message, release)
+    }
+
+    /// Like [`publish`](Self::publish), but never waits: with the window
+    /// full it returns [`PublishError::Full`] at once (nothing published,
+    /// no sequence number used). Room comes back as outcomes are received.
+    pub fn try_publish(&mut self, message: OutgoingMessage) -> Result<Seq, PublishError> {
+        let message = self.prepare(message)?;
+        let release = self
+            .window
+            .try_acquire(message.bytes)
+            .ok_or(PublishError::Full)?;
+        self.send(message, release)
+    }
+
+    /// Checks and converts a message against the limits of the current
+    /// link, and checks that publishing is possible at all.
+    fn prepare(&self, message: OutgoingMessage) -> Result<Prepared, PublishError> {
+        let negotiated = self.shared.frame_max.load(Ordering::Acquire);
+        let frame_max = match negotiated {
+            0 => self.frame_max,
+            n => n.min(self.frame_max),
+        };
+        let message = Prepared::new(message, self.max_message_bytes, frame_max)?;
+        self.check()?;
+        Ok(message)
+    }
+
+    /// Hands a prepared message, with its window room, to the driver.
+    fn send(&mut self, message: Prepared, release: Release) -> Result<Seq, PublishError> {
         if let Err(error) = self.check() {
             self.window.release(release);
             return Err(error);

@@ -59,6 +59,22 @@ impl Window {
         })
     }
 
+    /// Takes room for one message of `bytes` bytes if there is some now.
+    pub(crate) fn try_acquire(&self, bytes: usize) -> Option<Release> {
+        let cost = u32::try_from(bytes)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.max_bytes.max(1));
+        let message = self.messages.try_acquire().ok()?;
+        // Dropped on failure, the message permit goes back by itself.
+        let room = self.bytes.try_acquire_many(cost).ok()?;
+        message.forget();
+        room.forget();
+        Some(Release {
+            messages: 1,
+            bytes: usize::try_from(cost).unwrap_or(usize::MAX),
+        })
+    }
+
     /// Gives room back.
     pub(crate) fn release(&self, release: Release) {
         if release.messages > 0 {
@@ -109,6 +125,20 @@ mod tests {
                 .is_err()
         );
         assert_eq!(window.free_messages(), 1);
+    }
+
+    #[tokio::test]
+    async fn try_acquire_takes_room_only_when_there_is_some() {
+        let window = Window::new(2, 100);
+        let a = window.try_acquire(60).unwrap();
+        // Bytes are short: nothing is taken, not even the message slot.
+        assert!(window.try_acquire(60).is_none());
+        assert_eq!(window.free_messages(), 1);
+        let _b = window.try_acquire(40).unwrap();
+        // Count is short.
+        assert!(window.try_acquire(0).is_none());
+        window.release(a);
+        assert!(window.try_acquire(1).is_some());
     }
 
     #[tokio::test]
