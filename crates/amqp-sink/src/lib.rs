@@ -34,6 +34,8 @@
 //! (the in-flight bound), `tracker` (confirm bookkeeping), `inflight`
 //! (lapin futures, ordering, the return barrier), `link` (one connection),
 //! `backoff` (reconnect policy), `driver` (the task tying them together),
+//! `shared` (what the handle and the driver share), `inspect` (a preflight
+//! look at the broker),
 //! `publisher` (the handle), `error`.
 
 mod backoff;
@@ -42,6 +44,7 @@ mod config;
 mod driver;
 mod error;
 mod inflight;
+mod inspect;
 mod link;
 mod message;
 mod outcome;
@@ -56,6 +59,7 @@ pub use config::{
     DeadLetterConfig, ExchangeConfig, ExchangeType, SinkConfig, DEFAULT_FRAME_MAX, MIN_FRAME_MAX,
 };
 pub use error::{ConfigError, LinkError, MessageError, PublishError, SinkError};
+pub use inspect::{Found, Inspector};
 pub use message::{
     properties_budget, HeaderValue, MessageProperties, OutgoingMessage, DEAD_LETTER_REASON_HEADER,
 };

@@ -87,6 +87,32 @@ pub(crate) async fn connect(config: &SinkConfig, broker: &BrokerUrl) -> Result<L
 
 async fn connect_inner(config: &SinkConfig, broker: &BrokerUrl) -> Result<Link, LinkError> {
     let redacted = broker.redacted().to_string();
+    let connection = open(config, broker).await?;
+    let events = Box::pin(connection.events_listener());
+    let lost = |e: lapin::Error| LinkError::from_lapin(&redacted, &e, config.heartbeat_timeout);
+
+    declare_topology(&connection, config, &redacted).await?;
+
+    let channel = connection.create_channel().await.map_err(lost)?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(lost)?;
+    let frame_max = connection.configuration().frame_max();
+    Ok(Link {
+        connection,
+        channel: Arc::new(channel),
+        events,
+        broker: redacted,
+        frame_max,
+    })
+}
+
+/// Opens a connection to `broker` (TCP or TLS, credentials through an auth
+/// provider, heartbeat and frame_max negotiated): the sink's links and the
+/// inspector both start here.
+pub(crate) async fn open(config: &SinkConfig, broker: &BrokerUrl) -> Result<Connection, LinkError> {
+    let redacted = broker.redacted().to_string();
     let mut uri = broker.lapin_uri(config.heartbeat_secs());
     uri.query.frame_max = Some(config.frame_max);
     let mut properties =
@@ -108,26 +134,7 @@ async fn connect_inner(config: &SinkConfig, broker: &BrokerUrl) -> Result<Link, 
         }
         _ => Connection::connect_uri(uri, properties).await,
     };
-    let connection =
-        connected.map_err(|e| LinkError::from_connect(&redacted, broker.user(), &e))?;
-    let events = Box::pin(connection.events_listener());
-    let lost = |e: lapin::Error| LinkError::from_lapin(&redacted, &e, config.heartbeat_timeout);
-
-    declare_topology(&connection, config, &redacted).await?;
-
-    let channel = connection.create_channel().await.map_err(lost)?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(lost)?;
-    let frame_max = connection.configuration().frame_max();
-    Ok(Link {
-        connection,
-        channel: Arc::new(channel),
-        events,
-        broker: redacted,
-        frame_max,
-    })
+    connected.map_err(|e| LinkError::from_connect(&redacted, broker.user(), &e))
 }
 
 /// Declares (or, passive, checks) the exchange, the dead-letter exchange

@@ -11,7 +11,9 @@
 use pgoutput::Lsn;
 use tokio_postgres::Client;
 
-/// A catalog query failed, or the catalog says something is missing.
+use crate::names::TableName;
+
+/// A catalog query failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     /// The query itself failed.
@@ -23,60 +25,23 @@ pub enum CatalogError {
         #[source]
         source: tokio_postgres::Error,
     },
-    /// The table name is not `schema.table` or `table`.
-    #[error("table {0:?}: expected `schema.table` or `table` (e.g. public.outbox)")]
-    TableName(String),
+}
+
+impl CatalogError {
+    /// The server's message (SQLSTATE and text) without the driver's
+    /// wrapping, for one-line reports.
+    pub fn server_message(&self) -> String {
+        match self {
+            CatalogError::Query { source, .. } => match source.as_db_error() {
+                Some(db) => format!("{} ({})", db.message(), db.code().code()),
+                None => source.to_string(),
+            },
+        }
+    }
 }
 
 fn query(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> CatalogError {
     move |source| CatalogError::Query { what, source }
-}
-
-/// A schema-qualified table name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableName {
-    /// The schema (default `public`).
-    pub schema: String,
-    /// The table.
-    pub name: String,
-}
-
-impl TableName {
-    /// Parses `schema.table` or `table` (in schema public). Double quotes
-    /// around either part are removed; unquoted parts are taken as written
-    /// (PostgreSQL folds unquoted names to lower case: write them so).
-    pub fn parse(text: &str) -> Result<TableName, CatalogError> {
-        let unquote = |s: &str| s.trim().trim_matches('"').to_string();
-        let (schema, name) = match text.split_once('.') {
-            Some((s, n)) => (unquote(s), unquote(n)),
-            None => ("public".to_string(), unquote(text)),
-        };
-        if schema.is_empty() || name.is_empty() || name.contains('.') {
-            return Err(CatalogError::TableName(text.to_string()));
-        }
-        Ok(TableName { schema, name })
-    }
-
-    /// The name quoted for SQL: `"schema"."table"`.
-    pub fn quoted(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
-    }
-}
-
-impl std::fmt::Display for TableName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.schema, self.name)
-    }
-}
-
-/// Quotes an SQL identifier (doubling embedded quotes).
-pub fn quote_ident(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-/// Quotes an SQL string literal.
-pub fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// The server settings logical replication depends on.
@@ -269,18 +234,22 @@ pub async fn create_publication(
     table: &TableName,
 ) -> Result<(), CatalogError> {
     client
-        .batch_execute(&create_publication_sql(publication, table))
+        .batch_execute(&crate::sql::create_publication(publication, table))
         .await
         .map_err(query("creating the publication"))
 }
 
-/// The SQL that creates the relay's publication.
-pub fn create_publication_sql(publication: &str, table: &TableName) -> String {
-    format!(
-        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert')",
-        quote_ident(publication),
-        table.quoted()
-    )
+/// Creates the relay's slot through SQL (for `setup`); returns where it
+/// starts.
+pub async fn create_slot(client: &Client, slot: &str) -> Result<String, CatalogError> {
+    client
+        .query_one(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .await
+        .map(|r| r.get(0))
+        .map_err(query("creating the slot"))
 }
 
 /// A replication slot as `pg_replication_slots` shows it.
@@ -304,15 +273,20 @@ pub struct SlotInfo {
     pub wal_status: Option<String>,
     /// Whether the slot decodes prepared transactions at PREPARE time.
     pub two_phase: bool,
+    /// The application_name of the process that holds it (when the role
+    /// may see it): `outbox-relay` for a relay.
+    pub holder: Option<String>,
 }
 
 /// Reads a slot; `None` if it does not exist.
 pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, CatalogError> {
     let row = client
         .query_opt(
-            "SELECT plugin::text, slot_type, database::text, active, active_pid,
-                    confirmed_flush_lsn::text, restart_lsn::text, wal_status, two_phase
-             FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT s.plugin::text, s.slot_type, s.database::text, s.active, s.active_pid,
+                    s.confirmed_flush_lsn::text, s.restart_lsn::text, s.wal_status, s.two_phase,
+                    a.application_name::text
+             FROM pg_replication_slots s LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid
+             WHERE s.slot_name = $1",
             &[&slot],
         )
         .await
@@ -332,6 +306,7 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
             restart_lsn: lsn(6),
             wal_status: r.get(7),
             two_phase: r.get(8),
+            holder: r.get(9),
         }
     }))
 }
@@ -371,37 +346,54 @@ pub async fn current_database(client: &Client) -> Result<String, CatalogError> {
         .map_err(query("reading the current database"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Whether PUBLIC (any role that can connect) may call
+/// pg_logical_emit_message, in any of its forms.
+pub async fn emit_message_is_public(client: &Client) -> Result<bool, CatalogError> {
+    client
+        .query_one(
+            "SELECT coalesce(bool_or(has_function_privilege('public', p.oid, 'EXECUTE')), false)
+             FROM pg_proc p WHERE p.proname = 'pg_logical_emit_message'",
+            &[],
+        )
+        .await
+        .map(|r| r.get(0))
+        .map_err(query("reading who may call pg_logical_emit_message"))
+}
 
-    #[test]
-    fn table_names_parse_with_or_without_schema() {
-        assert_eq!(
-            TableName::parse("public.outbox").unwrap(),
-            TableName {
-                schema: "public".into(),
-                name: "outbox".into()
-            }
-        );
-        assert_eq!(TableName::parse("outbox").unwrap().schema, "public");
-        assert_eq!(
-            TableName::parse("\"Billing\".\"Out Box\"")
-                .unwrap()
-                .quoted(),
-            "\"Billing\".\"Out Box\""
-        );
-        assert!(TableName::parse("a.b.c").is_err());
-        assert!(TableName::parse(".x").is_err());
-    }
+/// Everything the prerequisites are judged on, read once (see
+/// `crate::prereq`).
+#[derive(Debug, Clone)]
+pub struct PgFacts {
+    /// Server settings.
+    pub server: ServerSettings,
+    /// The connected role.
+    pub role: RoleRights,
+    /// The connected database.
+    pub database: String,
+    /// The outbox table, if it exists.
+    pub table: Option<TableInfo>,
+    /// The publication, if it exists.
+    pub publication: Option<PublicationInfo>,
+    /// The slot, if it exists.
+    pub slot: Option<SlotInfo>,
+    /// Whether PUBLIC may call pg_logical_emit_message.
+    pub emit_message_public: bool,
+}
 
-    #[test]
-    fn quoting_doubles_embedded_quotes() {
-        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
-        assert_eq!(quote_literal("it's"), "'it''s'");
-        assert_eq!(
-            create_publication_sql("outbox_relay", &TableName::parse("public.outbox").unwrap()),
-            "CREATE PUBLICATION \"outbox_relay\" FOR TABLE \"public\".\"outbox\" WITH (publish = 'insert')"
-        );
-    }
+/// Reads every fact the prerequisites are judged on.
+pub async fn gather(
+    client: &Client,
+    table: &TableName,
+    publication: &str,
+    slot: &str,
+) -> Result<PgFacts, CatalogError> {
+    Ok(PgFacts {
+        server: server_settings(client).await?,
+        role: role_rights(client).await?,
+        database: current_database(client).await?,
+        table: table_info(client, table).await?,
+        publication: publication_info(client, publication, table).await?,
+        slot: slot_info(client, slot).await?,
+        emit_message_public: emit_message_is_public(client).await?,
+    })
 }

@@ -78,9 +78,10 @@ pub enum Command {
         /// least-privilege role), and change nothing.
         #[arg(long)]
         print_sql: bool,
-        /// The role name used by --print-sql.
-        #[arg(long, default_value = "outbox_relay", requires = "print_sql")]
-        role: String,
+        /// The role --print-sql creates (default: the user of pg_url, else
+        /// outbox_relay).
+        #[arg(long, requires = "print_sql")]
+        role: Option<String>,
     },
     /// Show where the slot stands: confirmed position, lag behind the
     /// server's WAL, retained WAL, and who holds it.

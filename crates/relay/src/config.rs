@@ -4,16 +4,27 @@
 //! Pure code: [`resolve`] takes the file's text and the environment as
 //! values, so every rule here is unit-tested without touching the process.
 //! It also records where each value came from (default, file, env), for
-//! `outbox-relay config`. The names and defaults of RELAY_PG_URL,
+//! `outbox-relay config`, and suggests the setting a mistyped key or
+//! variable probably meant. [`Settings::parse`] then turns the strings into
+//! typed values once ([`Config`]: URLs, names, templates, durations), so no
+//! other module parses a setting again. The names and defaults of RELAY_PG_URL,
 //! RELAY_AMQP_URL, RELAY_SLOT, RELAY_PUBLICATION, RELAY_TABLE,
 //! RELAY_EXCHANGE and RELAY_METRICS_ADDR are a contract with users: keep
 //! them.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
+use amqp_sink::{BackoffConfig, BrokerUrl};
 use serde::{Deserialize, Serialize};
+use walstream::ReplicationConfig;
 
+use crate::core::CoreConfig;
+use crate::mapping::MappingConfig;
+use crate::names::{self, NameError, TableName};
 use crate::template::{Template, TemplateError};
 
 /// Every setting of the relay. Each field is also a key of the TOML file and
@@ -65,8 +76,14 @@ pub struct Settings {
     /// Larger payloads are dead-lettered (reason `oversize`).
     pub max_payload_bytes: u64,
     /// Prefix of pg_logical_emit_message events to publish (a table-less
-    /// outbox); empty to ignore logical decoding messages.
+    /// outbox); empty (the default) ignores logical decoding messages. Any
+    /// role that can connect may call pg_logical_emit_message unless it is
+    /// revoked from PUBLIC: see `outbox-relay setup --print-sql`.
     pub message_prefix: String,
+    /// How many times a row the broker refuses (an exchange that does not
+    /// exist, a message it closes the channel over) is published before it
+    /// goes to the dead-letter exchange with the broker's reason.
+    pub row_attempts: u64,
     /// Messages in flight to the broker at most.
     pub window_messages: u64,
     /// Bytes of message bodies in flight to the broker at most.
@@ -87,6 +104,14 @@ pub struct Settings {
     /// AMQP heartbeat, in seconds (a stalled broker link is noticed within
     /// about twice this).
     pub heartbeat_secs: u64,
+    /// A PEM file of CA certificates to trust for `amqps://` brokers, on
+    /// top of the system's (a private CA); empty for the system's only.
+    /// Certificates are always verified.
+    pub amqp_ca_file: String,
+    /// Where events go: `amqp` (RabbitMQ). `null` confirms every event at
+    /// once and throws it away: for measuring the relay alone
+    /// (relay-bench), never for real events.
+    pub sink: SinkKind,
     /// Address of the /metrics, /healthz and /readyz endpoints.
     pub metrics_addr: String,
     /// Log format: `text` or `json`.
@@ -114,7 +139,8 @@ impl Default for Settings {
             header_columns: Vec::new(),
             content_type: "application/json".into(),
             max_payload_bytes: 8 * 1024 * 1024,
-            message_prefix: "outbox".into(),
+            message_prefix: String::new(),
+            row_attempts: 3,
             window_messages: 1024,
             window_bytes: 16 * 1024 * 1024,
             standby: true,
@@ -124,6 +150,8 @@ impl Default for Settings {
             backoff_max_ms: 30_000,
             backoff_multiplier: 2.0,
             heartbeat_secs: 10,
+            amqp_ca_file: String::new(),
+            sink: SinkKind::Amqp,
             metrics_addr: "127.0.0.1:9187".into(),
             log_format: LogFormat::Text,
         }
@@ -150,6 +178,16 @@ pub enum UnroutablePolicy {
     DeadLetter,
     /// Count it and go on.
     Drop,
+}
+
+/// Where events go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// RabbitMQ.
+    Amqp,
+    /// Nowhere: every event is confirmed at once (benchmarks only).
+    Null,
 }
 
 /// Log output format.
@@ -193,6 +231,7 @@ const FIELDS: &[(&str, Kind)] = &[
     ("content_type", Kind::Str),
     ("max_payload_bytes", Kind::Int),
     ("message_prefix", Kind::Str),
+    ("row_attempts", Kind::Int),
     ("window_messages", Kind::Int),
     ("window_bytes", Kind::Int),
     ("standby", Kind::Bool),
@@ -202,6 +241,8 @@ const FIELDS: &[(&str, Kind)] = &[
     ("backoff_max_ms", Kind::Int),
     ("backoff_multiplier", Kind::Float),
     ("heartbeat_secs", Kind::Int),
+    ("amqp_ca_file", Kind::Str),
+    ("sink", Kind::Str),
     ("metrics_addr", Kind::Str),
     ("log_format", Kind::Str),
 ];
@@ -212,7 +253,11 @@ pub const MAX_PAYLOAD_LIMIT: u64 = 16 * 1024 * 1024;
 
 /// RELAY_* variables that are not settings but are read elsewhere: the
 /// config file's path, the log filter, and the test kit's own.
-const OTHER_VARS: &[&str] = &["RELAY_CONFIG", "RELAY_LOG"];
+const OTHER_VARS: &[&str] = &["RELAY_CONFIG", "RELAY_LOG", "RELAY_BIN"];
+
+/// Prefixes of the project's own helper variables (the test kit's, the
+/// benchmark's): not settings, not typos.
+const OTHER_PREFIXES: &[&str] = &["RELAY_TEST_", "RELAY_BENCH_"];
 
 /// Settings whose values are never printed whole (they carry passwords).
 const SECRETS: &[&str] = &["pg_url", "amqp_url"];
@@ -246,8 +291,9 @@ pub struct Resolved {
     pub settings: Settings,
     /// Where each key's value came from.
     pub sources: BTreeMap<&'static str, Source>,
-    /// RELAY_* variables that name no setting (a typo, most likely).
-    pub unknown_env: Vec<String>,
+    /// RELAY_* variables that name no setting (a typo, most likely), each
+    /// with the variable it probably meant.
+    pub unknown_env: Vec<(String, Option<String>)>,
 }
 
 /// Why the settings are unusable. Each message says what to change.
@@ -287,6 +333,25 @@ pub enum ConfigError {
         /// What is wrong and what would be right.
         message: String,
     },
+    /// The file has a key that names no setting.
+    #[error("config file {path}: unknown key `{key}`{}", did_you_mean(.suggestion.as_deref()))]
+    UnknownKey {
+        /// The file's path as given.
+        path: String,
+        /// The key.
+        key: String,
+        /// The setting it probably meant.
+        suggestion: Option<&'static str>,
+    },
+    /// A name setting is unusable.
+    #[error("{key}: {source}")]
+    Name {
+        /// The file key.
+        key: &'static str,
+        /// What is wrong.
+        #[source]
+        source: NameError,
+    },
     /// A routing template does not parse.
     #[error("{key}: {source}")]
     Template {
@@ -296,6 +361,39 @@ pub enum ConfigError {
         #[source]
         source: TemplateError,
     },
+}
+
+fn did_you_mean(suggestion: Option<&str>) -> String {
+    suggestion
+        .map(|s| format!("; did you mean `{s}`?"))
+        .unwrap_or_default()
+}
+
+/// The setting a mistyped key probably meant: the closest by edit distance,
+/// if close enough.
+pub fn suggest(key: &str) -> Option<&'static str> {
+    let key = key.to_ascii_lowercase();
+    FIELDS
+        .iter()
+        .map(|(k, _)| (*k, strsim::levenshtein(&key, k)))
+        .filter(|(k, d)| *d <= 2 || *d * 3 <= k.len())
+        .min_by_key(|(_, d)| *d)
+        .map(|(k, _)| k)
+}
+
+/// A TOML error's message and line, without the source line it quotes (it
+/// may hold a password).
+fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let line = text
+                .get(..span.start)
+                .map_or(0, |before| before.matches('\n').count())
+                + 1;
+            format!("line {line}: {}", e.message())
+        }
+        None => e.message().to_string(),
+    }
 }
 
 /// The environment variable of a settings key.
@@ -316,17 +414,26 @@ where
     if let Some((path, text)) = file {
         table = text.parse::<toml::Table>().map_err(|e| ConfigError::File {
             path: path.to_string(),
-            message: e.to_string(),
+            message: toml_message(text, &e),
         })?;
-        for (key, _) in FIELDS {
-            if table.contains_key(*key) {
-                sources.insert(key, Source::File);
+        for key in table.keys() {
+            match FIELDS.iter().find(|(k, _)| k == key) {
+                Some((k, _)) => {
+                    sources.insert(k, Source::File);
+                }
+                None => {
+                    return Err(ConfigError::UnknownKey {
+                        path: path.to_string(),
+                        key: key.clone(),
+                        suggestion: suggest(key),
+                    })
+                }
             }
         }
-        // Check keys and types now, so that a file error names the file.
+        // Check types now, so that a file error names the file.
         Settings::deserialize(table.clone()).map_err(|e| ConfigError::File {
             path: path.to_string(),
-            message: e.to_string(),
+            message: e.message().to_string(),
         })?;
     }
     let mut unknown_env = Vec::new();
@@ -336,8 +443,11 @@ where
         };
         let key = key.to_lowercase();
         let Some((name, kind)) = FIELDS.iter().find(|(k, _)| *k == key) else {
-            if !var.starts_with("RELAY_TEST_") && !OTHER_VARS.contains(&var.as_str()) {
-                unknown_env.push(var);
+            let ours = OTHER_VARS.contains(&var.as_str())
+                || OTHER_PREFIXES.iter().any(|p| var.starts_with(p));
+            if !ours {
+                let suggestion = suggest(&key).map(env_name);
+                unknown_env.push((var, suggestion));
             }
             continue;
         };
@@ -347,7 +457,7 @@ where
     unknown_env.sort();
     let settings = Settings::deserialize(table).map_err(|e| ConfigError::File {
         path: "(environment)".into(),
-        message: e.to_string(),
+        message: e.message().to_string(),
     })?;
     Ok(Resolved {
         settings,
@@ -391,116 +501,261 @@ fn env_value(var: &str, value: &str, kind: Kind) -> Result<toml::Value, ConfigEr
     })
 }
 
+/// The settings, parsed once into typed values: what every command works
+/// from. Built by [`Settings::parse`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The PostgreSQL connection (None if pg_url is not set; the commands
+    /// that need it say so).
+    pub pg: Option<ReplicationConfig>,
+    /// The brokers, in the order they are tried (empty if amqp_url is not
+    /// set).
+    pub brokers: Vec<BrokerUrl>,
+    /// The replication slot.
+    pub slot: String,
+    /// The publication.
+    pub publication: String,
+    /// The mapping: table, templates, columns, content type, prefix,
+    /// dead-letter exchange.
+    pub mapping: MappingConfig,
+    /// Declare the exchange, the dead-letter exchange and queue (false:
+    /// they must exist).
+    pub declare_exchange: bool,
+    /// The dead-letter queue.
+    pub dead_letter_queue: String,
+    /// The core's window and policies.
+    pub core: CoreConfig,
+    /// The largest body.
+    pub max_payload_bytes: usize,
+    /// Wait as a standby while another process holds the slot.
+    pub standby: bool,
+    /// How often a standby looks at the slot.
+    pub standby_poll: Duration,
+    /// How long a stop waits for confirms.
+    pub shutdown_timeout: Duration,
+    /// Reconnect delays (every reconnect loop).
+    pub backoff: BackoffConfig,
+    /// The AMQP heartbeat.
+    pub heartbeat: Duration,
+    /// A CA file for amqps:// brokers.
+    pub amqp_ca_file: Option<PathBuf>,
+    /// Where events go.
+    pub sink: SinkKind,
+    /// The metrics endpoint's address (None: off).
+    pub metrics_addr: Option<SocketAddr>,
+    /// The log format.
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The PostgreSQL connection, or the error that says how to set it.
+    pub fn pg(&self) -> Result<&ReplicationConfig, ConfigError> {
+        self.pg.as_ref().ok_or_else(|| ConfigError::Missing {
+            key: "pg_url",
+            env: env_name("pg_url"),
+        })
+    }
+
+    /// The brokers, or the error that says how to set them.
+    pub fn brokers(&self) -> Result<&[BrokerUrl], ConfigError> {
+        if self.brokers.is_empty() {
+            return Err(ConfigError::Missing {
+                key: "amqp_url",
+                env: env_name("amqp_url"),
+            });
+        }
+        Ok(&self.brokers)
+    }
+
+    /// The exchange's name when it is the same for every event (not a
+    /// per-row template).
+    pub fn constant_exchange(&self) -> Option<String> {
+        self.mapping.exchange.as_constant()
+    }
+}
+
+/// Splits a list of broker URLs at the commas that start another URL (a
+/// comma followed, after spaces, by `amqp://` or `amqps://`), so that a
+/// password may hold commas.
+pub fn split_amqp_urls(text: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for (at, _) in text.match_indices(',') {
+        let rest = text.get(at + 1..).unwrap_or("").trim_start();
+        if rest.starts_with("amqp://") || rest.starts_with("amqps://") {
+            parts.push(text.get(start..at).unwrap_or(""));
+            start = at + 1;
+        }
+    }
+    parts.push(text.get(start..).unwrap_or(""));
+    parts
+        .into_iter()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 impl Settings {
-    /// Checks what the relay needs to run: required URLs, sane numbers,
-    /// templates that parse.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        for (key, value) in [("pg_url", &self.pg_url), ("amqp_url", &self.amqp_url)] {
-            if value.as_deref().is_none_or(|v| v.trim().is_empty()) {
-                return Err(ConfigError::Missing {
-                    key,
-                    env: env_name(key),
-                });
+    /// Parses and checks every setting once: URLs, names, templates,
+    /// numbers. Each error names the setting and what would be right.
+    pub fn parse(&self) -> Result<Config, ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+        let name = |key: &'static str| move |source: NameError| ConfigError::Name { key, source };
+        let pg = match self.pg_url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(url) => Some(
+                url.parse::<ReplicationConfig>()
+                    .map_err(|e| invalid("pg_url", e.to_string()))?,
+            ),
+        };
+        let brokers = split_amqp_urls(self.amqp_url.as_deref().unwrap_or(""))
+            .into_iter()
+            .map(|url| url.parse::<BrokerUrl>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("amqp_url", e.to_string()))?;
+        names::check_slot(&self.slot).map_err(name("slot"))?;
+        names::check_name("publication", &self.publication).map_err(name("publication"))?;
+        let table = TableName::parse(&self.table).map_err(name("table"))?;
+        for (key, column, required) in [
+            ("id_column", &self.id_column, true),
+            ("payload_column", &self.payload_column, true),
+            ("type_column", &self.type_column, false),
+            ("timestamp_column", &self.timestamp_column, false),
+        ] {
+            if required || !column.is_empty() {
+                names::check_name("column", column).map_err(name(key))?;
             }
         }
-        self.exchange_template()?;
-        self.routing_key_template()?;
+        for column in &self.header_columns {
+            names::check_name("column", column).map_err(name("header_columns"))?;
+        }
+        let template = |key: &'static str, text: &str| {
+            Template::parse(text).map_err(|source| ConfigError::Template { key, source })
+        };
+        let exchange = template("exchange", &self.exchange)?;
+        let routing_key = template("routing_key", &self.routing_key)?;
+        for column in exchange.columns().chain(routing_key.columns()) {
+            names::check_name("column", column).map_err(name("routing_key"))?;
+        }
+        if let Some(constant) = exchange.as_constant() {
+            amqp_name("exchange", &constant, true)?;
+        }
+        amqp_name("dead_letter_exchange", &self.dead_letter_exchange, false)?;
+        amqp_name("dead_letter_queue", &self.dead_letter_queue, false)?;
+        amqp_name("content_type", &self.content_type, false)?;
         let positive = [
             ("window_messages", self.window_messages),
             ("window_bytes", self.window_bytes),
             ("max_payload_bytes", self.max_payload_bytes),
             ("backoff_initial_ms", self.backoff_initial_ms),
             ("heartbeat_secs", self.heartbeat_secs),
+            ("row_attempts", self.row_attempts),
         ];
         for (key, value) in positive {
             if value == 0 {
-                return Err(ConfigError::Invalid {
-                    key,
-                    message: "must be greater than 0".into(),
-                });
+                return Err(invalid(key, "must be greater than 0".into()));
             }
         }
         if self.max_payload_bytes > MAX_PAYLOAD_LIMIT {
-            return Err(ConfigError::Invalid {
-                key: "max_payload_bytes",
-                message: format!(
+            return Err(invalid(
+                "max_payload_bytes",
+                format!(
                     "{} is over {MAX_PAYLOAD_LIMIT} (16 MiB, RabbitMQ's default max_message_size): \
                      larger messages would be refused by the broker, not dead-lettered",
                     self.max_payload_bytes
                 ),
-            });
+            ));
+        }
+        if self.window_messages > 1 << 20 {
+            return Err(invalid(
+                "window_messages",
+                format!("{} is over 1048576", self.window_messages),
+            ));
+        }
+        if self.window_bytes > u64::from(u32::MAX) / 2 {
+            return Err(invalid(
+                "window_bytes",
+                format!("{} is over 2 GiB", self.window_bytes),
+            ));
+        }
+        if self.row_attempts > 100 {
+            return Err(invalid(
+                "row_attempts",
+                format!(
+                    "{} is over 100: a refused row would hold the stream back for long",
+                    self.row_attempts
+                ),
+            ));
         }
         if self.backoff_max_ms < self.backoff_initial_ms {
-            return Err(ConfigError::Invalid {
-                key: "backoff_max_ms",
-                message: format!(
+            return Err(invalid(
+                "backoff_max_ms",
+                format!(
                     "{} is less than backoff_initial_ms ({})",
                     self.backoff_max_ms, self.backoff_initial_ms
                 ),
-            });
+            ));
         }
         if !(self.backoff_multiplier >= 1.0 && self.backoff_multiplier.is_finite()) {
-            return Err(ConfigError::Invalid {
-                key: "backoff_multiplier",
-                message: format!("{} must be at least 1.0", self.backoff_multiplier),
-            });
+            return Err(invalid(
+                "backoff_multiplier",
+                format!("{} must be at least 1.0", self.backoff_multiplier),
+            ));
         }
-        for (key, value) in [
-            ("slot", &self.slot),
-            ("publication", &self.publication),
-            ("table", &self.table),
-            ("id_column", &self.id_column),
-            ("payload_column", &self.payload_column),
-        ] {
-            if value.trim().is_empty() {
-                return Err(ConfigError::Invalid {
-                    key,
-                    message: "must not be empty".into(),
-                });
-            }
-        }
-        if !self
-            .slot
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        {
-            return Err(ConfigError::Invalid {
-                key: "slot",
-                message: format!(
-                    "{:?}: slot names may contain only lower case letters, digits and underscores",
-                    self.slot
-                ),
-            });
-        }
-        Ok(())
-    }
-
-    /// The parsed exchange template.
-    pub fn exchange_template(&self) -> Result<Template, ConfigError> {
-        Template::parse(&self.exchange).map_err(|source| ConfigError::Template {
-            key: "exchange",
-            source,
+        let metrics_addr = match self.metrics_addr.trim() {
+            "" => None,
+            addr => Some(addr.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "metrics_addr",
+                    format!("{addr:?} is not host:port (e.g. 127.0.0.1:9187); empty disables it"),
+                )
+            })?),
+        };
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        Ok(Config {
+            pg,
+            brokers,
+            slot: self.slot.clone(),
+            publication: self.publication.clone(),
+            mapping: MappingConfig {
+                table,
+                exchange,
+                routing_key,
+                id_column: self.id_column.clone(),
+                payload_column: self.payload_column.clone(),
+                type_column: self.type_column.clone(),
+                timestamp_column: self.timestamp_column.clone(),
+                header_columns: self.header_columns.clone(),
+                content_type: self.content_type.clone(),
+                message_prefix: self.message_prefix.clone(),
+                dead_letter_exchange: self.dead_letter_exchange.clone(),
+            },
+            declare_exchange: self.declare_exchange,
+            dead_letter_queue: self.dead_letter_queue.clone(),
+            core: CoreConfig {
+                window_messages: size(self.window_messages),
+                window_bytes: size(self.window_bytes),
+                on_unroutable: self.on_unroutable,
+                row_attempts: u32::try_from(self.row_attempts).unwrap_or(u32::MAX),
+            },
+            max_payload_bytes: size(self.max_payload_bytes),
+            standby: self.standby,
+            standby_poll: Duration::from_millis(self.standby_poll_ms),
+            shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
+            backoff: BackoffConfig {
+                initial: Duration::from_millis(self.backoff_initial_ms),
+                max: Duration::from_millis(self.backoff_max_ms),
+                multiplier: self.backoff_multiplier,
+            },
+            heartbeat: Duration::from_secs(self.heartbeat_secs.max(3)),
+            amqp_ca_file: match self.amqp_ca_file.trim() {
+                "" => None,
+                path => Some(PathBuf::from(path)),
+            },
+            sink: self.sink,
+            metrics_addr,
+            log_format: self.log_format,
         })
-    }
-
-    /// The parsed routing key template.
-    pub fn routing_key_template(&self) -> Result<Template, ConfigError> {
-        Template::parse(&self.routing_key).map_err(|source| ConfigError::Template {
-            key: "routing_key",
-            source,
-        })
-    }
-
-    /// The broker URLs, in the order they are tried.
-    pub fn amqp_urls(&self) -> Vec<String> {
-        self.amqp_url
-            .as_deref()
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect()
     }
 
     /// Each key with its value as text, secrets redacted (passwords in URLs
@@ -521,6 +776,25 @@ impl Settings {
             })
             .collect()
     }
+}
+
+/// Checks a name the relay gives the broker: at most 255 bytes (AMQP's
+/// short strings), no control characters, not empty unless allowed.
+fn amqp_name(key: &'static str, value: &str, empty_ok: bool) -> Result<(), ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid { key, message };
+    if value.is_empty() && !empty_ok {
+        return Err(invalid("must not be empty".into()));
+    }
+    if value.len() > crate::template::MAX_SHORT_STRING {
+        return Err(invalid(format!(
+            "{} bytes; AMQP names hold at most 255",
+            value.len()
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(format!("{value:?} holds a control character")));
+    }
+    Ok(())
 }
 
 /// Replaces the password of every URL (`scheme://user:password@host`) and of
@@ -623,12 +897,14 @@ mod tests {
         assert!(!s.standby);
         assert_eq!(s.header_columns, ["tenant", "trace_id"]);
         assert_eq!(s.backoff_multiplier, 1.5);
-        assert_eq!(s.amqp_urls().len(), 2);
         assert_eq!(r.sources["slot"], Source::Env);
         assert_eq!(r.sources["pg_url"], Source::File);
         assert_eq!(r.sources["window_messages"], Source::File);
         assert_eq!(r.sources["table"], Source::Default);
-        s.validate().unwrap();
+        let config = s.parse().unwrap();
+        assert_eq!(config.brokers.len(), 2);
+        assert_eq!(config.core.window_messages, 64);
+        assert_eq!(config.mapping.table.to_string(), "public.outbox");
     }
 
     #[test]
@@ -642,10 +918,40 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(r.unknown_env, ["RELAY_PG_ULR"]);
+        assert_eq!(
+            r.unknown_env,
+            [("RELAY_PG_ULR".to_string(), Some("RELAY_PG_URL".to_string()))]
+        );
+        let r = resolve(
+            None,
+            env(&[
+                ("RELAY_BIN", "/x"),
+                ("RELAY_BENCH_DUMP", "1"),
+                ("RELAY_TEST_AMQP_URL", "amqp://h"),
+                ("RELAY_NOTHING_LIKE_IT", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(r.unknown_env, [("RELAY_NOTHING_LIKE_IT".to_string(), None)]);
         let err = resolve(Some(("relay.toml", "slott = 'x'")), env(&[])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config file relay.toml: unknown key `slott`; did you mean `slot`?"
+        );
+        let err = resolve(Some(("relay.toml", "exchage = 'x'")), env(&[])).unwrap_err();
+        assert!(
+            err.to_string().ends_with("did you mean `exchange`?"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_toml_error_never_quotes_the_line_with_the_password() {
+        let file = "pg_url = \"postgres://relay:s3cret-pw@db/app\nslot = 'x'\n";
+        let err = resolve(Some(("relay.toml", file)), env(&[])).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("relay.toml") && msg.contains("slott"), "{msg}");
+        assert!(!msg.contains("s3cret-pw"), "{msg}");
+        assert!(msg.contains("line 1"), "{msg}");
     }
 
     #[test]
@@ -661,17 +967,42 @@ mod tests {
 
     #[test]
     fn missing_urls_say_how_to_set_them() {
-        let s = resolve(None, env(&[])).unwrap().settings;
+        let config = resolve(None, env(&[])).unwrap().settings.parse().unwrap();
         assert_eq!(
-            s.validate().unwrap_err().to_string(),
+            config.pg().unwrap_err().to_string(),
             "pg_url is not set: set RELAY_PG_URL or `pg_url = \"...\"` in the config file"
         );
+        assert!(config
+            .brokers()
+            .unwrap_err()
+            .to_string()
+            .contains("RELAY_AMQP_URL"));
+    }
+
+    #[test]
+    fn broker_lists_split_only_where_a_url_starts() {
+        assert_eq!(
+            split_amqp_urls("amqp://u:p,w@h1/%2f, amqps://u:x@h2 ,amqp://h3"),
+            ["amqp://u:p,w@h1/%2f", "amqps://u:x@h2", "amqp://h3"]
+        );
+        assert_eq!(split_amqp_urls(""), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn a_constant_exchange_reads_its_braces_once() {
+        let config = Settings {
+            exchange: "events.{{v2}}".into(),
+            ..Settings::default()
+        }
+        .parse()
+        .unwrap();
+        assert_eq!(config.constant_exchange().as_deref(), Some("events.{v2}"));
     }
 
     #[test]
     fn invalid_values_are_rejected_with_the_fix() {
         let base = Settings {
-            pg_url: Some("postgres://x".into()),
+            pg_url: Some("postgres://relay@x/app".into()),
             amqp_url: Some("amqp://y".into()),
             ..Settings::default()
         };
@@ -679,30 +1010,74 @@ mod tests {
             slot: "Outbox-Relay".into(),
             ..base.clone()
         };
-        assert!(bad
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("lower case"));
+        let err = bad.parse().unwrap_err().to_string();
+        assert!(err.contains("lower case"), "{err}");
         let bad = Settings {
             routing_key: "{aggregate_type".into(),
             ..base.clone()
         };
         assert!(bad
-            .validate()
+            .parse()
             .unwrap_err()
             .to_string()
             .starts_with("routing_key:"));
+        for (key, bad) in [
+            (
+                "table",
+                Settings {
+                    table: "a.b.c".into(),
+                    ..base.clone()
+                },
+            ),
+            (
+                "publication",
+                Settings {
+                    publication: "p\nq".into(),
+                    ..base.clone()
+                },
+            ),
+            (
+                "exchange",
+                Settings {
+                    exchange: "ex\tchange".into(),
+                    ..base.clone()
+                },
+            ),
+            (
+                "dead_letter_queue",
+                Settings {
+                    dead_letter_queue: String::new(),
+                    ..base.clone()
+                },
+            ),
+            (
+                "metrics_addr",
+                Settings {
+                    metrics_addr: "localhost".into(),
+                    ..base.clone()
+                },
+            ),
+            (
+                "row_attempts",
+                Settings {
+                    row_attempts: 0,
+                    ..base.clone()
+                },
+            ),
+        ] {
+            let err = bad.parse().unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{key}:")), "{key}: {err}");
+        }
         let bad = Settings {
             max_payload_bytes: MAX_PAYLOAD_LIMIT + 1,
             ..base.clone()
         };
-        assert!(bad.validate().unwrap_err().to_string().contains("16 MiB"));
+        assert!(bad.parse().unwrap_err().to_string().contains("16 MiB"));
         let bad = Settings {
             window_messages: 0,
             ..base
         };
-        assert!(bad.validate().is_err());
+        assert!(bad.parse().is_err());
     }
 
     #[test]

@@ -4,19 +4,30 @@
 //! tracker, the pipeline, the CLI, metrics and health endpoints, and
 //! shutdown.
 //!
-//! Pure decision logic (settings resolution, routing templates, the ack
-//! tracker) lives in plain modules with unit and property tests; the I/O
-//! around it stays thin.
+//! Pure decision logic lives in plain modules with unit and property tests:
+//! settings (`config`), names and SQL (`names`, `sql`), routing templates
+//! (`template`), the mapping (`mapping`), the ack tracker (`tracker`), the
+//! session state machine (`core`) and the judge of prerequisites
+//! (`prereq`). The I/O around it stays thin: `catalog` and `probe` read,
+//! `sink` publishes, `pipeline` drives, `check` and `ops` print.
+//! docs/ARCHITECTURE.md says which module keeps which invariant.
 
 pub mod catalog;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod core;
+pub mod error;
 pub mod mapping;
 pub mod metrics;
+pub mod names;
 pub mod ops;
 pub mod pg;
 pub mod pgtext;
 pub mod pipeline;
+pub mod prereq;
+pub mod probe;
+pub mod sink;
+pub mod sql;
 pub mod template;
 pub mod tracker;

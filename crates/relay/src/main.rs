@@ -8,9 +8,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use outbox_relay::cli::{Cli, Command, LogFormatArg};
-use outbox_relay::config::{self, LogFormat, Resolved};
+use outbox_relay::config::{self, Config, LogFormat, Resolved};
 use outbox_relay::metrics::{self, Health, Metrics};
-use outbox_relay::{check, ops, pipeline};
+use outbox_relay::{check, ops, pipeline, prereq};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -28,10 +28,18 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let resolved = load_settings(&cli)?;
     init_logging(&cli, &resolved);
-    for var in &resolved.unknown_env {
-        tracing::warn!(variable = %var, "ignoring an environment variable that names no setting (see `outbox-relay config`)");
+    for (var, suggestion) in &resolved.unknown_env {
+        match suggestion {
+            Some(meant) => {
+                tracing::warn!(variable = %var, did_you_mean = %meant, "ignoring an environment variable that names no setting (see `outbox-relay config`)")
+            }
+            None => {
+                tracing::warn!(variable = %var, "ignoring an environment variable that names no setting (see `outbox-relay config`)")
+            }
+        }
     }
     let settings = resolved.settings.clone();
+    let parsed = settings.parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -53,8 +61,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => {
-            let lines = runtime.block_on(check::preflight(&settings));
-            print!("{}", check::render(&lines));
+            let lines = match &parsed {
+                Ok(config) => runtime.block_on(check::preflight(config)),
+                Err(e) => vec![prereq::Line::fail(
+                    "settings",
+                    e.to_string(),
+                    "fix the setting (`outbox-relay config` shows them all)",
+                )],
+            };
+            print!("{}", prereq::render(&lines));
             Ok(if lines.iter().any(|l| l.failed()) {
                 ExitCode::FAILURE
             } else {
@@ -65,19 +80,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_sql: true,
             role,
         } => {
-            print!("{}", ops::setup_sql(&settings, &role)?);
+            print!("{}", ops::setup_sql(&parsed?, role.as_deref())?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Setup { .. } => {
-            require_pg_url(&settings)?;
-            for line in runtime.block_on(ops::setup(&settings))? {
+            let config = parsed?;
+            for line in runtime.block_on(ops::setup(&config))? {
                 println!("{line}");
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => {
-            require_pg_url(&settings)?;
-            let status = runtime.block_on(ops::status(&settings))?;
+            let config = parsed?;
+            let status = runtime.block_on(ops::status(&config))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -86,12 +101,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { no_standby } => {
+            let config = parsed?;
             // The pipeline runs as a task, not on the main thread: the
             // broker driver and the replication stream wake it many times
             // a second, and a wake-up between tasks of one worker is far
             // cheaper than unparking another thread.
             runtime.block_on(async move {
-                tokio::spawn(run_relay(settings, no_standby))
+                tokio::spawn(run_relay(config, no_standby))
                     .await
                     .context("the relay task panicked")?
             })?;
@@ -101,8 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// `outbox-relay run`: metrics endpoint, signal handling, the pipeline.
-async fn run_relay(settings: config::Settings, no_standby: bool) -> anyhow::Result<()> {
-    settings.validate()?;
+async fn run_relay(config: Config, no_standby: bool) -> anyhow::Result<()> {
     let (metrics, registry) = Metrics::new();
     let health = Arc::new(Health::default());
     let (stop, shutdown) = watch::channel(false);
@@ -116,13 +131,7 @@ async fn run_relay(settings: config::Settings, no_standby: bool) -> anyhow::Resu
         tracing::warn!("second stop signal: exiting without waiting");
         std::process::exit(130);
     });
-    if !settings.metrics_addr.trim().is_empty() {
-        let addr: std::net::SocketAddr = settings.metrics_addr.parse().with_context(|| {
-            format!(
-                "metrics_addr {:?} is not host:port (e.g. 127.0.0.1:9187); empty disables it",
-                settings.metrics_addr
-            )
-        })?;
+    if let Some(addr) = config.metrics_addr {
         let mut stopped = shutdown.clone();
         let (bound, _server) = metrics::serve(addr, registry, health.clone(), async move {
             let _ = stopped.wait_for(|s| *s).await;
@@ -133,17 +142,16 @@ async fn run_relay(settings: config::Settings, no_standby: bool) -> anyhow::Resu
     }
     let span = tracing::info_span!(
         "relay",
-        slot = %settings.slot,
-        table = %settings.table,
-        exchange = %settings.exchange
+        slot = %config.slot,
+        table = %config.mapping.table,
+        exchange = %config.mapping.exchange
     );
     let ctx = pipeline::Context {
         metrics,
         health,
         shutdown,
     };
-    let no_standby = no_standby || !settings.standby;
-    pipeline::run(settings, no_standby, ctx)
+    pipeline::run(config, no_standby, ctx)
         .instrument(span)
         .await
         .map_err(anyhow::Error::from)?;
@@ -162,15 +170,6 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-}
-
-fn require_pg_url(settings: &config::Settings) -> anyhow::Result<()> {
-    if settings.pg_url.as_deref().is_none_or(str::is_empty) {
-        anyhow::bail!(
-            "pg_url is not set: set RELAY_PG_URL or `pg_url = \"...\"` in the config file"
-        );
-    }
-    Ok(())
 }
 
 fn load_settings(cli: &Cli) -> anyhow::Result<Resolved> {

@@ -1,35 +1,43 @@
-//! The outbox row -> message mapping: the message contract of DESIGN.md.
+//! The outbox row -> message mapping: the message contract of
+//! docs/ARCHITECTURE.md, and every rule that keeps a message within what the
+//! broker accepts (invariants 7 and 8).
 //!
 //! Pure code. For each Relation message of the outbox table the mapper
 //! builds a [`Plan`] (which position holds which column, by name, so ALTER
 //! TABLE that adds, drops or reorders columns is followed), and maps each
-//! Insert through it:
-//! exchange and routing key from templates, body = the payload column's
-//! value (json/jsonb/text as text, bytea as raw bytes), message_id = id,
-//! type = event type, timestamp = created_at, headers = every other column
-//! (or the configured ones).
+//! Insert through it: exchange and routing key from templates, body = the
+//! payload column's value (json/jsonb/text as text, bytea as raw bytes),
+//! message_id = id, type = event type, timestamp = created_at, headers =
+//! every other column (or the configured ones).
 //!
-//! A row that cannot be published as configured (NULL routing column, a
-//! template that renders empty, a payload over the size limit, bytes that
-//! do not decode) is not dropped: it maps to a [`Mapped::DeadLetter`] with
-//! the reason, the LSN and the row's columns as headers.
+//! A row that cannot be published as configured is never dropped: it maps
+//! to a [`Mapped::DeadLetter`] with a [`DeadLetterReason`], the LSN and the
+//! row. Every message built here, dead-letter copies included, fits the
+//! sink's [`Limits`]: names of at most 255 bytes without control
+//! characters, a body of at most max_payload_bytes, and properties plus
+//! headers within one broker frame. A dead-letter copy never carries the
+//! payload as a header; one whose headers would not fit is reduced to the
+//! reason, the detail, the LSN and the id.
 //!
-//! `pg_logical_emit_message` with the configured prefix is a second source:
-//! its content is a JSON envelope whose fields stand for the outbox
+//! `pg_logical_emit_message` with the configured prefix is a second, opt-in
+//! source: its content is a JSON envelope whose fields stand for the outbox
 //! columns (see [`Mapper::logical_message`]).
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 
 use bytes::Bytes;
 use pgoutput::{Column, Insert, Lsn, Message, Oid, Relation, RelationCache};
 
-use crate::catalog::TableName;
-use crate::config::{ConfigError, Settings};
+use crate::names::TableName;
 use crate::pgtext;
-use crate::template::{ColumnValue, RenderError, Template};
+use crate::template::{ColumnValue, RenderError, Template, MAX_SHORT_STRING};
 
 /// Type Oids the mapping reads specially.
 const BYTEA_OID: u32 = 17;
+
+/// The longest `x-relay-detail` text, in characters.
+const MAX_DETAIL_CHARS: usize = 500;
 
 /// A header value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +50,23 @@ pub enum HeaderValue {
     Bytes(Vec<u8>),
 }
 
-/// A message ready for the broker.
+impl HeaderValue {
+    /// The value's length in bytes (an integer counts 8).
+    pub fn len(&self) -> usize {
+        match self {
+            HeaderValue::Text(s) => s.len(),
+            HeaderValue::Int(_) => 8,
+            HeaderValue::Bytes(b) => b.len(),
+        }
+    }
+
+    /// Whether the value is empty text or bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A message ready for the sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventMessage {
     /// The exchange.
@@ -63,38 +87,90 @@ pub struct EventMessage {
     pub headers: Vec<(String, HeaderValue)>,
 }
 
-/// Why a row goes to the dead-letter exchange (the `x-relay-reason`
-/// header).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What every message must fit, as the sink sees it (see
+/// `crate::sink`): the mapping checks each message against it before
+/// the sink ever sees the message.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The largest body (max_payload_bytes).
+    pub max_body: usize,
+    /// How many bytes of properties and headers one message may carry.
+    pub max_properties: usize,
+    /// A message's properties and headers as the sink encodes them.
+    pub properties_len: fn(&EventMessage) -> usize,
+}
+
+impl Limits {
+    /// Whether `message`'s properties and headers fit.
+    pub fn properties_fit(&self, message: &EventMessage) -> bool {
+        (self.properties_len)(message) <= self.max_properties
+    }
+}
+
+/// Why a row goes to the dead-letter exchange: the `x-relay-reason` header
+/// and the `reason` label of `outbox_relay_events_dead_lettered_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeadLetterReason {
-    /// A routing column is NULL or missing, or a template rendered empty or
-    /// too long.
-    Unroutable,
+    /// A routing column is NULL or missing, or a template rendered empty.
+    UnroutableRow,
     /// The payload is larger than max_payload_bytes.
     Oversize,
     /// A value could not be decoded (bad bytea, invalid UTF-8 in a routing
-    /// column, an envelope that is not JSON).
+    /// column, an envelope that is not a JSON object).
     Undecodable,
-    /// The payload or id column is NULL or missing.
+    /// The payload column is NULL or missing.
     MissingColumn,
+    /// The row's headers do not fit one broker frame.
+    HeadersTooLarge,
+    /// The exchange or routing key is longer than 255 bytes or holds a
+    /// control character.
+    InvalidName,
+    /// The id or type is longer than AMQP's 255 bytes.
+    InvalidProperty,
     /// The broker returned the message: no queue is bound for its routing
-    /// key.
-    Returned,
-    /// The broker client refused the message as it was (a name over 255
-    /// bytes, a body over the broker's limit).
-    Invalid,
+    /// key (on_unroutable = dead-letter).
+    NoRoute,
+    /// The broker closed the channel because the exchange does not exist,
+    /// every time the row was published.
+    NoExchange,
+    /// The broker refused the message (closed the channel or connection
+    /// over it), every time it was published.
+    RejectedByBroker,
+    /// The broker client refused the message as it was (a limit the
+    /// mapping did not foresee).
+    RefusedByClient,
 }
 
 impl DeadLetterReason {
-    /// The header value.
+    /// Every reason, for metrics that start at 0 and for the docs.
+    pub const ALL: [DeadLetterReason; 11] = [
+        DeadLetterReason::UnroutableRow,
+        DeadLetterReason::Oversize,
+        DeadLetterReason::Undecodable,
+        DeadLetterReason::MissingColumn,
+        DeadLetterReason::HeadersTooLarge,
+        DeadLetterReason::InvalidName,
+        DeadLetterReason::InvalidProperty,
+        DeadLetterReason::NoRoute,
+        DeadLetterReason::NoExchange,
+        DeadLetterReason::RejectedByBroker,
+        DeadLetterReason::RefusedByClient,
+    ];
+
+    /// The header value and metric label.
     pub fn as_str(self) -> &'static str {
         match self {
-            DeadLetterReason::Unroutable => "unroutable-row",
+            DeadLetterReason::UnroutableRow => "unroutable_row",
             DeadLetterReason::Oversize => "oversize",
             DeadLetterReason::Undecodable => "undecodable",
-            DeadLetterReason::MissingColumn => "missing-column",
-            DeadLetterReason::Returned => "unroutable",
-            DeadLetterReason::Invalid => "invalid-message",
+            DeadLetterReason::MissingColumn => "missing_column",
+            DeadLetterReason::HeadersTooLarge => "headers_too_large",
+            DeadLetterReason::InvalidName => "invalid_name",
+            DeadLetterReason::InvalidProperty => "invalid_property",
+            DeadLetterReason::NoRoute => "no_route",
+            DeadLetterReason::NoExchange => "no_exchange",
+            DeadLetterReason::RejectedByBroker => "rejected_by_broker",
+            DeadLetterReason::RefusedByClient => "refused_by_client",
         }
     }
 }
@@ -107,6 +183,34 @@ pub enum Mapped {
     /// Publish this to the dead-letter exchange instead (it already carries
     /// the dead-letter exchange, the reason and the row).
     DeadLetter(EventMessage, DeadLetterReason),
+}
+
+/// The mapping's settings, parsed (see `crate::config`).
+#[derive(Debug, Clone)]
+pub struct MappingConfig {
+    /// The outbox table.
+    pub table: TableName,
+    /// The exchange template.
+    pub exchange: Template,
+    /// The routing key template.
+    pub routing_key: Template,
+    /// Column holding the event id.
+    pub id_column: String,
+    /// Column holding the payload.
+    pub payload_column: String,
+    /// Column holding the event type ("" for none).
+    pub type_column: String,
+    /// Column holding the creation time ("" for none).
+    pub timestamp_column: String,
+    /// Columns sent as headers; empty = every column but id, payload and
+    /// timestamp.
+    pub header_columns: Vec<String>,
+    /// The messages' content_type.
+    pub content_type: String,
+    /// The prefix of pg_logical_emit_message events ("" = none).
+    pub message_prefix: String,
+    /// Where rows that cannot be published go.
+    pub dead_letter_exchange: String,
 }
 
 /// What the mapper knows of the outbox table's current shape: each
@@ -131,86 +235,89 @@ struct PlanColumn {
     header: bool,
 }
 
+/// A dead-letter copy being built: the reason, the detail, where the row
+/// was, and what of it the copy carries if it fits.
+struct DeadLetter<'a> {
+    reason: DeadLetterReason,
+    detail: String,
+    lsn: Lsn,
+    headers: Vec<(String, HeaderValue)>,
+    body: Bytes,
+    id: Option<&'a str>,
+    kind: Option<&'a str>,
+    timestamp: Option<u64>,
+    content_type: &'a str,
+}
+
 /// Maps outbox rows and envelope messages to broker messages.
 #[derive(Debug, Clone)]
 pub struct Mapper {
-    table: TableName,
-    exchange: Template,
-    routing_key: Template,
-    id_column: String,
-    payload_column: String,
-    type_column: String,
-    timestamp_column: String,
-    header_columns: Vec<String>,
-    content_type: String,
-    max_payload_bytes: usize,
-    message_prefix: String,
-    dead_letter_exchange: String,
+    config: MappingConfig,
+    limits: Limits,
     plans: HashMap<Oid, Plan>,
 }
 
 impl Mapper {
-    /// A mapper for these settings.
-    pub fn new(settings: &Settings) -> Result<Mapper, ConfigError> {
-        let table = TableName::parse(&settings.table).map_err(|e| ConfigError::Invalid {
-            key: "table",
-            message: e.to_string(),
-        })?;
-        Ok(Mapper {
-            table,
-            exchange: settings.exchange_template()?,
-            routing_key: settings.routing_key_template()?,
-            id_column: settings.id_column.clone(),
-            payload_column: settings.payload_column.clone(),
-            type_column: settings.type_column.clone(),
-            timestamp_column: settings.timestamp_column.clone(),
-            header_columns: settings.header_columns.clone(),
-            content_type: settings.content_type.clone(),
-            max_payload_bytes: usize::try_from(settings.max_payload_bytes).unwrap_or(usize::MAX),
-            message_prefix: settings.message_prefix.clone(),
-            dead_letter_exchange: settings.dead_letter_exchange.clone(),
+    /// A mapper for these settings and the sink's limits.
+    pub fn new(config: MappingConfig, limits: Limits) -> Mapper {
+        Mapper {
+            config,
+            limits,
             plans: HashMap::new(),
-        })
+        }
+    }
+
+    /// The sink's limits the mapper keeps to.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Reads a Relation message: if it is the outbox table, (re)builds its
     /// plan and returns true. Call it for every Relation, in stream order.
     pub fn relation(&mut self, relation: &Relation) -> bool {
-        if !relation.is(&self.table.schema, &self.table.name) {
+        let c = &self.config;
+        if !relation.is(&c.table.schema, &c.table.name) {
             self.plans.remove(&relation.oid);
             return false;
         }
         let columns: Vec<PlanColumn> = relation
             .columns
             .iter()
-            .map(|c| PlanColumn {
-                name: c.name.clone(),
-                type_oid: c.type_oid,
-                header: if self.header_columns.is_empty() {
-                    c.name != self.id_column
-                        && c.name != self.payload_column
-                        && c.name != self.timestamp_column
+            .map(|col| PlanColumn {
+                name: col.name.clone(),
+                type_oid: col.type_oid,
+                header: if c.header_columns.is_empty() {
+                    col.name != c.id_column
+                        && col.name != c.payload_column
+                        && col.name != c.timestamp_column
                 } else {
-                    self.header_columns.contains(&c.name)
+                    c.header_columns.contains(&col.name)
                 },
             })
             .collect();
         let index: HashMap<String, usize> = columns
             .iter()
             .enumerate()
-            .map(|(i, c)| (c.name.clone(), i))
+            .map(|(i, col)| (col.name.clone(), i))
             .collect();
-        let routing = self
+        let routing = c
             .exchange
             .columns()
-            .chain(self.routing_key.columns())
+            .chain(c.routing_key.columns())
             .map(|name| (name.to_string(), index.get(name).copied()))
             .collect();
+        let at = |name: &str| {
+            if name.is_empty() {
+                None
+            } else {
+                index.get(name).copied()
+            }
+        };
         let plan = Plan {
-            payload: index.get(&self.payload_column).copied(),
-            id: index.get(&self.id_column).copied(),
-            kind: index.get(&self.type_column).copied(),
-            timestamp: index.get(&self.timestamp_column).copied(),
+            payload: at(&c.payload_column),
+            id: at(&c.id_column),
+            kind: at(&c.type_column),
+            timestamp: at(&c.timestamp_column),
             routing,
             columns,
         };
@@ -227,76 +334,91 @@ impl Mapper {
     /// Maps an Insert; `None` if it is not into the outbox table.
     pub fn insert(&self, insert: &Insert, lsn: Lsn) -> Option<Mapped> {
         let plan = self.plans.get(&insert.rel)?;
+        let c = &self.config;
         // The row's columns, parsed once (each is a slice of the message).
         let row: Vec<Column> = insert.tuple.iter().collect();
-        let text = |at: Option<usize>| -> Result<Option<&str>, DeadLetterReason> {
+        let text = |at: Option<usize>| -> Result<Option<&str>, ()> {
             match at.and_then(|i| row.get(i)) {
-                Some(Column::Text(b)) => std::str::from_utf8(b)
-                    .map(Some)
-                    .map_err(|_| DeadLetterReason::Undecodable),
-                Some(Column::Binary(_)) => Err(DeadLetterReason::Undecodable),
+                Some(Column::Text(b)) => std::str::from_utf8(b).map(Some).map_err(|_| ()),
+                Some(Column::Binary(_)) => Err(()),
                 _ => Ok(None),
             }
         };
+        let id = text(plan.id).ok().flatten();
+        let kind = text(plan.kind).ok().flatten();
+        let timestamp = text(plan.timestamp)
+            .ok()
+            .flatten()
+            .and_then(pgtext::parse_timestamp)
+            .and_then(|s| u64::try_from(s).ok());
+        // Every column but the payload: what a dead-letter copy carries
+        // (if it fits).
         let row_headers = || -> Vec<(String, HeaderValue)> {
             row.iter()
                 .zip(&plan.columns)
-                .filter_map(|(value, col)| {
-                    let bytes = value.value()?;
-                    Some((col.name.clone(), header_value(bytes)))
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != plan.payload)
+                .filter_map(|(_, (value, col))| {
+                    Some((col.name.clone(), header_value(value.value()?)))
                 })
                 .collect()
         };
         let dead = |reason: DeadLetterReason, detail: String, body: Bytes| {
-            Some(self.dead_letter(reason, &detail, lsn, row_headers(), body))
+            Mapped::DeadLetter(
+                self.dead_letter(DeadLetter {
+                    reason,
+                    detail,
+                    lsn,
+                    headers: row_headers(),
+                    body,
+                    id,
+                    kind,
+                    timestamp,
+                    content_type: &c.content_type,
+                }),
+                reason,
+            )
         };
 
-        // The payload: required, within the limit, decodable.
+        // The payload: required, within the limit (checked before any copy),
+        // decodable.
         let payload = plan
             .payload
             .and_then(|i| row.get(i).map(|v| (v, plan.columns.get(i))));
         let body = match payload {
             Some((Column::Text(b), Some(col))) if col.type_oid.0 == BYTEA_OID => {
+                let size = b.len().saturating_sub(2) / 2;
+                if size > self.limits.max_body {
+                    return Some(self.oversize(dead, size));
+                }
                 match pgtext::decode_bytea_hex(b) {
                     Some(raw) => Bytes::from(raw),
                     None => {
-                        return dead(
+                        return Some(dead(
                             DeadLetterReason::Undecodable,
-                            format!("bytea column {} is not in hex format", self.payload_column),
+                            format!("bytea column {} is not in hex format", c.payload_column),
                             Bytes::new(),
-                        )
+                        ))
                     }
                 }
             }
             // A copy of the value, not a slice: a slice would keep the whole
             // read buffer it came from alive while the message is in flight,
             // and the window counts only the body.
-            Some((Column::Text(b), _)) => Bytes::copy_from_slice(b),
-            Some((Column::Binary(b), _)) => Bytes::copy_from_slice(b),
+            Some((Column::Text(b) | Column::Binary(b), _)) => {
+                if b.len() > self.limits.max_body {
+                    return Some(self.oversize(dead, b.len()));
+                }
+                Bytes::copy_from_slice(b)
+            }
             _ => {
-                return dead(
+                return Some(dead(
                     DeadLetterReason::MissingColumn,
-                    format!("payload column {} is NULL or missing", self.payload_column),
+                    format!("payload column {} is NULL or missing", c.payload_column),
                     Bytes::new(),
-                )
+                ))
             }
         };
-        if body.len() > self.max_payload_bytes {
-            let size = i64::try_from(body.len()).unwrap_or(i64::MAX);
-            let mut headers = row_headers();
-            headers.push(("x-relay-payload-size".into(), HeaderValue::Int(size)));
-            return Some(self.dead_letter(
-                DeadLetterReason::Oversize,
-                &format!(
-                    "payload of {} bytes is over max_payload_bytes ({})",
-                    body.len(),
-                    self.max_payload_bytes
-                ),
-                lsn,
-                headers,
-                Bytes::new(),
-            ));
-        }
 
         // Routing: the template columns' values, read once.
         let mut values: Vec<(&str, Option<usize>, Option<&str>)> =
@@ -304,12 +426,12 @@ impl Mapper {
         for (name, at) in &plan.routing {
             match text(*at) {
                 Ok(value) => values.push((name, *at, value)),
-                Err(_) => {
-                    return dead(
+                Err(()) => {
+                    return Some(dead(
                         DeadLetterReason::Undecodable,
                         format!("routing column {name} is not valid UTF-8 text"),
                         body,
-                    )
+                    ))
                 }
             }
         }
@@ -318,50 +440,101 @@ impl Mapper {
             Some((_, Some(_), None)) => ColumnValue::Null,
             _ => ColumnValue::Missing,
         };
-        let exchange = self.exchange.render(lookup);
-        let routing_key = self.routing_key.render(lookup);
-        let (exchange, routing_key) = match (exchange, routing_key) {
-            (Ok(x), Ok(k)) => (x, k),
-            (Err(e), _) | (_, Err(e)) => {
-                return dead(render_reason(&e), e.to_string(), body);
-            }
-        };
-
-        let message_id = text(plan.id).ok().flatten().map(str::to_string);
-        let kind = text(plan.kind).ok().flatten().map(str::to_string);
-        let timestamp = text(plan.timestamp)
-            .ok()
-            .flatten()
-            .and_then(pgtext::parse_timestamp)
-            .and_then(|s| u64::try_from(s).ok());
+        let (exchange, routing_key) =
+            match (c.exchange.render(lookup), c.routing_key.render(lookup)) {
+                (Ok(x), Ok(k)) => (x, k),
+                (Err(e), _) | (_, Err(e)) => {
+                    return Some(dead(render_reason(&e), e.to_string(), body))
+                }
+            };
+        if let Some(detail) = property_problem(c, id, kind) {
+            return Some(dead(DeadLetterReason::InvalidProperty, detail, body));
+        }
         let headers = row
             .iter()
             .zip(&plan.columns)
             .filter(|(_, col)| col.header)
             .filter_map(|(value, col)| Some((col.name.clone(), header_value(value.value()?))))
             .collect();
-        Some(Mapped::Publish(EventMessage {
+        let message = EventMessage {
             exchange,
             routing_key,
             body,
-            message_id,
-            kind,
-            content_type: self.content_type.clone(),
+            message_id: id.map(str::to_string),
+            kind: kind.map(str::to_string),
+            content_type: c.content_type.clone(),
             timestamp,
             headers,
-        }))
+        };
+        if !self.limits.properties_fit(&message) {
+            let detail = self.headers_detail(&message);
+            return Some(dead(
+                DeadLetterReason::HeadersTooLarge,
+                detail,
+                message.body,
+            ));
+        }
+        Some(Mapped::Publish(message))
+    }
+
+    /// The dead letter of a payload over the limit: no body, its size in
+    /// a header.
+    fn oversize(
+        &self,
+        dead: impl Fn(DeadLetterReason, String, Bytes) -> Mapped,
+        size: usize,
+    ) -> Mapped {
+        let mut mapped = dead(
+            DeadLetterReason::Oversize,
+            format!(
+                "payload of {size} bytes is over max_payload_bytes ({})",
+                self.limits.max_body
+            ),
+            Bytes::new(),
+        );
+        if let Mapped::DeadLetter(message, _) = &mut mapped {
+            let size = i64::try_from(size).unwrap_or(i64::MAX);
+            message
+                .headers
+                .push(("x-relay-payload-size".into(), HeaderValue::Int(size)));
+        }
+        mapped
+    }
+
+    /// Says which headers made a message too large.
+    fn headers_detail(&self, message: &EventMessage) -> String {
+        let mut largest: Vec<(&str, usize)> = message
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.len()))
+            .collect();
+        largest.sort_by_key(|b| std::cmp::Reverse(b.1));
+        let mut detail = format!(
+            "properties and headers take {} bytes; one broker frame holds {} (largest:",
+            (self.limits.properties_len)(message),
+            self.limits.max_properties
+        );
+        for (name, len) in largest.iter().take(3) {
+            let _ = write!(detail, " {name} {len} bytes,");
+        }
+        detail.pop();
+        detail.push(')');
+        detail
     }
 
     /// Maps a logical decoding message: `None` unless its prefix is the
-    /// configured one. The content is a JSON object whose fields stand for
-    /// the outbox columns (the configured names), e.g.
+    /// configured one (none by default: any role may call
+    /// pg_logical_emit_message). The content is a JSON object whose fields
+    /// stand for the outbox columns (the configured names), e.g.
     /// `{"id": "...", "aggregate_type": "order", "aggregate_id": "42",
     /// "event_type": "created", "payload": {"total": 1999}}`; `payload` may be
     /// any JSON value (its JSON text is the body); other string, number or
     /// boolean fields become headers. Without an id, message_id is
-    /// `pg-message-<lsn>` (stable across re-sends).
+    /// `pg-message-<lsn>` (stable across re-sends). Content larger than
+    /// max_payload_bytes plus one frame is dead-lettered unparsed.
     pub fn logical_message(&self, message: &Message) -> Option<Mapped> {
-        if self.message_prefix.is_empty() || message.prefix != self.message_prefix {
+        let c = &self.config;
+        if c.message_prefix.is_empty() || message.prefix != c.message_prefix {
             return None;
         }
         let lsn = message.lsn;
@@ -371,17 +544,57 @@ impl Mapper {
                 HeaderValue::Text(message.prefix.clone()),
             )]
         };
+        let dead = |reason: DeadLetterReason,
+                    detail: String,
+                    headers: Vec<(String, HeaderValue)>,
+                    body: Bytes| {
+            Mapped::DeadLetter(
+                self.dead_letter(DeadLetter {
+                    reason,
+                    detail,
+                    lsn,
+                    headers,
+                    body,
+                    id: None,
+                    kind: None,
+                    timestamp: None,
+                    content_type: &c.content_type,
+                }),
+                reason,
+            )
+        };
+        let cap = self
+            .limits
+            .max_body
+            .saturating_add(self.limits.max_properties);
+        if message.content.len() > cap {
+            return Some(dead(
+                DeadLetterReason::Oversize,
+                format!(
+                    "logical message of {} bytes is over max_payload_bytes ({}) plus one frame \
+                     of metadata; not parsed",
+                    message.content.len(),
+                    self.limits.max_body
+                ),
+                prefix_header(),
+                Bytes::new(),
+            ));
+        }
         let envelope: serde_json::Map<String, serde_json::Value> =
             match serde_json::from_slice(&message.content) {
                 Ok(serde_json::Value::Object(map)) => map,
                 _ => {
-                    return Some(self.dead_letter(
+                    let body = if message.content.len() <= self.limits.max_body {
+                        message.content.clone()
+                    } else {
+                        Bytes::new()
+                    };
+                    return Some(dead(
                         DeadLetterReason::Undecodable,
-                        "logical message content is not a JSON object",
-                        lsn,
+                        "logical message content is not a JSON object".into(),
                         prefix_header(),
-                        message.content.clone(),
-                    ))
+                        body,
+                    ));
                 }
             };
         let field_text = |name: &str| -> Option<String> {
@@ -394,174 +607,232 @@ impl Mapper {
         let all_headers = || -> Vec<(String, HeaderValue)> {
             envelope
                 .iter()
-                .filter(|(k, _)| **k != self.payload_column)
+                .filter(|(k, _)| **k != c.payload_column)
                 .filter_map(|(k, _)| Some((k.clone(), HeaderValue::Text(field_text(k)?))))
                 .collect()
         };
-        let body = match envelope.get(&self.payload_column) {
+        let body = match envelope.get(&c.payload_column) {
             None | Some(serde_json::Value::Null) => {
-                return Some(self.dead_letter(
+                return Some(dead(
                     DeadLetterReason::MissingColumn,
-                    &format!("envelope has no {} field", self.payload_column),
-                    lsn,
+                    format!("envelope has no {} field", c.payload_column),
                     all_headers(),
-                    message.content.clone(),
+                    Bytes::new(),
                 ))
             }
-            Some(serde_json::Value::String(s)) if self.content_type != "application/json" => {
+            Some(serde_json::Value::String(s)) if c.content_type != "application/json" => {
                 Bytes::from(s.clone().into_bytes())
             }
             Some(v) => Bytes::from(v.to_string().into_bytes()),
         };
-        if body.len() > self.max_payload_bytes {
-            return Some(self.dead_letter(
+        if body.len() > self.limits.max_body {
+            return Some(dead(
                 DeadLetterReason::Oversize,
-                &format!("payload of {} bytes is over max_payload_bytes", body.len()),
-                lsn,
+                format!(
+                    "payload of {} bytes is over max_payload_bytes ({})",
+                    body.len(),
+                    self.limits.max_body
+                ),
                 all_headers(),
                 Bytes::new(),
             ));
         }
-        let texts: HashMap<&str, Option<String>> = self
+        let texts: HashMap<&str, Option<String>> = c
             .exchange
             .columns()
-            .chain(self.routing_key.columns())
-            .map(|c| (c, field_text(c)))
+            .chain(c.routing_key.columns())
+            .map(|col| (col, field_text(col)))
             .collect();
         let lookup = |name: &str| match texts.get(name) {
             Some(Some(t)) => ColumnValue::Text(t.as_str()),
             Some(None) => ColumnValue::Null,
             None => ColumnValue::Missing,
         };
-        let (exchange, routing_key) = match (
-            self.exchange.render(lookup),
-            self.routing_key.render(lookup),
-        ) {
-            (Ok(x), Ok(k)) => (x, k),
-            (Err(e), _) | (_, Err(e)) => {
-                return Some(self.dead_letter(
-                    render_reason(&e),
-                    &e.to_string(),
-                    lsn,
-                    all_headers(),
-                    body,
-                ))
-            }
-        };
+        let (exchange, routing_key) =
+            match (c.exchange.render(lookup), c.routing_key.render(lookup)) {
+                (Ok(x), Ok(k)) => (x, k),
+                (Err(e), _) | (_, Err(e)) => {
+                    return Some(dead(render_reason(&e), e.to_string(), all_headers(), body))
+                }
+            };
+        let id = field_text(&c.id_column);
+        let kind = field_text(&c.type_column);
+        if let Some(detail) = property_problem(c, id.as_deref(), kind.as_deref()) {
+            return Some(dead(
+                DeadLetterReason::InvalidProperty,
+                detail,
+                all_headers(),
+                body,
+            ));
+        }
         let headers = envelope
             .iter()
             .filter(|(k, _)| {
-                if self.header_columns.is_empty() {
-                    **k != self.id_column
-                        && **k != self.payload_column
-                        && **k != self.timestamp_column
+                if c.header_columns.is_empty() {
+                    **k != c.id_column && **k != c.payload_column && **k != c.timestamp_column
                 } else {
-                    self.header_columns.contains(k)
+                    c.header_columns.contains(k)
                 }
             })
             .filter_map(|(k, _)| Some((k.clone(), HeaderValue::Text(field_text(k)?))))
             .collect();
-        Some(Mapped::Publish(EventMessage {
+        let message = EventMessage {
             exchange,
             routing_key,
             body,
-            message_id: Some(
-                field_text(&self.id_column).unwrap_or_else(|| format!("pg-message-{lsn}")),
-            ),
-            kind: field_text(&self.type_column),
-            content_type: self.content_type.clone(),
-            timestamp: field_text(&self.timestamp_column)
+            message_id: Some(id.unwrap_or_else(|| format!("pg-message-{lsn}"))),
+            kind,
+            content_type: c.content_type.clone(),
+            timestamp: field_text(&c.timestamp_column)
                 .as_deref()
                 .and_then(pgtext::parse_timestamp)
                 .and_then(|s| u64::try_from(s).ok()),
             headers,
-        }))
-    }
-
-    /// The dead-letter copy of a message the broker returned as unroutable:
-    /// same body, properties and headers, to the dead-letter exchange, with
-    /// the reason and where it was going.
-    pub fn returned(&self, original: &EventMessage, lsn: Lsn, reply_text: &str) -> EventMessage {
-        let mut headers = original.headers.clone();
-        push_destination(&mut headers, original);
-        let mut message = match self.dead_letter(
-            DeadLetterReason::Returned,
-            &format!("returned by the broker: {reply_text}"),
-            lsn,
-            headers,
-            original.body.clone(),
-        ) {
-            Mapped::DeadLetter(m, _) | Mapped::Publish(m) => m,
         };
-        message.message_id.clone_from(&original.message_id);
-        message.kind.clone_from(&original.kind);
-        message.timestamp = original.timestamp;
-        message.content_type.clone_from(&original.content_type);
-        message
+        if !self.limits.properties_fit(&message) {
+            let detail = self.headers_detail(&message);
+            let headers = all_headers();
+            return Some(dead(
+                DeadLetterReason::HeadersTooLarge,
+                detail,
+                headers,
+                message.body,
+            ));
+        }
+        Some(Mapped::Publish(message))
     }
 
-    /// The dead-letter copy of a message the broker client refused as it
-    /// is (a name, id or type over AMQP's 255 bytes, a body over the
-    /// broker's limit): only what surely fits is kept, so that the copy
-    /// itself can be published.
-    pub fn unpublishable(&self, original: &EventMessage, lsn: Lsn, why: &str) -> EventMessage {
-        let fits = |s: &str| s.len() <= crate::template::MAX_SHORT_STRING;
+    /// The dead-letter copy of a message that could not be delivered as it
+    /// was (`reason`: the broker returned it, refused it, or has no such
+    /// exchange; or the broker client refused it): same body, properties
+    /// and headers, to the dead-letter exchange, with the reason and where
+    /// it was going; reduced if that does not fit.
+    pub fn copy_of(
+        &self,
+        original: &EventMessage,
+        lsn: Lsn,
+        reason: DeadLetterReason,
+        detail: &str,
+    ) -> EventMessage {
         let mut headers: Vec<(String, HeaderValue)> = original
             .headers
             .iter()
-            .filter(|(name, _)| fits(name) && !name.starts_with("x-relay-"))
+            .filter(|(name, _)| !name.starts_with("x-relay-"))
             .cloned()
             .collect();
         push_destination(&mut headers, original);
-        let body = if original.body.len() <= self.max_payload_bytes {
-            original.body.clone()
+        self.dead_letter(DeadLetter {
+            reason,
+            detail: detail.to_string(),
+            lsn,
+            headers,
+            body: original.body.clone(),
+            id: original.message_id.as_deref(),
+            kind: original.kind.as_deref(),
+            timestamp: original.timestamp,
+            content_type: &original.content_type,
+        })
+    }
+
+    /// The smallest dead-letter copy of a message: reason, detail, LSN and
+    /// id only, no body. For a copy that was itself refused.
+    pub fn minimal_copy_of(
+        &self,
+        original: &EventMessage,
+        lsn: Lsn,
+        reason: DeadLetterReason,
+        detail: &str,
+    ) -> EventMessage {
+        self.dead_letter(DeadLetter {
+            reason,
+            detail: detail.to_string(),
+            lsn,
+            headers: Vec::new(),
+            body: Bytes::new(),
+            id: original.message_id.as_deref(),
+            kind: None,
+            timestamp: None,
+            content_type: &original.content_type,
+        })
+    }
+
+    /// Builds a dead-letter copy that fits the limits: the given headers
+    /// and body if they fit, else only the relay's own headers (reason,
+    /// detail, LSN, id and the names of the dropped headers).
+    fn dead_letter(&self, parts: DeadLetter<'_>) -> EventMessage {
+        let fits_short = |s: &&str| s.len() <= MAX_SHORT_STRING;
+        let id = parts.id.filter(fits_short);
+        let detail = shown(&parts.detail, MAX_DETAIL_CHARS);
+        let own = |extra: Vec<(String, HeaderValue)>| {
+            let mut headers = vec![
+                (
+                    "x-relay-reason".to_string(),
+                    HeaderValue::Text(parts.reason.as_str().into()),
+                ),
+                (
+                    "x-relay-detail".to_string(),
+                    HeaderValue::Text(detail.clone()),
+                ),
+                (
+                    "x-relay-lsn".to_string(),
+                    HeaderValue::Text(parts.lsn.to_string()),
+                ),
+            ];
+            if let Some(id) = parts.id {
+                headers.push((
+                    "x-relay-id".to_string(),
+                    HeaderValue::Text(shown(id, MAX_SHORT_STRING)),
+                ));
+            }
+            headers.extend(extra);
+            headers
+        };
+        let body = if parts.body.len() <= self.limits.max_body {
+            parts.body
         } else {
             Bytes::new()
         };
-        let detail: String = format!("the broker client refused the message: {why}")
-            .chars()
-            .take(1000)
+        let mut headers: Vec<(String, HeaderValue)> = parts
+            .headers
+            .into_iter()
+            .filter(|(name, _)| name.len() <= MAX_SHORT_STRING)
             .collect();
-        let mut message =
-            match self.dead_letter(DeadLetterReason::Invalid, &detail, lsn, headers, body) {
-                Mapped::DeadLetter(m, _) | Mapped::Publish(m) => m,
-            };
-        message.message_id = original.message_id.clone().filter(|s| fits(s));
-        message.kind = original.kind.clone().filter(|s| fits(s));
-        message.timestamp = original.timestamp;
+        let carried: Vec<String> = headers.iter().map(|(n, _)| n.clone()).collect();
+        headers.extend(own(Vec::new()));
+        let mut message = EventMessage {
+            exchange: self.config.dead_letter_exchange.clone(),
+            routing_key: parts.reason.as_str().to_string(),
+            body,
+            message_id: id.map(str::to_string),
+            kind: parts.kind.filter(fits_short).map(str::to_string),
+            content_type: parts.content_type.to_string(),
+            timestamp: parts.timestamp,
+            headers,
+        };
+        if !self.limits.properties_fit(&message) {
+            let mut dropped = String::new();
+            for name in &carried {
+                if dropped.len() + name.len() > MAX_DETAIL_CHARS {
+                    dropped.push_str(",...");
+                    break;
+                }
+                if !dropped.is_empty() {
+                    dropped.push(',');
+                }
+                dropped.push_str(name);
+            }
+            message.headers = own(vec![(
+                "x-relay-dropped-headers".to_string(),
+                HeaderValue::Text(dropped),
+            )]);
+            message.kind = None;
+            if !self.limits.properties_fit(&message) {
+                // Only a content_type near the frame size gets here.
+                message.content_type = "application/octet-stream".into();
+                message.headers.truncate(3);
+            }
+        }
         message
-    }
-
-    fn dead_letter(
-        &self,
-        reason: DeadLetterReason,
-        detail: &str,
-        lsn: Lsn,
-        mut headers: Vec<(String, HeaderValue)>,
-        body: Bytes,
-    ) -> Mapped {
-        headers.push((
-            "x-relay-reason".into(),
-            HeaderValue::Text(reason.as_str().into()),
-        ));
-        headers.push((
-            "x-relay-detail".into(),
-            HeaderValue::Text(detail.to_string()),
-        ));
-        headers.push(("x-relay-lsn".into(), HeaderValue::Text(lsn.to_string())));
-        Mapped::DeadLetter(
-            EventMessage {
-                exchange: self.dead_letter_exchange.clone(),
-                routing_key: reason.as_str().to_string(),
-                body,
-                message_id: None,
-                kind: None,
-                content_type: self.content_type.clone(),
-                timestamp: None,
-                headers,
-            },
-            reason,
-        )
     }
 
     /// The relation cache's view of a row, for tests and diagnostics.
@@ -580,6 +851,19 @@ impl Mapper {
     }
 }
 
+/// Why an id or type cannot be an AMQP property, if it cannot.
+fn property_problem(c: &MappingConfig, id: Option<&str>, kind: Option<&str>) -> Option<String> {
+    for (column, value) in [(&c.id_column, id), (&c.type_column, kind)] {
+        if let Some(v) = value.filter(|v| v.len() > MAX_SHORT_STRING) {
+            return Some(format!(
+                "column {column} holds {} bytes; AMQP's message_id and type hold at most 255",
+                v.len()
+            ));
+        }
+    }
+    None
+}
+
 fn header_value(bytes: &Bytes) -> HeaderValue {
     match std::str::from_utf8(bytes) {
         Ok(s) => HeaderValue::Text(s.to_string()),
@@ -590,10 +874,30 @@ fn header_value(bytes: &Bytes) -> HeaderValue {
 fn render_reason(e: &RenderError) -> DeadLetterReason {
     match e {
         RenderError::Null(_) | RenderError::Missing(_) | RenderError::Empty(_) => {
-            DeadLetterReason::Unroutable
+            DeadLetterReason::UnroutableRow
         }
-        RenderError::TooLong { .. } => DeadLetterReason::Unroutable,
+        RenderError::TooLong { .. } | RenderError::ControlChar { .. } => {
+            DeadLetterReason::InvalidName
+        }
     }
+}
+
+/// A value from a row or a server made safe to print: control characters
+/// escaped, at most `max` characters kept.
+pub fn shown(value: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in value.chars().enumerate() {
+        if i >= max {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Records in a dead-letter copy's headers where the original was going.
@@ -611,7 +915,14 @@ fn push_destination(headers: &mut Vec<(String, HeaderValue)>, original: &EventMe
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Settings;
     use pgoutput::{decode, LogicalMessage};
+
+    fn mapper(settings: &Settings) -> Mapper {
+        let config = settings.parse().unwrap();
+        let limits = crate::sink::amqp::limits(config.max_payload_bytes, 131_072);
+        Mapper::new(config.mapping, limits)
+    }
 
     /// Encodes a Relation message by hand (the documented format).
     fn relation_bytes(oid: u32, schema: &str, table: &str, cols: &[(&str, u32)]) -> Bytes {
@@ -692,7 +1003,7 @@ mod tests {
 
     #[test]
     fn an_outbox_insert_maps_to_the_documented_message() {
-        let mut m = Mapper::new(&Settings::default()).unwrap();
+        let mut m = mapper(&Settings::default());
         assert!(m.relation(&relation(16384, STANDARD)));
         let row = standard_row(Some(b"order"), br#"{"total": 1999}"#);
         let Some(Mapped::Publish(msg)) = m.insert(&insert(16384, &row), lsn()) else {
@@ -714,7 +1025,7 @@ mod tests {
 
     #[test]
     fn columns_are_found_by_name_after_alter_table_reorders_them() {
-        let mut m = Mapper::new(&Settings::default()).unwrap();
+        let mut m = mapper(&Settings::default());
         m.relation(&relation(16384, STANDARD));
         // ALTER TABLE: a column added, one dropped; the server re-sends the
         // Relation with the new order before the next row.
@@ -747,7 +1058,7 @@ mod tests {
 
     #[test]
     fn rows_of_other_tables_are_not_outbox_events() {
-        let mut m = Mapper::new(&Settings::default()).unwrap();
+        let mut m = mapper(&Settings::default());
         let other = match decode(relation_bytes(5, "public", "orders", STANDARD)).unwrap() {
             LogicalMessage::Relation(r) => r,
             _ => unreachable!(),
@@ -759,13 +1070,13 @@ mod tests {
 
     #[test]
     fn a_null_routing_column_is_dead_lettered_with_the_reason_and_row() {
-        let mut m = Mapper::new(&Settings::default()).unwrap();
+        let mut m = mapper(&Settings::default());
         m.relation(&relation(1, STANDARD));
         let row = standard_row(None, b"{}");
         let Some(Mapped::DeadLetter(msg, reason)) = m.insert(&insert(1, &row), lsn()) else {
             panic!("not dead-lettered");
         };
-        assert_eq!(reason, DeadLetterReason::Unroutable);
+        assert_eq!(reason, DeadLetterReason::UnroutableRow);
         assert_eq!(msg.exchange, "outbox.dead-letter");
         let header = |n: &str| {
             msg.headers
@@ -775,7 +1086,7 @@ mod tests {
         };
         assert_eq!(
             header("x-relay-reason"),
-            Some(HeaderValue::Text("unroutable-row".into()))
+            Some(HeaderValue::Text("unroutable_row".into()))
         );
         assert_eq!(
             header("x-relay-lsn"),
@@ -800,7 +1111,7 @@ mod tests {
             max_payload_bytes: 10,
             ..Settings::default()
         };
-        let mut m = Mapper::new(&settings).unwrap();
+        let mut m = mapper(&settings);
         m.relation(&relation(1, STANDARD));
         let row = standard_row(Some(b"order"), br#"{"big": "0123456789"}"#);
         let Some(Mapped::DeadLetter(msg, DeadLetterReason::Oversize)) =
@@ -822,11 +1133,10 @@ mod tests {
             ("event_type", 25),
             ("payload", 17),
         ];
-        let mut m = Mapper::new(&Settings {
+        let mut m = mapper(&Settings {
             content_type: "application/octet-stream".into(),
             ..Settings::default()
-        })
-        .unwrap();
+        });
         m.relation(&relation(1, cols));
         let row: Vec<Option<&[u8]>> =
             vec![Some(b"1"), Some(b"blob"), Some(b"put"), Some(b"\\x00ff10")];
@@ -859,7 +1169,7 @@ mod tests {
             ("type", 1043),
             ("payload", 3802),
         ];
-        let mut m = Mapper::new(&settings).unwrap();
+        let mut m = mapper(&settings);
         m.relation(&relation(9, cols));
         let row: Vec<Option<&[u8]>> = vec![
             Some(b"u-1"),
@@ -889,7 +1199,14 @@ mod tests {
 
     #[test]
     fn emit_message_envelopes_are_events_too() {
-        let m = Mapper::new(&Settings::default()).unwrap();
+        // The table-less outbox is opt-in.
+        let off = mapper(&Settings::default());
+        let msg = logical("outbox", r#"{"id": "forged", "payload": 1}"#);
+        assert_eq!(off.logical_message(&msg), None);
+        let m = mapper(&Settings {
+            message_prefix: "outbox".into(),
+            ..Settings::default()
+        });
         let msg = logical(
             "outbox",
             r#"{"id": "e-1", "aggregate_type": "order", "aggregate_id": "42",
@@ -921,13 +1238,13 @@ mod tests {
         ));
         assert!(matches!(
             m.logical_message(&logical("outbox", r#"{"event_type": "b", "payload": 1}"#)),
-            Some(Mapped::DeadLetter(_, DeadLetterReason::Unroutable))
+            Some(Mapped::DeadLetter(_, DeadLetterReason::UnroutableRow))
         ));
     }
 
     #[test]
     fn a_message_the_client_refuses_gets_a_copy_that_fits() {
-        let m = Mapper::new(&Settings::default()).unwrap();
+        let m = mapper(&Settings::default());
         let long = "k".repeat(300);
         let original = EventMessage {
             exchange: "outbox".into(),
@@ -942,7 +1259,12 @@ mod tests {
                 ("tenant".into(), HeaderValue::Text("acme".into())),
             ],
         };
-        let copy = m.unpublishable(&original, lsn(), "header name too long");
+        let copy = m.copy_of(
+            &original,
+            lsn(),
+            DeadLetterReason::RefusedByClient,
+            "header name too long",
+        );
         assert_eq!(copy.exchange, "outbox.dead-letter");
         assert_eq!(copy.message_id, None);
         assert_eq!(copy.kind.as_deref(), Some("created"));
@@ -952,20 +1274,20 @@ mod tests {
             .contains(&("tenant".into(), HeaderValue::Text("acme".into()))));
         assert!(copy.headers.contains(&(
             "x-relay-reason".into(),
-            HeaderValue::Text("invalid-message".into())
+            HeaderValue::Text("refused_by_client".into())
         )));
         assert_eq!(&copy.body[..], b"{}");
     }
 
     #[test]
     fn returned_messages_keep_their_identity_on_the_dead_letter_copy() {
-        let mut m = Mapper::new(&Settings::default()).unwrap();
+        let mut m = mapper(&Settings::default());
         m.relation(&relation(1, STANDARD));
         let row = standard_row(Some(b"order"), b"{}");
         let Some(Mapped::Publish(msg)) = m.insert(&insert(1, &row), lsn()) else {
             panic!();
         };
-        let copy = m.returned(&msg, lsn(), "NO_ROUTE");
+        let copy = m.copy_of(&msg, lsn(), DeadLetterReason::NoRoute, "NO_ROUTE");
         assert_eq!(copy.exchange, "outbox.dead-letter");
         assert_eq!(copy.message_id, msg.message_id);
         assert!(copy.headers.contains(&(
@@ -974,7 +1296,169 @@ mod tests {
         )));
         assert!(copy.headers.contains(&(
             "x-relay-reason".into(),
-            HeaderValue::Text("unroutable".into())
+            HeaderValue::Text("no_route".into())
         )));
+    }
+
+    fn fits(m: &Mapper, message: &EventMessage) {
+        let limits = m.limits();
+        assert!(
+            limits.properties_fit(message),
+            "{} bytes of properties",
+            (limits.properties_len)(message)
+        );
+        assert!(message.body.len() <= limits.max_body);
+        for name in [&message.exchange, &message.routing_key] {
+            assert!(name.len() <= MAX_SHORT_STRING && !name.chars().any(char::is_control));
+        }
+        for value in [&message.message_id, &message.kind].into_iter().flatten() {
+            assert!(value.len() <= MAX_SHORT_STRING);
+        }
+        assert!(message
+            .headers
+            .iter()
+            .all(|(n, _)| n.len() <= MAX_SHORT_STRING));
+    }
+
+    fn header<'a>(message: &'a EventMessage, name: &str) -> Option<&'a HeaderValue> {
+        message
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+    }
+
+    #[test]
+    fn a_huge_extra_column_is_dead_lettered_as_headers_too_large_in_a_copy_that_fits() {
+        let mut cols = STANDARD.to_vec();
+        cols.push(("note", 25));
+        let mut m = mapper(&Settings::default());
+        m.relation(&relation(1, &cols));
+        let huge = "n".repeat(200_000);
+        let mut row = standard_row(Some(b"order"), b"{\"a\": 1}");
+        row.push(Some(huge.as_bytes()));
+        let Some(Mapped::DeadLetter(copy, DeadLetterReason::HeadersTooLarge)) =
+            m.insert(&insert(1, &row), lsn())
+        else {
+            panic!("not dead-lettered as headers_too_large");
+        };
+        fits(&m, &copy);
+        assert_eq!(&copy.body[..], b"{\"a\": 1}");
+        assert_eq!(
+            header(&copy, "x-relay-id"),
+            Some(&HeaderValue::Text(
+                "6f1c0a52-58f3-4d3b-9a36-7d3c1c0b9a10".into()
+            ))
+        );
+        let Some(HeaderValue::Text(dropped)) = header(&copy, "x-relay-dropped-headers") else {
+            panic!("no list of dropped headers: {:?}", copy.headers);
+        };
+        assert!(dropped.contains("note"), "{dropped}");
+        let Some(HeaderValue::Text(detail)) = header(&copy, "x-relay-detail") else {
+            panic!();
+        };
+        assert!(detail.contains("note 200000 bytes"), "{detail}");
+    }
+
+    #[test]
+    fn an_oversize_payload_never_travels_as_a_header_of_its_dead_letter_copy() {
+        let mut m = mapper(&Settings::default());
+        m.relation(&relation(1, STANDARD));
+        let payload = format!("{{\"x\": \"{}\"}}", "p".repeat(9 << 20));
+        let row = standard_row(Some(b"order"), payload.as_bytes());
+        let Some(Mapped::DeadLetter(copy, DeadLetterReason::Oversize)) =
+            m.insert(&insert(1, &row), lsn())
+        else {
+            panic!("not dead-lettered as oversize");
+        };
+        fits(&m, &copy);
+        assert!(copy.body.is_empty());
+        assert!(header(&copy, "payload").is_none());
+        assert!(header(&copy, "aggregate_type").is_some());
+    }
+
+    #[test]
+    fn an_id_longer_than_amqp_allows_is_an_invalid_property() {
+        let mut m = mapper(&Settings::default());
+        m.relation(&relation(1, STANDARD));
+        let id = "i".repeat(300);
+        let mut row = standard_row(Some(b"order"), b"{}");
+        row[0] = Some(id.as_bytes());
+        let Some(Mapped::DeadLetter(copy, DeadLetterReason::InvalidProperty)) =
+            m.insert(&insert(1, &row), lsn())
+        else {
+            panic!("not an invalid property");
+        };
+        fits(&m, &copy);
+        assert_eq!(copy.message_id, None);
+    }
+
+    #[test]
+    fn a_control_character_in_a_routing_value_is_an_invalid_name() {
+        let mut m = mapper(&Settings::default());
+        m.relation(&relation(1, STANDARD));
+        let row = standard_row(Some(b"order\r\nx"), b"{}");
+        let Some(Mapped::DeadLetter(copy, DeadLetterReason::InvalidName)) =
+            m.insert(&insert(1, &row), lsn())
+        else {
+            panic!("not an invalid name");
+        };
+        fits(&m, &copy);
+        let Some(HeaderValue::Text(detail)) = header(&copy, "x-relay-detail") else {
+            panic!();
+        };
+        assert!(!detail.chars().any(char::is_control), "{detail:?}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever a row holds, its message and its dead-letter copies fit
+        /// what the broker accepts.
+        #[test]
+        fn every_message_and_every_copy_fits_the_limits(
+            sizes in proptest::collection::vec(
+                proptest::prop_oneof![0usize..64, 100usize..5_000, 60_000usize..140_000, 1usize..(17 << 20)],
+                6..12,
+            ),
+            nulls in proptest::collection::vec(proptest::bool::weighted(0.1), 12),
+            control in proptest::bool::weighted(0.2),
+        ) {
+            let mut cols: Vec<(String, u32)> = STANDARD.iter().map(|(n, t)| (n.to_string(), *t)).collect();
+            for i in cols.len()..sizes.len() {
+                cols.push((format!("extra_{i}"), 25));
+            }
+            let col_refs: Vec<(&str, u32)> = cols.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+            let mut m = mapper(&Settings::default());
+            m.relation(&relation(1, &col_refs));
+            let values: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let mut v = vec![b'a' + u8::try_from(i % 26).unwrap(); *n];
+                    if control && !v.is_empty() {
+                        v[0] = b'\n';
+                    }
+                    v
+                })
+                .collect();
+            let row: Vec<Option<&[u8]>> = values
+                .iter()
+                .zip(&nulls)
+                .map(|(v, null)| if *null { None } else { Some(v.as_slice()) })
+                .collect();
+            match m.insert(&insert(1, &row), lsn()) {
+                Some(Mapped::Publish(message)) => {
+                    fits(&m, &message);
+                    for reason in [DeadLetterReason::NoRoute, DeadLetterReason::NoExchange] {
+                        fits(&m, &m.copy_of(&message, lsn(), reason, "x"));
+                    }
+                }
+                Some(Mapped::DeadLetter(copy, _)) => {
+                    fits(&m, &copy);
+                    fits(&m, &m.minimal_copy_of(&copy, lsn(), DeadLetterReason::RefusedByClient, "x"));
+                }
+                None => panic!("an outbox row maps to something"),
+            }
+        }
     }
 }

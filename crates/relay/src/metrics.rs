@@ -167,19 +167,12 @@ impl Metrics {
         );
         // Known label values start at 0, so that rate() and alerts see the
         // series before the first event of each kind.
-        for reason in [
-            "unroutable-row",
-            "unroutable",
-            "oversize",
-            "undecodable",
-            "missing-column",
-            "invalid-message",
-        ] {
+        for reason in crate::mapping::DeadLetterReason::ALL {
             let _ = metrics.dead_lettered.get_or_create(&ReasonLabels {
-                reason: reason.into(),
+                reason: reason.as_str().into(),
             });
         }
-        for kind in ["update", "delete", "truncate", "unroutable_dropped"] {
+        for kind in ["update", "delete", "truncate", "no_route_dropped"] {
             let _ = metrics.ignored.get_or_create(&ReasonLabels {
                 reason: kind.into(),
             });

@@ -7,126 +7,149 @@
 
 use serde::Serialize;
 
-use crate::catalog::{self, quote_ident, quote_literal, TableName};
-use crate::config::Settings;
-use crate::pg;
+use crate::catalog::{self, CatalogError};
+use crate::config::{Config, ConfigError};
+use crate::names;
+use crate::prereq::{self, Verdict};
+use crate::{pg, probe, sql};
 
 /// A failure of `setup` or `status`, with the fix in its message.
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
-    /// PostgreSQL is unreachable or refused the session.
-    #[error("cannot connect to PostgreSQL: {0} (`outbox-relay check` tells more)")]
-    Connect(#[source] walstream::Error),
-    /// A catalog query or DDL failed.
+    /// The settings lack something the command needs.
     #[error(transparent)]
-    Catalog(#[from] catalog::CatalogError),
-    /// The outbox table does not exist.
-    #[error("table {0} does not exist: create it (sql/outbox.sql) or set table (RELAY_TABLE)")]
-    NoTable(String),
+    Config(#[from] ConfigError),
+    /// PostgreSQL is unreachable or refused the session.
+    #[error("{problem}; fix: {fix}")]
+    Connect {
+        /// What happened.
+        problem: String,
+        /// What to do.
+        fix: String,
+    },
+    /// A catalog query or DDL failed.
+    #[error("{what}: {message}; fix: {fix}")]
+    Catalog {
+        /// What the relay was doing.
+        what: &'static str,
+        /// The server's message.
+        message: String,
+        /// What to do.
+        fix: String,
+    },
+    /// A prerequisite that setup cannot create is missing.
+    #[error("{0}")]
+    Prerequisites(String),
     /// The slot does not exist (status).
     #[error("slot {0} does not exist: `outbox-relay setup` or `run` creates it")]
     NoSlot(String),
-    /// Creating the slot failed.
-    #[error("creating slot {slot}: {source}")]
-    CreateSlot {
-        /// The slot.
-        slot: String,
-        /// The server's error.
-        #[source]
-        source: tokio_postgres::Error,
-    },
+}
+
+impl OpsError {
+    fn catalog(what: &'static str, e: &CatalogError) -> OpsError {
+        let message = e.server_message();
+        let fix = if message.contains("42501") {
+            "run this as a role that may do it (the table's owner or a superuser), or have a \
+             DBA run `outbox-relay setup --print-sql`"
+        } else {
+            "see the server's message"
+        };
+        OpsError::Catalog {
+            what,
+            message,
+            fix: fix.to_string(),
+        }
+    }
+}
+
+async fn connect(config: &Config, name: &str) -> Result<tokio_postgres::Client, OpsError> {
+    pg::connect_control(config.pg()?, name).await.map_err(|e| {
+        let (problem, fix) = prereq::connection_failure(config, &e);
+        OpsError::Connect { problem, fix }
+    })
 }
 
 /// The SQL a DBA runs to prepare PostgreSQL for the relay with a
-/// least-privilege role: REPLICATION and SELECT on the outbox only.
-pub fn setup_sql(settings: &Settings, role: &str) -> Result<String, OpsError> {
-    let table = TableName::parse(&settings.table)?;
-    Ok(format!(
-        "-- outbox-relay: PostgreSQL setup for table {table}, slot {slot}, publication {publication}
--- Run as a superuser. wal_level must be logical (ALTER SYSTEM SET wal_level = logical; then restart).
-
--- A role that may stream changes and read the outbox, and nothing else.
-CREATE ROLE {role_q} WITH LOGIN REPLICATION PASSWORD 'change-me';
--- (replace mydb with the outbox's database)
-GRANT CONNECT ON DATABASE mydb TO {role_q};
-GRANT USAGE ON SCHEMA {schema_q} TO {role_q};
-GRANT SELECT ON {table_q} TO {role_q};
-
--- The publication the slot streams: INSERTs of the outbox table only.
-{publication_sql};
-
--- The slot: WAL is kept from here until the relay acknowledges it.
-SELECT pg_create_logical_replication_slot({slot_l}, 'pgoutput');
-",
-        slot = settings.slot,
-        publication = settings.publication,
-        role_q = quote_ident(role),
-        schema_q = quote_ident(&table.schema),
-        table_q = table.quoted(),
-        publication_sql = catalog::create_publication_sql(&settings.publication, &table),
-        slot_l = quote_literal(&settings.slot),
-    ))
+/// least-privilege role (`role`, else pg_url's user, else outbox_relay).
+pub fn setup_sql(config: &Config, role: Option<&str>) -> Result<String, OpsError> {
+    let role = role
+        .or(config.pg.as_ref().map(|pg| pg.user()))
+        .filter(|r| !r.is_empty())
+        .unwrap_or("outbox_relay");
+    names::check_name("role", role).map_err(|source| ConfigError::Name {
+        key: "role",
+        source,
+    })?;
+    let database = config
+        .pg
+        .as_ref()
+        .map(|pg| pg.dbname())
+        .unwrap_or("postgres");
+    names::check_name("database", database).map_err(|source| ConfigError::Name {
+        key: "pg_url",
+        source,
+    })?;
+    Ok(sql::setup_script(&sql::Script {
+        role,
+        database,
+        table: &config.mapping.table,
+        publication: &config.publication,
+        slot: &config.slot,
+        server_version_num: None,
+    }))
 }
 
-/// Creates the publication and the slot if they are missing; returns one
-/// line per thing, saying what was done or found.
-pub async fn setup(settings: &Settings) -> Result<Vec<String>, OpsError> {
-    let client = pg::connect_control(
-        settings.pg_url.as_deref().unwrap_or(""),
-        "outbox-relay setup",
-    )
-    .await
-    .map_err(OpsError::Connect)?;
-    let table = TableName::parse(&settings.table)?;
-    if catalog::table_info(&client, &table).await?.is_none() {
-        return Err(OpsError::NoTable(table.to_string()));
+/// Creates the publication and the slot if they are missing (after the
+/// same judgement as `check` and `run`); returns one line per thing,
+/// saying what was done or found.
+pub async fn setup(config: &Config) -> Result<Vec<String>, OpsError> {
+    let client = connect(config, "outbox-relay setup").await?;
+    let facts = probe::postgres(&client, config)
+        .await
+        .map_err(|e| OpsError::catalog("reading the catalog", &e))?;
+    let lines = prereq::judge_postgres(config, &facts);
+    if let Some(failed) = prereq::failures(&lines) {
+        return Err(OpsError::Prerequisites(failed));
     }
+    let table = &config.mapping.table;
     let mut done = Vec::new();
-    match catalog::publication_info(&client, &settings.publication, &table).await? {
-        Some(p) if p.covers_table => done.push(format!(
-            "publication {} exists and covers {table}",
-            settings.publication
-        )),
+    for line in &lines {
+        if let Verdict::Warn { found, advice } = &line.verdict {
+            done.push(format!("warning: {}: {found}; {advice}", line.name));
+        }
+    }
+    match &facts.publication {
         Some(_) => done.push(format!(
-            "publication {} exists but does not cover {table}: left as is; \
-             ALTER PUBLICATION {} ADD TABLE {} to fix",
-            settings.publication,
-            quote_ident(&settings.publication),
-            table.quoted()
+            "publication {} exists and covers {table}",
+            config.publication
         )),
         None => {
-            catalog::create_publication(&client, &settings.publication, &table).await?;
+            catalog::create_publication(&client, &config.publication, table)
+                .await
+                .map_err(|e| OpsError::catalog("creating the publication", &e))?;
             done.push(format!(
                 "created publication {} FOR TABLE {table} (inserts)",
-                settings.publication
+                config.publication
             ));
         }
     }
-    match catalog::slot_info(&client, &settings.slot).await? {
+    match &facts.slot {
         Some(s) => done.push(format!(
             "slot {} exists ({}), resumes at {}",
-            settings.slot,
+            config.slot,
             s.plugin.as_deref().unwrap_or("physical"),
             s.confirmed_flush_lsn
                 .map(|l| l.to_string())
                 .unwrap_or_else(|| "?".into())
         )),
         None => {
-            let row = client
-                .query_one(
-                    "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-                    &[&settings.slot],
-                )
+            let lsn = catalog::create_slot(&client, &config.slot)
                 .await
-                .map_err(|source| OpsError::CreateSlot {
-                    slot: settings.slot.clone(),
-                    source,
-                })?;
-            let lsn: String = row.get(0);
+                .map_err(|e| OpsError::catalog("creating the slot", &e))?;
             done.push(format!(
                 "created slot {} (pgoutput) at {lsn}: WAL is kept from here until the relay \
                  acknowledges it",
-                settings.slot
+                config.slot
             ));
         }
     }
@@ -157,19 +180,17 @@ pub struct SlotStatus {
 }
 
 /// Reads [`SlotStatus`].
-pub async fn status(settings: &Settings) -> Result<SlotStatus, OpsError> {
-    let client = pg::connect_control(
-        settings.pg_url.as_deref().unwrap_or(""),
-        "outbox-relay status",
-    )
-    .await
-    .map_err(OpsError::Connect)?;
-    let slot = catalog::slot_info(&client, &settings.slot)
-        .await?
-        .ok_or_else(|| OpsError::NoSlot(settings.slot.clone()))?;
-    let wal = catalog::wal_position(&client).await?;
+pub async fn status(config: &Config) -> Result<SlotStatus, OpsError> {
+    let client = connect(config, "outbox-relay status").await?;
+    let slot = catalog::slot_info(&client, &config.slot)
+        .await
+        .map_err(|e| OpsError::catalog("reading the slot", &e))?
+        .ok_or_else(|| OpsError::NoSlot(config.slot.clone()))?;
+    let wal = catalog::wal_position(&client)
+        .await
+        .map_err(|e| OpsError::catalog("reading the WAL position", &e))?;
     Ok(SlotStatus {
-        slot: settings.slot.clone(),
+        slot: config.slot.clone(),
         active: slot.active,
         active_pid: slot.active_pid,
         confirmed_flush_lsn: slot.confirmed_flush_lsn.map(|l| l.to_string()),
@@ -235,14 +256,5 @@ mod tests {
         assert_eq!(human_bytes(12), "12 bytes");
         assert_eq!(human_bytes(1536), "1536 bytes (1.5 KiB)");
         assert_eq!(human_bytes(20 * 1024 * 1024), "20971520 bytes (20.0 MiB)");
-    }
-
-    #[test]
-    fn printed_sql_grants_replication_and_select_on_the_outbox_only() {
-        let sql = setup_sql(&Settings::default(), "outbox_relay").unwrap();
-        assert!(sql.contains("CREATE ROLE \"outbox_relay\" WITH LOGIN REPLICATION"));
-        assert!(sql.contains("GRANT SELECT ON \"public\".\"outbox\" TO \"outbox_relay\""));
-        assert!(sql.contains("pg_create_logical_replication_slot('outbox_relay', 'pgoutput')"));
-        assert_eq!(sql.matches("GRANT SELECT").count(), 1);
     }
 }

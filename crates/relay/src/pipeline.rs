@@ -1,74 +1,39 @@
-//! The pipeline: slot -> decode -> map -> publish -> confirm -> ack.
+//! The pipeline's driver: start-up, the connections, the timers, and one
+//! `select!` that feeds the core (`crate::core`) and applies what it
+//! decides.
 //!
-//! It owns the seven invariants of DESIGN.md at run time. One task runs one
-//! `select!` whose branch order is the priority: shutdown, then the broker's
-//! outcomes (confirms free window room and advance the ack), then
-//! publishing what was read, then reading the next frame. Frames are read
-//! only when nothing waits to be published, so the in-flight window bounds
-//! memory whatever the size of a transaction (invariant 5); answering the
-//! server's keepalives is walstream's feedback task, which this loop cannot
-//! block.
+//! Start-up judges the prerequisites exactly as `check` does
+//! (`crate::prereq`) and refuses to start on a failure, creates what is
+//! missing (publication, slot), connects the sink, and waits as a standby
+//! while another process holds the slot. Then each session streams from the
+//! slot's acked position until the core asks for a restart (a publish
+//! failure, a lost stream, a refused row) or a stop.
 //!
-//! On any publish failure other than a return (a nack, a lost channel or
-//! connection), nothing is re-published out of order: the pipeline drops
-//! what is in flight, waits for the broker, and streams again from the
-//! slot, which re-sends everything after the last acknowledged transaction
-//! (invariant 4). A broken replication stream drains what is in flight and
-//! reconnects with backoff. Errors that no retry can fix end the run with
-//! the reason.
+//! The loop's branch order is the priority: shutdown, then the sink's
+//! outcomes (confirms free window room and advance the ack), then the drain
+//! deadline, then the next frame, read only when the core wants one (so the
+//! window bounds memory). Answering the server's keepalives is walstream's
+//! feedback task, which this loop cannot block. Metrics are set here, from
+//! the core's notes and counts; the core never sees them.
 
-use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use amqp_sink::{
-    FailureReason, OutgoingMessage, PublishError, Publisher, Seq, SinkConfig, SinkEvent,
-};
-use pgoutput::{LogicalMessage, Lsn, PgTimestamp};
+use amqp_sink::Backoff;
+use pgoutput::Lsn;
 use tokio::sync::watch;
-use walstream::{Frame, ReplicationClient, ReplicationConfig, ReplicationStream, StartOptions};
+use tokio::time::Instant;
+use walstream::{Frame, ReplicationClient, ReplicationStream, StartOptions};
 
-use crate::catalog::{self, TableName};
-use crate::config::{Settings, UnroutablePolicy};
-use crate::mapping::{DeadLetterReason, EventMessage, HeaderValue, Mapped, Mapper};
+use crate::config::{Config, SinkKind};
+use crate::core::{Command, Core, Event, Note, Restart, RestartCause, Stop};
+use crate::error::RunError;
+use crate::mapping::{shown, Mapper};
 use crate::metrics::{Health, Metrics, Side};
-use crate::tracker::{AckTracker, TxnId};
-
-/// Why the relay stopped for good.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// The settings cannot work.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    /// PostgreSQL refused in a way no retry fixes (auth, wal_level, slot).
-    #[error(transparent)]
-    Postgres(#[from] walstream::Error),
-    /// A catalog check failed or found a missing prerequisite.
-    #[error("{0}")]
-    Prerequisite(String),
-    /// The broker refused in a way no retry fixes.
-    #[error("rabbitmq: {0}")]
-    Broker(String),
-    /// Another process holds the slot and --no-standby was given.
-    #[error(
-        "slot {slot} is active for PID {pid}: another outbox-relay or Debezium is using it \
-         (--no-standby: not waiting for it)"
-    )]
-    SlotHeld {
-        /// The slot.
-        slot: String,
-        /// Who holds it.
-        pid: i32,
-    },
-    /// The stream carried something the relay cannot read.
-    #[error("decoding the replication stream: {0}; this is a bug, please report it")]
-    Decode(#[from] pgoutput::DecodeError),
-    /// The ack tracker was misused: a bug.
-    #[error("internal: {0}")]
-    Internal(String),
-}
+use crate::prereq::{self, Verdict};
+use crate::sink::amqp::{self, AmqpSink};
+use crate::sink::{Handed, NullSink, Outcome, Sink};
+use crate::{catalog, pg, probe};
 
 /// Shared handles for the pipeline.
 #[derive(Debug, Clone)]
@@ -81,271 +46,539 @@ pub struct Context {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// Backoff between reconnect attempts.
-#[derive(Debug, Clone)]
-struct Backoff {
-    next: Duration,
-    initial: Duration,
-    max: Duration,
-    multiplier: f64,
-}
+/// How long a lost stream waits for what is in flight before reconnecting.
+const STREAM_DRAIN: Duration = Duration::from_secs(10);
 
-impl Backoff {
-    fn new(settings: &Settings) -> Backoff {
-        let initial = Duration::from_millis(settings.backoff_initial_ms);
-        Backoff {
-            next: initial,
-            initial,
-            max: Duration::from_millis(settings.backoff_max_ms),
-            multiplier: settings.backoff_multiplier,
+/// Runs the relay until shutdown or an error no retry fixes.
+pub async fn run(config: Config, no_standby: bool, ctx: Context) -> Result<(), RunError> {
+    let standby = config.standby && !no_standby;
+    let mut shutdown = ctx.shutdown.clone();
+    let limits = amqp::limits(config.max_payload_bytes, amqp_sink::DEFAULT_FRAME_MAX);
+    // Start-up ends at once on a stop signal, wherever it is waiting.
+    let started = tokio::select! {
+        started = start(&config, standby, &ctx) => started?,
+        () = stopped(&mut shutdown) => None,
+    };
+    let Some((start, control, sink)) = started else {
+        return Ok(());
+    };
+    let mapper = Mapper::new(config.mapping.clone(), limits);
+    match sink {
+        Some(sink) => stream(&config, standby, &ctx, control, sink, mapper, start).await,
+        None => {
+            let sink = NullSink::new(limits);
+            tracing::warn!(
+                "sink = null: every event is confirmed and thrown away (benchmarks only)"
+            );
+            stream(&config, standby, &ctx, control, sink, mapper, start).await
         }
     }
-
-    /// The delay before the next attempt (with up to 20% jitter), then grows.
-    fn delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = self.next.mul_f64(self.multiplier).min(self.max);
-        base.mul_f64(0.8 + fastrand::f64() * 0.2)
-    }
-
-    fn reset(&mut self) {
-        self.next = self.initial;
-    }
 }
 
-/// Sleeps `delay` unless shutdown comes first; returns false on shutdown.
-async fn sleep_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
-    if *shutdown.borrow() {
-        return false;
-    }
+/// Resolves once a stop is asked for.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Sleeps `delay` unless a stop comes first; false on a stop.
+async fn sleep_or_stop(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
-        _ = shutdown.changed() => false,
+        () = stopped(shutdown) => false,
         () = tokio::time::sleep(delay) => !*shutdown.borrow(),
     }
 }
 
-/// One event waiting to be published, and what it belongs to. Its broker
-/// message is built from `event` once, when its publish starts.
-#[derive(Debug, Clone)]
-struct Pending {
-    event: EventMessage,
-    txn: TxnId,
-    lsn: Lsn,
-    commit_ts: Option<PgTimestamp>,
-    /// Already a dead-letter copy (a second failure is not dead-lettered
-    /// again).
-    dead_letter: Option<DeadLetterReason>,
-}
-
-/// A published event waiting for its outcome.
-#[derive(Debug)]
-struct InFlight {
-    seq: Seq,
-    pending: Pending,
-    bytes: usize,
-}
-
-/// Why the streaming loop ended.
-#[derive(Debug)]
-enum LoopEnd {
-    /// Shutdown was asked for.
-    Shutdown,
-    /// The replication stream broke (retryable or not).
-    Stream(walstream::Error),
-    /// A publish failed in a way that needs a rewind to the slot.
-    Sink(String),
-}
-
-/// The state of one streaming session.
-struct Session<'a> {
-    settings: &'a Settings,
-    ctx: &'a Context,
-    mapper: &'a mut Mapper,
-    tracker: &'a mut AckTracker,
-    acks: walstream::AckHandle,
-    pending: VecDeque<Pending>,
-    inflight: VecDeque<InFlight>,
-    txn: Option<(TxnId, PgTimestamp)>,
-    inflight_bytes: usize,
-    /// Whether the broker confirmed anything in this session (a rewind's
-    /// backoff resets only on progress).
-    confirmed_any: bool,
-}
-
-/// Runs the relay until shutdown or a permanent error.
-pub async fn run(settings: Settings, no_standby: bool, mut ctx: Context) -> Result<(), RunError> {
-    settings.validate()?;
-    let mut mapper = Mapper::new(&settings)?;
-    let mut pg_config: ReplicationConfig =
-        settings.pg_url.as_deref().unwrap_or_default().parse()?;
-    if pg_config.application_name().is_none() {
-        pg_config.set_application_name("outbox-relay");
+/// Start-up: the prerequisites judged, the publication and slot created,
+/// the sink connected, the slot free. `None` means the null sink.
+async fn start(
+    config: &Config,
+    standby: bool,
+    ctx: &Context,
+) -> Result<Option<(Lsn, tokio_postgres::Client, Option<AmqpSink>)>, RunError> {
+    let pg = config.pg()?;
+    let control = connect_control(config, ctx).await?;
+    let facts = probe::postgres(&control, config)
+        .await
+        .map_err(|e| RunError::Postgres {
+            problem: format!("reading the catalog: {}", e.server_message()),
+            fix: "see the server's message".into(),
+        })?;
+    let lines = prereq::judge_postgres(config, &facts);
+    refuse_on_failures(&lines)?;
+    if facts.publication.is_none() {
+        catalog::create_publication(&control, &config.publication, &config.mapping.table)
+            .await
+            .map_err(|e| RunError::Postgres {
+                problem: format!("creating the publication: {}", e.server_message()),
+                fix: format!(
+                    "have the table's owner run: {}",
+                    crate::sql::create_publication(&config.publication, &config.mapping.table)
+                ),
+            })?;
+        tracing::info!(publication = %config.publication, table = %config.mapping.table, "created the publication");
     }
-    let table =
-        TableName::parse(&settings.table).map_err(|e| RunError::Prerequisite(e.to_string()))?;
-
-    // Start-up: the catalog, the publication, the slot.
-    let control = walstream::connect_control(&pg_config).await?;
-    prepare(&control, &settings, &table, &pg_config).await?;
-
-    // The broker.
-    let (mut publisher, mut outcomes) = match connect_broker(&settings, &mut ctx).await? {
-        Some(p) => p,
-        None => return Ok(()),
+    if facts.slot.is_none() {
+        let mut client = ReplicationClient::connect(pg)
+            .await
+            .map_err(|e| postgres_error(config, &e))?;
+        let created = client
+            .create_slot(&config.slot, &walstream::CreateSlotOptions::new())
+            .await
+            .map_err(|e| postgres_error(config, &e))?;
+        tracing::info!(slot = %config.slot, lsn = %created.consistent_point(), "created the slot");
+        client.close().await;
+    }
+    let sink = match config.sink {
+        SinkKind::Null => None,
+        SinkKind::Amqp => Some(connect_sink(config, ctx).await?),
     };
-    ctx.health.set_broker(true);
+    let start = wait_for_slot(&control, config, standby, ctx).await?;
+    Ok(Some((start, control, sink)))
+}
 
-    // Standby: wait while someone else holds the slot.
-    let start = match wait_for_slot(&control, &settings, no_standby, &mut ctx).await? {
-        Some(lsn) => lsn,
-        None => {
-            let _ = publisher.close().await;
-            return Ok(());
+/// A non-retryable PostgreSQL error, with the cause and the fix.
+fn postgres_error(config: &Config, e: &walstream::Error) -> RunError {
+    let (problem, fix) = prereq::connection_failure(config, e);
+    RunError::Postgres { problem, fix }
+}
+
+/// Logs every warning once; returns the failures as the error that stops
+/// the run.
+fn refuse_on_failures(lines: &[prereq::Line]) -> Result<(), RunError> {
+    for line in lines {
+        if let Verdict::Warn { found, advice } = &line.verdict {
+            tracing::warn!(check = line.name, "{found}; {advice}");
         }
-    };
-    drop(control);
-    let mut tracker = AckTracker::new(start);
-    tracing::info!(slot = %settings.slot, lsn = %start, "streaming from the slot");
+    }
+    match prereq::failures(lines) {
+        Some(failed) => Err(RunError::Prerequisites(failed)),
+        None => Ok(()),
+    }
+}
 
-    let mut backoff = Backoff::new(&settings);
-    // Rewinds after publish failures back off on their own, and only
-    // progress (a confirm after the rewind) resets it: a queue that nacks
-    // everything must not turn into a replay every half second.
-    let mut rewinds = Backoff::new(&settings);
-    let mut shutdown = ctx.shutdown.clone();
-    let result = loop {
-        // Connect and start streaming from the last acknowledged position.
-        let started = start_stream(&pg_config, &settings, tracker.acked()).await;
-        let (stream, acks) = match started {
-            Ok(s) => s,
-            Err(walstream::Error::SlotActive { pid, .. }) if !no_standby => {
-                ctx.health.set_standby(true);
-                tracing::info!(slot = %settings.slot, pid, "slot is held by another process; waiting as a standby");
-                if !sleep_or_shutdown(
-                    Duration::from_millis(settings.standby_poll_ms),
-                    &mut shutdown,
-                )
-                .await
+/// The control connection, retried with backoff while PostgreSQL is
+/// unreachable; an error that no retry fixes stops the run with its cause.
+async fn connect_control(
+    config: &Config,
+    ctx: &Context,
+) -> Result<tokio_postgres::Client, RunError> {
+    let pg = config.pg()?;
+    let mut backoff = Backoff::new(config.backoff.clone());
+    loop {
+        match pg::connect_control(pg, prereq::application_name(config)).await {
+            Ok(client) => return Ok(client),
+            Err(e) if e.is_retryable() => {
+                ctx.metrics.reconnect(Side::Postgres, "connect_failed");
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot reach PostgreSQL; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(postgres_error(config, &e)),
+        }
+    }
+}
+
+/// The broker, judged as `check` judges it, then connected; retried while
+/// it is unreachable.
+async fn connect_sink(config: &Config, ctx: &Context) -> Result<AmqpSink, RunError> {
+    let sink_config = amqp::sink_config(config).map_err(RunError::Broker)?;
+    let mut backoff = Backoff::new(config.backoff.clone());
+    let mut judged = false;
+    loop {
+        if !judged {
+            let facts = probe::broker(config, &sink_config).await;
+            if facts.reached.is_ok() {
+                refuse_on_failures(&prereq::judge_broker(config, &facts))?;
+                judged = true;
+            }
+        }
+        if judged {
+            match AmqpSink::connect(sink_config.clone(), config.max_payload_bytes).await {
+                Ok(sink) => {
+                    ctx.health.set_broker(true);
+                    return Ok(sink);
+                }
+                Err(amqp_sink::SinkError::Connect(errors))
+                    if errors.iter().any(|e| !e.is_permanent()) =>
                 {
+                    tracing::warn!(error = %amqp_sink::SinkError::Connect(errors), "cannot connect to the broker");
+                }
+                Err(e) => return Err(RunError::Broker(e.to_string())),
+            }
+        }
+        ctx.metrics.reconnect(Side::Rabbitmq, "connect_failed");
+        let delay = backoff.next_delay();
+        tracing::warn!(retry_in = ?delay, "the broker is unreachable; retrying");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Waits while someone else holds the slot (a standby: one connection,
+/// one log line), then returns its confirmed position.
+async fn wait_for_slot(
+    control: &tokio_postgres::Client,
+    config: &Config,
+    standby: bool,
+    ctx: &Context,
+) -> Result<Lsn, RunError> {
+    let mut announced = false;
+    loop {
+        let slot = catalog::slot_info(control, &config.slot)
+            .await
+            .map_err(|e| RunError::Postgres {
+                problem: format!("reading the slot: {}", e.server_message()),
+                fix: "see the server's message".into(),
+            })?
+            .ok_or_else(|| {
+                RunError::Stream(walstream::Error::SlotMissing {
+                    slot: config.slot.clone(),
+                })
+            })?;
+        match (slot.active, slot.active_pid) {
+            (true, Some(pid)) => {
+                if !standby {
+                    return Err(RunError::SlotHeld {
+                        slot: config.slot.clone(),
+                        pid,
+                    });
+                }
+                if !announced {
+                    tracing::info!(slot = %config.slot, pid, holder = slot.holder.as_deref().unwrap_or("?"), "the slot is held by another process; waiting as a standby");
+                    announced = true;
+                }
+                ctx.health.set_standby(true);
+                tokio::time::sleep(config.standby_poll).await;
+            }
+            _ => {
+                if announced {
+                    tracing::info!(slot = %config.slot, "the slot is free; taking over");
+                }
+                ctx.health.set_standby(false);
+                return Ok(slot.confirmed_flush_lsn.unwrap_or(Lsn::ZERO));
+            }
+        }
+    }
+}
+
+/// Streams sessions until a stop or an error no retry fixes.
+async fn stream<S: Sink>(
+    config: &Config,
+    standby: bool,
+    ctx: &Context,
+    control: tokio_postgres::Client,
+    mut sink: S,
+    mapper: Mapper,
+    start: Lsn,
+) -> Result<(), RunError> {
+    drop(control);
+    let mut core = Core::new(mapper, config.core.clone(), start);
+    tracing::info!(slot = %config.slot, lsn = %start, "streaming from the slot");
+    let mut shutdown = ctx.shutdown.clone();
+    let mut stream_backoff = Backoff::new(config.backoff.clone());
+    // Rewinds back off on their own, and only progress (a confirm) resets
+    // it: a queue that nacks everything must not turn into a replay every
+    // half second.
+    let mut rewind_backoff = Backoff::new(config.backoff.clone());
+    let mut announced_standby = false;
+    let result = loop {
+        if *shutdown.borrow() {
+            break Ok(());
+        }
+        let (mut stream, acks) = match start_stream(config, core.acked()).await {
+            Ok(started) => started,
+            Err(walstream::Error::SlotActive { pid, .. }) if standby => {
+                ctx.health.set_standby(true);
+                if !announced_standby {
+                    tracing::info!(slot = %config.slot, pid, "the slot is held by another process; waiting as a standby");
+                    announced_standby = true;
+                }
+                if !sleep_or_stop(config.standby_poll, &mut shutdown).await {
                     break Ok(());
                 }
                 continue;
             }
             Err(e) if e.is_retryable() => {
                 ctx.metrics.reconnect(Side::Postgres, "connect_failed");
-                let delay = backoff.delay();
+                let delay = stream_backoff.next_delay();
                 tracing::warn!(error = %e, retry_in = ?delay, "cannot start streaming; retrying");
-                if !sleep_or_shutdown(delay, &mut shutdown).await {
+                if !sleep_or_stop(delay, &mut shutdown).await {
                     break Ok(());
                 }
                 continue;
             }
-            Err(e) => break Err(RunError::Postgres(e)),
+            Err(e) => break Err(RunError::Stream(e)),
         };
+        announced_standby = false;
         ctx.health.set_standby(false);
         ctx.health.set_streaming(true);
-        acks.ack(tracker.acked());
-        let mut session = Session {
-            settings: &settings,
-            ctx: &ctx,
-            mapper: &mut mapper,
-            tracker: &mut tracker,
-            acks,
-            pending: VecDeque::new(),
-            inflight: VecDeque::new(),
-            txn: None,
-            inflight_bytes: 0,
-            confirmed_any: false,
-        };
-        let mut stream = stream;
-        let end = session
-            .stream_loop(
-                &mut stream,
-                &mut publisher,
-                &mut outcomes,
-                &mut shutdown,
-                &mut backoff,
-            )
-            .await;
+        acks.ack(core.acked());
+        core.handle(Event::StreamStarted);
+        let mut progress = Progress::default();
+        let exit = drive(
+            config,
+            ctx,
+            &mut core,
+            &mut stream,
+            &acks,
+            &mut sink,
+            &mut progress,
+        )
+        .await;
         ctx.health.set_streaming(false);
-        let end = match end {
-            Ok(end) => end,
-            Err(fatal) => {
+        if progress.frames {
+            stream_backoff.reset();
+        }
+        if progress.confirms {
+            rewind_backoff.reset();
+        }
+        let exit = match exit {
+            Ok(exit) => exit,
+            Err(e) => {
                 let _ = stream.shutdown(Duration::from_secs(2)).await;
-                break Err(fatal);
+                break Err(e);
             }
         };
-        match end {
-            LoopEnd::Shutdown => {
-                // Drain what is in flight, bounded; then the final ack.
-                let timeout = Duration::from_millis(settings.shutdown_timeout_ms);
-                let drained = session.drain(&mut outcomes, timeout).await;
-                let acked = session.tracker.acked();
-                session.acks.ack(acked);
-                tracing::info!(acked = %acked, drained, "shutting down");
+        match exit {
+            Command::Restart(Restart { cause, reason }) => {
+                let _ = stream.shutdown(Duration::from_secs(2)).await;
+                let acked = core.acked();
+                let delay = match cause {
+                    RestartCause::Stream => {
+                        let delay = stream_backoff.next_delay();
+                        tracing::warn!(reason = %reason, acked = %acked, retry_in = ?delay, "replication stream lost; reconnecting");
+                        delay
+                    }
+                    RestartCause::Sink | RestartCause::Row => {
+                        let delay = rewind_backoff.next_delay();
+                        tracing::warn!(reason = %reason, acked = %acked, retry_in = ?delay, "publishing failed; streaming again from the last acknowledged transaction");
+                        ctx.metrics.reconnect(
+                            Side::Rabbitmq,
+                            if cause == RestartCause::Row {
+                                "row_refused"
+                            } else {
+                                "publish_failed"
+                            },
+                        );
+                        ctx.metrics.inflight_messages.set(0);
+                        ctx.metrics.inflight_bytes.set(0);
+                        let recovered = tokio::select! {
+                            r = sink.recover() => r,
+                            () = stopped(&mut shutdown) => break Ok(()),
+                        };
+                        if let Err(e) = recovered {
+                            break Err(RunError::Broker(e.to_string()));
+                        }
+                        ctx.health.set_broker(true);
+                        delay
+                    }
+                };
+                if !sleep_or_stop(delay, &mut shutdown).await {
+                    break Ok(());
+                }
+            }
+            Command::Stop(Stop::Shutdown { drained }) => {
+                tracing::info!(acked = %core.acked(), drained, "shutting down");
                 if let Err(e) = stream.shutdown(Duration::from_secs(5)).await {
                     tracing::warn!(error = %e, "the replication stream did not end cleanly");
                 }
                 break Ok(());
             }
-            LoopEnd::Stream(e) if e.is_retryable() => {
-                ctx.metrics.reconnect(Side::Postgres, stream_reason(&e));
-                // Let what is in flight finish, so that the slot resends as
-                // little as possible.
-                session.drain(&mut outcomes, Duration::from_secs(10)).await;
-                session.acks.ack(session.tracker.acked());
-                session.tracker.reset();
-                if publisher.is_halted()
-                    && !wait_for_broker(
-                        &mut publisher,
-                        &mut outcomes,
-                        &ctx,
-                        &mut shutdown,
-                        Duration::ZERO,
-                    )
-                    .await
-                {
-                    break Ok(());
-                }
-                let delay = backoff.delay();
-                tracing::warn!(error = %e, retry_in = ?delay, acked = %session.tracker.acked(), "replication stream lost; reconnecting");
-                if !sleep_or_shutdown(delay, &mut shutdown).await {
-                    break Ok(());
-                }
-            }
-            LoopEnd::Stream(e) => break Err(RunError::Postgres(e)),
-            LoopEnd::Sink(why) => {
-                // Rewind: drop everything in flight, stream again from the
-                // last acknowledged transaction once the broker is back.
-                if session.confirmed_any {
-                    rewinds.reset();
-                }
-                session.tracker.reset();
-                let acked = session.tracker.acked();
-                session.acks.ack(acked);
-                ctx.metrics.inflight_messages.set(0);
-                ctx.metrics.inflight_bytes.set(0);
+            Command::Stop(Stop::Fatal(why)) => {
                 let _ = stream.shutdown(Duration::from_secs(2)).await;
-                tracing::warn!(reason = %why, acked = %acked, "publishing failed; rewinding to the last acknowledged transaction");
-                if !wait_for_broker(
-                    &mut publisher,
-                    &mut outcomes,
-                    &ctx,
-                    &mut shutdown,
-                    rewinds.delay(),
-                )
-                .await
-                {
-                    break Ok(());
-                }
+                break Err(RunError::Internal(why));
+            }
+            Command::Publish { .. } | Command::Ack(_) => {
+                break Err(RunError::Internal(
+                    "the session ended on a command that does not end it; this is a bug".into(),
+                ))
             }
         }
     };
     ctx.health.set_streaming(false);
-    if let Err(e) = publisher.close().await {
+    if let Err(e) = sink.close().await {
         tracing::warn!(error = %e, "the broker connection did not close cleanly");
     }
     result
+}
+
+/// What a session achieved (backoffs reset only on progress).
+#[derive(Debug, Default)]
+struct Progress {
+    frames: bool,
+    confirms: bool,
+}
+
+async fn start_stream(
+    config: &Config,
+    start: Lsn,
+) -> Result<(ReplicationStream, walstream::AckHandle), walstream::Error> {
+    let pg = config
+        .pg
+        .as_ref()
+        .ok_or_else(|| walstream::Error::Config("pg_url is not set".into()))?;
+    let mut pg = pg.clone();
+    if pg.application_name().is_none() {
+        pg.set_application_name("outbox-relay");
+    }
+    let client = ReplicationClient::connect(&pg).await?;
+    let options = StartOptions::new([config.publication.clone()]).messages(true);
+    client.start_replication(&config.slot, start, options).await
+}
+
+/// One session: feeds the core until it asks for a restart or a stop,
+/// which is returned.
+async fn drive<S: Sink>(
+    config: &Config,
+    ctx: &Context,
+    core: &mut Core,
+    stream: &mut ReplicationStream,
+    acks: &walstream::AckHandle,
+    sink: &mut S,
+    progress: &mut Progress,
+) -> Result<Command, RunError> {
+    let mut shutdown = ctx.shutdown.clone();
+    let mut stopping = false;
+    let mut drain_deadline: Option<Instant> = None;
+    let metrics = &ctx.metrics;
+    loop {
+        while let Some(command) = core.next_command() {
+            match command {
+                Command::Publish {
+                    seq,
+                    message,
+                    dead_letter,
+                    lsn,
+                } => {
+                    let handed = sink.publish(seq, &message);
+                    match &handed {
+                        Handed::Accepted => {
+                            metrics.published.inc();
+                            if let Some(reason) = dead_letter {
+                                metrics.dead_letter(reason.as_str());
+                            }
+                        }
+                        Handed::Invalid(why) => {
+                            tracing::warn!(lsn = %lsn, reason = %shown(why, 300), "the broker client refused a message; dead-lettering it");
+                        }
+                        Handed::Full | Handed::LinkDown(_) => {}
+                    }
+                    core.handle(Event::Handed { seq, handed });
+                }
+                Command::Ack(lsn) => {
+                    acks.ack(lsn);
+                    ctx.health.acked_now();
+                    metrics.confirmed_lsn.set(lsn_gauge(lsn));
+                }
+                end @ (Command::Restart(_) | Command::Stop(_)) => return Ok(end),
+            }
+        }
+        observe(core, ctx, progress);
+        if core.draining() && drain_deadline.is_none() {
+            let wait = if stopping {
+                config.shutdown_timeout
+            } else {
+                STREAM_DRAIN
+            };
+            drain_deadline = Some(Instant::now() + wait);
+        }
+        let deadline = drain_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            biased;
+            () = stopped(&mut shutdown), if !stopping => {
+                stopping = true;
+                drain_deadline = None;
+                core.handle(Event::Shutdown);
+            }
+            outcome = sink.next_outcome() => {
+                let Some(outcome) = outcome else {
+                    return Err(RunError::Broker("the sink stopped".into()));
+                };
+                match &outcome {
+                    Outcome::LinkLost(_) => {
+                        ctx.health.set_broker(false);
+                        metrics.reconnect(Side::Rabbitmq, "connection_lost");
+                    }
+                    Outcome::LinkRestored { .. } => ctx.health.set_broker(true),
+                    _ => {}
+                }
+                core.handle(Event::Outcome(outcome));
+            }
+            () = tokio::time::sleep_until(deadline), if drain_deadline.is_some() => {
+                core.handle(Event::DrainTimedOut);
+            }
+            frame = stream.next(), if core.wants_frames() => match frame {
+                Ok(Frame::Keepalive(k)) => core.handle(Event::Keepalive { wal_end: k.wal_end }),
+                Ok(Frame::XLogData(x)) => {
+                    progress.frames = true;
+                    let message = pgoutput::decode(x.data)?;
+                    core.handle(Event::Message { lsn: x.wal_start, message });
+                }
+                Err(e) if e.is_retryable() => {
+                    metrics.reconnect(Side::Postgres, stream_reason(&e));
+                    core.handle(Event::StreamLost(e.to_string()));
+                }
+                Err(e) => return Err(RunError::Stream(e)),
+            },
+        }
+        let end = acks.server_wal_end();
+        if !end.is_zero() {
+            metrics.server_wal_end.set(lsn_gauge(end));
+            metrics
+                .lag_bytes
+                .set(lsn_gauge(Lsn::from_u64(end.bytes_since(core.acked()))));
+        }
+    }
+}
+
+/// Counts and logs what the core noted; sets the gauges.
+fn observe(core: &mut Core, ctx: &Context, progress: &mut Progress) {
+    let metrics = &ctx.metrics;
+    let mut now = None;
+    while let Some(note) = core.next_note() {
+        match note {
+            Note::Transaction => {
+                metrics.transactions.inc();
+            }
+            Note::Ignored(kind) => metrics.ignore(kind),
+            Note::Confirmed { commit_ts } => {
+                progress.confirms = true;
+                metrics.confirmed.inc();
+                if let Some(ts) = commit_ts {
+                    let now = *now.get_or_insert_with(SystemTime::now);
+                    if let Ok(latency) = now.duration_since(ts.to_system_time()) {
+                        metrics.commit_to_confirm.observe(latency.as_secs_f64());
+                    }
+                }
+            }
+            Note::DeadLettering {
+                lsn,
+                reason,
+                detail,
+            } => {
+                tracing::warn!(lsn = %lsn, reason = reason.as_str(), detail = %detail, "dead-lettering a row that cannot be published as configured");
+            }
+            Note::RowRefused {
+                lsn,
+                attempts,
+                detail,
+            } => {
+                tracing::warn!(lsn = %lsn, attempts, detail = %detail, "the broker refused a row");
+            }
+            Note::Skipped(n) => {
+                tracing::debug!(
+                    rows = n,
+                    "rows confirmed before the rewind were not published again"
+                );
+            }
+        }
+    }
+    let stats = core.stats();
+    metrics
+        .inflight_messages
+        .set(i64::try_from(stats.inflight_messages).unwrap_or(i64::MAX));
+    metrics
+        .inflight_bytes
+        .set(i64::try_from(stats.inflight_bytes).unwrap_or(i64::MAX));
 }
 
 fn stream_reason(e: &walstream::Error) -> &'static str {
@@ -358,654 +591,6 @@ fn stream_reason(e: &walstream::Error) -> &'static str {
     }
 }
 
-async fn start_stream(
-    config: &ReplicationConfig,
-    settings: &Settings,
-    start: Lsn,
-) -> Result<(ReplicationStream, walstream::AckHandle), walstream::Error> {
-    let client = ReplicationClient::connect(config).await?;
-    let options = StartOptions::new([settings.publication.clone()]).messages(true);
-    client
-        .start_replication(&settings.slot, start, options)
-        .await
-}
-
-/// Checks the catalog and creates what is missing: wal_level, the table,
-/// the publication, the slot.
-async fn prepare(
-    control: &tokio_postgres::Client,
-    settings: &Settings,
-    table: &TableName,
-    pg_config: &ReplicationConfig,
-) -> Result<(), RunError> {
-    let prereq = |e: catalog::CatalogError| RunError::Prerequisite(e.to_string());
-    let server = catalog::server_settings(control).await.map_err(prereq)?;
-    if server.wal_level != "logical" {
-        return Err(RunError::Postgres(walstream::Error::WalLevel {
-            current: server.wal_level,
-        }));
-    }
-    match catalog::table_info(control, table).await.map_err(prereq)? {
-        None => {
-            return Err(RunError::Prerequisite(format!(
-            "table {table} does not exist: create it (sql/outbox.sql) or set table (RELAY_TABLE)"
-        )))
-        }
-        Some(info) if !info.can_select => {
-            return Err(RunError::Prerequisite(format!(
-                "the role may not SELECT from {table}: GRANT SELECT ON {} TO the relay's role",
-                table.quoted()
-            )))
-        }
-        Some(_) => {}
-    }
-    match catalog::publication_info(control, &settings.publication, table)
-        .await
-        .map_err(prereq)?
-    {
-        Some(p) if p.covers_table => {}
-        Some(_) => {
-            return Err(RunError::Prerequisite(format!(
-                "publication {} does not cover {table}: ALTER PUBLICATION {} ADD TABLE {}",
-                settings.publication,
-                catalog::quote_ident(&settings.publication),
-                table.quoted()
-            )))
-        }
-        None => {
-            catalog::create_publication(control, &settings.publication, table)
-                .await
-                .map_err(|e| {
-                    RunError::Prerequisite(format!(
-                        "{e}; create it as the table's owner: {}",
-                        catalog::create_publication_sql(&settings.publication, table)
-                    ))
-                })?;
-            tracing::info!(publication = %settings.publication, table = %table, "created the publication");
-        }
-    }
-    if catalog::slot_info(control, &settings.slot)
-        .await
-        .map_err(prereq)?
-        .is_none()
-    {
-        let mut client = ReplicationClient::connect(pg_config).await?;
-        let created = client
-            .create_slot(&settings.slot, &walstream::CreateSlotOptions::new())
-            .await?;
-        tracing::info!(slot = %settings.slot, lsn = %created.consistent_point(), "created the slot");
-        client.close().await;
-    }
-    Ok(())
-}
-
-/// Waits until nobody else holds the slot (standby), then returns its
-/// confirmed_flush_lsn; `None` on shutdown.
-async fn wait_for_slot(
-    control: &tokio_postgres::Client,
-    settings: &Settings,
-    no_standby: bool,
-    ctx: &mut Context,
-) -> Result<Option<Lsn>, RunError> {
-    let mut announced = false;
-    loop {
-        let slot = catalog::slot_info(control, &settings.slot)
-            .await
-            .map_err(|e| RunError::Prerequisite(e.to_string()))?
-            .ok_or_else(|| {
-                RunError::Postgres(walstream::Error::SlotMissing {
-                    slot: settings.slot.clone(),
-                })
-            })?;
-        if slot.plugin.as_deref() != Some("pgoutput") {
-            return Err(RunError::Postgres(walstream::Error::SlotUnusable {
-                slot: settings.slot.clone(),
-                reason: format!(
-                    "its plugin is {}, not pgoutput; use another slot name",
-                    slot.plugin.as_deref().unwrap_or("(none: a physical slot)")
-                ),
-            }));
-        }
-        match (slot.active, slot.active_pid) {
-            (true, Some(pid)) => {
-                if no_standby {
-                    return Err(RunError::SlotHeld {
-                        slot: settings.slot.clone(),
-                        pid,
-                    });
-                }
-                if !announced {
-                    tracing::info!(slot = %settings.slot, pid, "slot is held by another process; waiting as a standby");
-                    announced = true;
-                }
-                ctx.health.set_standby(true);
-                let poll = Duration::from_millis(settings.standby_poll_ms);
-                if !sleep_or_shutdown(poll, &mut ctx.shutdown).await {
-                    return Ok(None);
-                }
-            }
-            _ => {
-                if announced {
-                    tracing::info!(slot = %settings.slot, "the slot is free; taking over");
-                }
-                return Ok(Some(slot.confirmed_flush_lsn.unwrap_or(Lsn::ZERO)));
-            }
-        }
-    }
-}
-
-fn sink_config(settings: &Settings) -> Result<SinkConfig, RunError> {
-    let urls = settings.amqp_urls();
-    let mut config = SinkConfig::for_urls(&urls).map_err(|e| RunError::Broker(e.to_string()))?;
-    let exchange = settings.exchange_template()?;
-    config.exchange.name = if exchange.is_constant() {
-        settings.exchange.replace("{{", "{").replace("}}", "}")
-    } else {
-        String::new()
-    };
-    config.dead_letter = Some(amqp_sink::DeadLetterConfig {
-        exchange: settings.dead_letter_exchange.clone(),
-        queue: settings.dead_letter_queue.clone(),
-    });
-    config.passive = !settings.declare_exchange;
-    config.window_messages = usize::try_from(settings.window_messages).unwrap_or(usize::MAX);
-    config.window_bytes = usize::try_from(settings.window_bytes).unwrap_or(usize::MAX);
-    config.heartbeat_timeout = Duration::from_secs(settings.heartbeat_secs.max(3));
-    config.backoff.initial = Duration::from_millis(settings.backoff_initial_ms);
-    config.backoff.max = Duration::from_millis(settings.backoff_max_ms);
-    config.backoff.multiplier = settings.backoff_multiplier;
-    config.close_timeout = Duration::from_millis(settings.shutdown_timeout_ms);
-    config
-        .validate()
-        .map_err(|e| RunError::Broker(e.to_string()))?;
-    Ok(config)
-}
-
-/// Connects the publisher, retrying with backoff while the broker is
-/// unreachable; `None` on shutdown.
-async fn connect_broker(
-    settings: &Settings,
-    ctx: &mut Context,
-) -> Result<Option<(Publisher, amqp_sink::Outcomes)>, RunError> {
-    let config = sink_config(settings)?;
-    let mut backoff = Backoff::new(settings);
-    loop {
-        match Publisher::connect(config.clone()).await {
-            Ok(p) => return Ok(Some(p)),
-            Err(amqp_sink::SinkError::Connect(errors))
-                if errors.iter().all(|e| !e.is_permanent()) =>
-            {
-                ctx.metrics.reconnect(Side::Rabbitmq, "connect_failed");
-                let delay = backoff.delay();
-                let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                tracing::warn!(error = %reasons.join("; "), retry_in = ?delay, "cannot reach the broker; retrying");
-                if !sleep_or_shutdown(delay, &mut ctx.shutdown).await {
-                    return Ok(None);
-                }
-            }
-            Err(e) => return Err(RunError::Broker(e.to_string())),
-        }
-    }
-}
-
-/// After a rewind: consumes the outcomes of what was in flight, resumes
-/// the publisher and waits until it is connected; false on shutdown.
-async fn wait_for_broker(
-    publisher: &mut Publisher,
-    outcomes: &mut amqp_sink::Outcomes,
-    ctx: &Context,
-    shutdown: &mut watch::Receiver<bool>,
-    delay: Duration,
-) -> bool {
-    // Outcomes of the dropped messages may still be queued: read them (they
-    // release window room) without acting on them.
-    while let Some(event) = outcomes.try_recv() {
-        if let SinkEvent::Connected { .. } = event {
-            ctx.health.set_broker(true);
-        }
-    }
-    publisher.resume();
-    let mut state = publisher.link_state();
-    loop {
-        let connected = matches!(
-            *state.borrow_and_update(),
-            amqp_sink::LinkState::Connected { .. } | amqp_sink::LinkState::Blocked { .. }
-        );
-        if connected {
-            ctx.health.set_broker(true);
-            // The rewind's backoff: a failure that repeats (a queue that
-            // nacks everything) is retried ever more slowly.
-            tracing::info!(retry_in = ?delay, "streaming again from the slot");
-            return sleep_or_shutdown(delay, shutdown).await;
-        }
-        ctx.health.set_broker(false);
-        tokio::select! {
-            changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return false },
-            changed = state.changed() => if changed.is_err() { return false },
-            event = outcomes.recv() => match event {
-                None => return false,
-                Some(SinkEvent::Connected { .. }) => ctx.health.set_broker(true),
-                Some(_) => {}
-            },
-        }
-    }
-}
-
-impl Session<'_> {
-    async fn stream_loop(
-        &mut self,
-        stream: &mut ReplicationStream,
-        publisher: &mut Publisher,
-        outcomes: &mut amqp_sink::Outcomes,
-        shutdown: &mut watch::Receiver<bool>,
-        backoff: &mut Backoff,
-    ) -> Result<LoopEnd, RunError> {
-        // The publish in progress and the event it publishes. It lives
-        // across iterations, so that an outcome or a frame arriving while it
-        // waits for window room does not cancel it (and its message is built
-        // once); the publisher is lent to it and comes back with its result.
-        let mut idle: Option<&mut Publisher> = Some(publisher);
-        let mut publishing: Option<(Pending, Publishing<'_>)> = None;
-        loop {
-            if *shutdown.borrow() {
-                return Ok(LoopEnd::Shutdown);
-            }
-            if publishing.is_none() {
-                if let Some(publisher) = idle.take() {
-                    match self.pending.pop_front() {
-                        Some(next) => {
-                            let message = outgoing(&next.event);
-                            let publish: Publishing<'_> = Box::pin(async move {
-                                let result = publisher.publish(message).await;
-                                (publisher, result)
-                            });
-                            publishing = Some((next, publish));
-                        }
-                        None => idle = Some(publisher),
-                    }
-                }
-            }
-            tokio::select! {
-                biased;
-                changed = shutdown.changed() => {
-                    if changed.is_err() {
-                        return Ok(LoopEnd::Shutdown);
-                    }
-                }
-                event = outcomes.recv() => {
-                    let Some(event) = event else {
-                        return Err(RunError::Broker("the publisher stopped".into()));
-                    };
-                    if let Some(end) = self.on_outcome(event)? {
-                        return Ok(end);
-                    }
-                }
-                done = in_progress(&mut publishing), if publishing.is_some() => {
-                    let (publisher, published) = done;
-                    idle = Some(publisher);
-                    let Some((pending, _)) = publishing.take() else {
-                        continue;
-                    };
-                    match published {
-                        Ok(seq) => self.published(pending, seq),
-                        Err(PublishError::Invalid(e)) => self.invalid(pending, &e.to_string())?,
-                        Err(e @ (PublishError::Halted { .. } | PublishError::Unavailable { .. })) => {
-                            return Ok(LoopEnd::Sink(e.to_string()));
-                        }
-                        Err(e) => {
-                            return Err(RunError::Broker(format!("the publisher stopped: {e}")));
-                        }
-                    }
-                }
-                frame = stream.next(), if publishing.is_none() && self.pending.is_empty() => {
-                    match frame {
-                        Ok(frame) => {
-                            backoff.reset();
-                            self.on_frame(frame)?;
-                        }
-                        Err(e) => return Ok(LoopEnd::Stream(e)),
-                    }
-                }
-            }
-            self.ack();
-        }
-    }
-
-    fn ack(&mut self) {
-        let acked = self.tracker.acked();
-        if acked > self.acks.acked() {
-            self.acks.ack(acked);
-            self.ctx.health.acked_now();
-        }
-        let metrics = &self.ctx.metrics;
-        metrics.confirmed_lsn.set(lsn_gauge(acked));
-        let end = self.acks.server_wal_end();
-        if !end.is_zero() {
-            metrics.server_wal_end.set(lsn_gauge(end));
-            metrics
-                .lag_bytes
-                .set(lsn_gauge(Lsn::from_u64(end.bytes_since(acked))));
-        }
-    }
-
-    fn on_frame(&mut self, frame: Frame) -> Result<(), RunError> {
-        let data = match frame {
-            Frame::Keepalive(k) => {
-                // In stream order: every frame before it has been read. With
-                // no transaction open, its position is safe to ack if nothing
-                // is in flight (the tracker checks).
-                if self.txn.is_none() {
-                    self.tracker.keepalive(k.wal_end);
-                }
-                return Ok(());
-            }
-            Frame::XLogData(x) => x,
-        };
-        let lsn = data.wal_start;
-        match pgoutput::decode(data.data)? {
-            LogicalMessage::Begin(b) => {
-                let id = self.tracker.begin();
-                self.txn = Some((id, b.commit_ts));
-                self.ctx.metrics.transactions.inc();
-            }
-            LogicalMessage::Commit(c) => {
-                let Some((id, _)) = self.txn.take() else {
-                    return Err(RunError::Internal(format!(
-                        "Commit at {} without Begin",
-                        c.end_lsn
-                    )));
-                };
-                self.tracker
-                    .commit(id, c.end_lsn)
-                    .map_err(|e| RunError::Internal(e.to_string()))?;
-            }
-            LogicalMessage::Relation(r) => {
-                self.mapper.relation(&r);
-            }
-            LogicalMessage::Insert(i) => {
-                if let Some(mapped) = self.mapper.insert(&i, lsn) {
-                    let (id, ts) = self.txn.ok_or_else(|| {
-                        RunError::Internal(format!("Insert at {lsn} outside a transaction"))
-                    })?;
-                    self.enqueue(mapped, id, lsn, Some(ts))?;
-                }
-            }
-            LogicalMessage::Message(m) => {
-                if let Some(mapped) = self.mapper.logical_message(&m) {
-                    match (m.transactional, self.txn) {
-                        (true, Some((id, ts))) => self.enqueue(mapped, id, m.lsn, Some(ts))?,
-                        _ => {
-                            let id = self.tracker.standalone(m.lsn);
-                            self.enqueue_counted(mapped, id, m.lsn, None);
-                        }
-                    }
-                }
-            }
-            LogicalMessage::Update(u) if self.mapper.is_outbox(u.rel) => {
-                self.ctx.metrics.ignore("update");
-            }
-            LogicalMessage::Delete(d) if self.mapper.is_outbox(d.rel) => {
-                self.ctx.metrics.ignore("delete");
-            }
-            LogicalMessage::Truncate(t) if t.rels.iter().any(|r| self.mapper.is_outbox(*r)) => {
-                self.ctx.metrics.ignore("truncate");
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    /// Queues a mapped event of transaction `id` and counts it there.
-    fn enqueue(
-        &mut self,
-        mapped: Mapped,
-        id: TxnId,
-        lsn: Lsn,
-        commit_ts: Option<PgTimestamp>,
-    ) -> Result<(), RunError> {
-        self.tracker
-            .add_message(id)
-            .map_err(|e| RunError::Internal(e.to_string()))?;
-        self.enqueue_counted(mapped, id, lsn, commit_ts);
-        Ok(())
-    }
-
-    /// Queues an event already counted in the tracker.
-    fn enqueue_counted(
-        &mut self,
-        mapped: Mapped,
-        id: TxnId,
-        lsn: Lsn,
-        commit_ts: Option<PgTimestamp>,
-    ) {
-        let (event, dead_letter) = match mapped {
-            Mapped::Publish(event) => (event, None),
-            Mapped::DeadLetter(event, reason) => {
-                tracing::warn!(lsn = %lsn, reason = reason.as_str(), "dead-lettering a row that cannot be published as configured");
-                (event, Some(reason))
-            }
-        };
-        self.pending.push_back(Pending {
-            event,
-            txn: id,
-            lsn,
-            commit_ts,
-            dead_letter,
-        });
-    }
-
-    fn published(&mut self, pending: Pending, seq: Seq) {
-        let bytes = pending.event.body.len();
-        self.inflight_bytes += bytes;
-        if let Some(reason) = pending.dead_letter {
-            self.ctx.metrics.dead_letter(reason.as_str());
-        }
-        self.ctx.metrics.published.inc();
-        self.inflight.push_back(InFlight {
-            seq,
-            pending,
-            bytes,
-        });
-        self.inflight_gauges();
-    }
-
-    /// The sink refused the message itself (a name over 255 bytes, a body
-    /// over the broker's limit): dead-letter it instead.
-    fn invalid(&mut self, front: Pending, why: &str) -> Result<(), RunError> {
-        if front.dead_letter.is_some() {
-            return Err(RunError::Broker(format!(
-                "the dead-letter copy of the event at {} cannot be published either: {why}",
-                front.lsn
-            )));
-        }
-        let copy = self.mapper.unpublishable(&front.event, front.lsn, why);
-        self.pending.push_front(Pending {
-            event: copy,
-            dead_letter: Some(DeadLetterReason::Invalid),
-            ..front
-        });
-        Ok(())
-    }
-
-    fn inflight_gauges(&self) {
-        let m = &self.ctx.metrics;
-        m.inflight_messages
-            .set(i64::try_from(self.inflight.len()).unwrap_or(i64::MAX));
-        m.inflight_bytes
-            .set(i64::try_from(self.inflight_bytes).unwrap_or(i64::MAX));
-    }
-
-    fn remove_inflight(&mut self, seq: Seq) -> Option<InFlight> {
-        let index = self.inflight.iter().position(|f| f.seq == seq)?;
-        let entry = self.inflight.remove(index)?;
-        self.inflight_bytes -= entry.bytes;
-        Some(entry)
-    }
-
-    fn on_outcome(&mut self, event: SinkEvent) -> Result<Option<LoopEnd>, RunError> {
-        match event {
-            SinkEvent::Confirmed { up_to } => {
-                let now = SystemTime::now();
-                while self.inflight.front().is_some_and(|f| f.seq <= up_to) {
-                    let Some(done) = self.inflight.pop_front() else {
-                        break;
-                    };
-                    self.confirmed_any = true;
-                    self.inflight_bytes -= done.bytes;
-                    self.tracker
-                        .confirm(done.pending.txn)
-                        .map_err(|e| RunError::Internal(e.to_string()))?;
-                    self.ctx.metrics.confirmed.inc();
-                    if let (Some(ts), None) = (done.pending.commit_ts, done.pending.dead_letter) {
-                        if let Ok(latency) = now.duration_since(ts.to_system_time()) {
-                            self.ctx
-                                .metrics
-                                .commit_to_confirm
-                                .observe(latency.as_secs_f64());
-                        }
-                    }
-                }
-                self.inflight_gauges();
-            }
-            SinkEvent::Failed { seq, reason } => {
-                let Some(entry) = self.remove_inflight(seq) else {
-                    // Not ours any more (dropped by a rewind).
-                    return Ok(None);
-                };
-                self.inflight_gauges();
-                match reason {
-                    FailureReason::Returned {
-                        reply_code,
-                        reply_text,
-                    } if entry.pending.dead_letter.is_none() => {
-                        let pending = entry.pending;
-                        match self.settings.on_unroutable {
-                            UnroutablePolicy::DeadLetter => {
-                                tracing::warn!(lsn = %pending.lsn, exchange = %pending.event.exchange, routing_key = %pending.event.routing_key, "no queue is bound for an event; dead-lettering it");
-                                let copy = self.mapper.returned(
-                                    &pending.event,
-                                    pending.lsn,
-                                    &format!("{reply_code} {reply_text}"),
-                                );
-                                // The transaction still counts this event: the
-                                // copy's confirm completes it.
-                                self.pending.push_front(Pending {
-                                    event: copy,
-                                    dead_letter: Some(DeadLetterReason::Returned),
-                                    ..pending
-                                });
-                            }
-                            UnroutablePolicy::Drop => {
-                                self.ctx.metrics.ignore("unroutable_dropped");
-                                self.tracker
-                                    .confirm(pending.txn)
-                                    .map_err(|e| RunError::Internal(e.to_string()))?;
-                            }
-                        }
-                    }
-                    other => {
-                        return Ok(Some(LoopEnd::Sink(format!(
-                            "event at {} not delivered: {other}",
-                            entry.pending.lsn
-                        ))));
-                    }
-                }
-            }
-            SinkEvent::LinkLost { error, halted } => {
-                self.ctx.health.set_broker(false);
-                self.ctx
-                    .metrics
-                    .reconnect(Side::Rabbitmq, "connection_lost");
-                if halted {
-                    return Ok(Some(LoopEnd::Sink(format!("broker link lost: {error}"))));
-                }
-                // Nothing unconfirmed was failed: what is queued goes out, in
-                // order, once the sink has reconnected.
-                tracing::warn!(error = %error, "broker link lost with nothing unconfirmed; reconnecting");
-            }
-            SinkEvent::Connected { broker } => {
-                self.ctx.health.set_broker(true);
-                tracing::info!(broker = %broker, "connected to the broker");
-            }
-            SinkEvent::Blocked { reason } => {
-                tracing::warn!(reason = %reason, "the broker blocked publishing (resource alarm); waiting");
-            }
-            SinkEvent::Unblocked => tracing::info!("the broker unblocked publishing"),
-            _ => {}
-        }
-        Ok(None)
-    }
-
-    /// Reads outcomes until nothing is in flight or `timeout` passes;
-    /// returns whether everything was confirmed.
-    async fn drain(&mut self, outcomes: &mut amqp_sink::Outcomes, timeout: Duration) -> bool {
-        self.pending.clear();
-        let deadline = tokio::time::Instant::now() + timeout;
-        while !self.inflight.is_empty() {
-            let event = tokio::select! {
-                e = outcomes.recv() => e,
-                () = tokio::time::sleep_until(deadline) => return false,
-            };
-            let Some(event) = event else { return false };
-            match self.on_outcome(event) {
-                Ok(None) => {}
-                _ => return false,
-            }
-            // Dead-letter copies queued while draining are not published:
-            // the slot re-sends their events next time.
-            self.pending.clear();
-        }
-        true
-    }
-}
-
-/// A publish in progress, holding the publisher it borrowed. Dropped before
-/// it completes (the loop ends), nothing is published: Publisher::publish
-/// is cancel-safe.
-type Publishing<'p> =
-    Pin<Box<dyn Future<Output = (&'p mut Publisher, Result<Seq, PublishError>)> + Send + 'p>>;
-
-/// Polls the publish in progress; pends forever if there is none (a
-/// disabled branch of the loop's `select!`).
-async fn in_progress<'p>(
-    publishing: &mut Option<(Pending, Publishing<'p>)>,
-) -> (&'p mut Publisher, Result<Seq, PublishError>) {
-    match publishing {
-        Some((_, publish)) => publish.await,
-        None => std::future::pending().await,
-    }
-}
-
 fn lsn_gauge(lsn: Lsn) -> i64 {
     i64::try_from(lsn.as_u64()).unwrap_or(i64::MAX)
-}
-
-/// The sink's message for a mapped event.
-fn outgoing(event: &EventMessage) -> OutgoingMessage {
-    let mut message = OutgoingMessage::new(
-        event.exchange.clone(),
-        event.routing_key.clone(),
-        event.body.clone(),
-    );
-    let p = &mut message.properties;
-    p.message_id.clone_from(&event.message_id);
-    p.message_type.clone_from(&event.kind);
-    p.content_type = Some(event.content_type.clone());
-    p.timestamp = event.timestamp;
-    p.app_id = Some("outbox-relay".into());
-    p.headers = event
-        .headers
-        .iter()
-        .map(|(name, value)| {
-            let v = match value {
-                HeaderValue::Text(s) => amqp_sink::HeaderValue::String(s.clone()),
-                HeaderValue::Int(i) => amqp_sink::HeaderValue::Int(*i),
-                HeaderValue::Bytes(b) => {
-                    amqp_sink::HeaderValue::Bytes(bytes::Bytes::from(b.clone()))
-                }
-            };
-            (name.clone(), v)
-        })
-        .collect();
-    message
 }

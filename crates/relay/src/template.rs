@@ -3,10 +3,12 @@
 //!
 //! Pure code. A template is parsed once, at start-up (where a syntax error
 //! is a configuration error), and rendered per row with a lookup that gives a
-//! column's text value. A NULL or missing column, or a result that is empty
-//! or longer than AMQP's 255-byte limit, is a [`RenderError`]: the row is a
-//! poison row and goes to the dead-letter exchange with that reason.
-//! `{{` and `}}` stand for literal braces.
+//! column's text value. A NULL or missing column, or a result that is empty,
+//! longer than AMQP's 255-byte limit or holds a control character, is a
+//! [`RenderError`]: the row is a poison row and goes to the dead-letter
+//! exchange with that reason. `{{` and `}}` stand for literal braces: this
+//! module is the only place that knows it (a constant template's name is
+//! [`Template::as_constant`]).
 
 use std::fmt;
 
@@ -55,6 +57,15 @@ pub enum RenderError {
     /// The template rendered to an empty string.
     #[error("template {0:?} rendered empty")]
     Empty(String),
+    /// The result holds a control character (a newline, a NUL, ...): no
+    /// exchange name or routing key should, and logs would mangle it.
+    #[error("template {template:?} rendered a control character at byte {at}")]
+    ControlChar {
+        /// The template.
+        template: String,
+        /// Where, in the rendered text.
+        at: usize,
+    },
     /// The result is longer than AMQP allows.
     #[error("template {template:?} rendered {len} bytes; AMQP allows at most 255")]
     TooLong {
@@ -138,6 +149,22 @@ impl Template {
         self.columns().next().is_none()
     }
 
+    /// The name a template without columns stands for (`{{` read as `{`);
+    /// `None` if it uses columns.
+    pub fn as_constant(&self) -> Option<String> {
+        if !self.is_constant() {
+            return None;
+        }
+        Some(
+            self.segments
+                .iter()
+                .map(|s| match s {
+                    Segment::Literal(text) | Segment::Column(text) => text.as_str(),
+                })
+                .collect(),
+        )
+    }
+
     /// Renders the template for one row.
     pub fn render<'a>(
         &self,
@@ -161,6 +188,12 @@ impl Template {
             return Err(RenderError::TooLong {
                 template: self.source.clone(),
                 len: out.len(),
+            });
+        }
+        if let Some((at, _)) = out.char_indices().find(|(_, c)| c.is_control()) {
+            return Err(RenderError::ControlChar {
+                template: self.source.clone(),
+                at,
             });
         }
         Ok(out)
@@ -207,6 +240,24 @@ mod tests {
         assert_eq!(t.render(row(&[])).unwrap(), "outbox");
         let t = Template::parse("{{lit}}.{ x }").unwrap();
         assert_eq!(t.render(row(&[("x", Some("v"))])).unwrap(), "{lit}.v");
+        assert_eq!(t.as_constant(), None);
+        let t = Template::parse("events.{{v2}}").unwrap();
+        assert_eq!(t.as_constant().as_deref(), Some("events.{v2}"));
+    }
+
+    #[test]
+    fn control_characters_in_a_rendered_name_are_render_errors() {
+        let t = Template::parse("{aggregate_type}.{event_type}").unwrap();
+        assert_eq!(
+            t.render(row(&[
+                ("aggregate_type", Some("order")),
+                ("event_type", Some("paid\nforged"))
+            ])),
+            Err(RenderError::ControlChar {
+                template: "{aggregate_type}.{event_type}".into(),
+                at: 10
+            })
+        );
     }
 
     #[test]

@@ -1,0 +1,658 @@
+//! The one judge of the prerequisites: what `check` prints, what `setup`
+//! acts on and what `run` refuses to start without.
+//!
+//! Pure code. The facts are read once (PostgreSQL's catalog by
+//! `catalog::gather`, the broker by `check::probe_broker`) and judged here,
+//! so that every command says the same thing in the same words with the
+//! same fix: `run` refuses to start on what `check` fails, and `check`
+//! fails on nothing that `run` handles (a missing publication or slot it
+//! creates, a slot another process holds while `run` would wait as a
+//! standby, a column it can do without). A [`Verdict::Warn`] is a pass
+//! with something the operator should know.
+
+use std::fmt::Write as _;
+
+use crate::catalog::{PgFacts, SlotInfo};
+use crate::config::{env_name, Config};
+use crate::names::quote_ident;
+use crate::probe::BrokerFacts;
+use amqp_sink::Found;
+
+/// How one prerequisite stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Fine; what was found.
+    Pass(String),
+    /// Fine for now, with something to know or do.
+    Warn {
+        /// What was found.
+        found: String,
+        /// What to do about it.
+        advice: String,
+    },
+    /// Not fine: what is wrong and how to fix it.
+    Fail {
+        /// What is wrong.
+        problem: String,
+        /// What to do.
+        fix: String,
+    },
+    /// Not judged because an earlier line failed.
+    Skipped(String),
+}
+
+/// One prerequisite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// What was judged (`wal_level`, `exchange`, ...).
+    pub name: &'static str,
+    /// How it stands.
+    pub verdict: Verdict,
+}
+
+impl Line {
+    /// A pass.
+    pub fn pass(name: &'static str, found: impl Into<String>) -> Line {
+        Line {
+            name,
+            verdict: Verdict::Pass(found.into()),
+        }
+    }
+
+    /// A pass with advice.
+    pub fn warn(name: &'static str, found: impl Into<String>, advice: impl Into<String>) -> Line {
+        Line {
+            name,
+            verdict: Verdict::Warn {
+                found: found.into(),
+                advice: advice.into(),
+            },
+        }
+    }
+
+    /// A failure with its fix.
+    pub fn fail(name: &'static str, problem: impl Into<String>, fix: impl Into<String>) -> Line {
+        Line {
+            name,
+            verdict: Verdict::Fail {
+                problem: problem.into(),
+                fix: fix.into(),
+            },
+        }
+    }
+
+    /// Not judged.
+    pub fn skipped(name: &'static str, why: impl Into<String>) -> Line {
+        Line {
+            name,
+            verdict: Verdict::Skipped(why.into()),
+        }
+    }
+
+    /// Whether this line failed.
+    pub fn failed(&self) -> bool {
+        matches!(self.verdict, Verdict::Fail { .. })
+    }
+}
+
+/// Prints lines one per prerequisite: `ok`, `warn` (with the advice),
+/// `FAIL` (with the fix) or `skip`, then a summary.
+pub fn render(lines: &[Line]) -> String {
+    let mut out = String::new();
+    for line in lines {
+        let _ = match &line.verdict {
+            Verdict::Pass(what) => writeln!(out, "ok    {:<13} {what}", line.name),
+            Verdict::Warn { found, advice } => {
+                writeln!(out, "warn  {:<13} {found}; {advice}", line.name)
+            }
+            Verdict::Fail { problem, fix } => {
+                writeln!(out, "FAIL  {:<13} {problem}; fix: {fix}", line.name)
+            }
+            Verdict::Skipped(why) => writeln!(out, "skip  {:<13} {why}", line.name),
+        };
+    }
+    let failed = lines.iter().filter(|l| l.failed()).count();
+    let _ = if failed == 0 {
+        writeln!(out, "all {} checks passed", lines.len())
+    } else {
+        writeln!(out, "{failed} of {} checks failed", lines.len())
+    };
+    out
+}
+
+/// The failed lines, rendered, for an error that stops `run`.
+pub fn failures(lines: &[Line]) -> Option<String> {
+    let failed: Vec<Line> = lines.iter().filter(|l| l.failed()).cloned().collect();
+    if failed.is_empty() {
+        return None;
+    }
+    let mut text = String::from("prerequisites not met (`outbox-relay check` shows them all):\n");
+    for line in &failed {
+        if let Verdict::Fail { problem, fix } = &line.verdict {
+            let _ = writeln!(text, "  FAIL  {:<13} {problem}; fix: {fix}", line.name);
+        }
+    }
+    text.pop();
+    Some(text)
+}
+
+/// The names of PostgreSQL's lines, in order (skipped together when
+/// PostgreSQL cannot be reached).
+pub const POSTGRES_LINES: &[&str] = &[
+    "wal_level",
+    "slots",
+    "wal_senders",
+    "role",
+    "table",
+    "columns",
+    "publication",
+    "slot",
+    "emit_message",
+];
+
+/// The application_name the relay's own sessions carry.
+pub fn application_name(config: &Config) -> &str {
+    config
+        .pg
+        .as_ref()
+        .and_then(|pg| pg.application_name())
+        .unwrap_or("outbox-relay")
+}
+
+/// Judges PostgreSQL's prerequisites.
+pub fn judge_postgres(config: &Config, facts: &PgFacts) -> Vec<Line> {
+    let table = &config.mapping.table;
+    let mut lines = Vec::new();
+    let server = &facts.server;
+    lines.push(if server.wal_level == "logical" {
+        Line::pass("wal_level", "logical")
+    } else {
+        Line::fail(
+            "wal_level",
+            format!("wal_level is '{}'", server.wal_level),
+            "set wal_level = logical in postgresql.conf (ALTER SYSTEM SET wal_level = logical) \
+             and restart PostgreSQL",
+        )
+    });
+    lines.push(
+        if facts.slot.is_some() || server.used_slots < server.max_replication_slots {
+            Line::pass(
+                "slots",
+                format!(
+                    "{} of max_replication_slots = {} in use",
+                    server.used_slots, server.max_replication_slots
+                ),
+            )
+        } else {
+            Line::fail(
+                "slots",
+                format!(
+                    "all {} replication slots are in use",
+                    server.max_replication_slots
+                ),
+                "raise max_replication_slots (restart needed) or drop an unused slot \
+                 (SELECT pg_drop_replication_slot(name))",
+            )
+        },
+    );
+    let slot_active = facts.slot.as_ref().is_some_and(|s| s.active);
+    lines.push(
+        if server.used_wal_senders < server.max_wal_senders || slot_active {
+            Line::pass(
+                "wal_senders",
+                format!(
+                    "{} of max_wal_senders = {} in use",
+                    server.used_wal_senders, server.max_wal_senders
+                ),
+            )
+        } else {
+            Line::fail(
+                "wal_senders",
+                format!("all {} walsenders are in use", server.max_wal_senders),
+                "raise max_wal_senders in postgresql.conf and restart PostgreSQL",
+            )
+        },
+    );
+    let role = &facts.role;
+    lines.push(if role.superuser {
+        Line::pass("role", format!("{} is a superuser", role.name))
+    } else if role.replication {
+        Line::pass("role", format!("{} has REPLICATION", role.name))
+    } else {
+        Line::fail(
+            "role",
+            format!("role {} lacks the REPLICATION attribute", role.name),
+            format!(
+                "ALTER ROLE {} WITH REPLICATION (as a superuser), or use the role that \
+                 `outbox-relay setup --print-sql` creates",
+                quote_ident(&role.name)
+            ),
+        )
+    });
+    match &facts.table {
+        Some(info) if info.can_select => {
+            lines.push(Line::pass(
+                "table",
+                format!("{table} exists and is readable"),
+            ));
+            lines.push(judge_columns(config, info));
+        }
+        Some(info) => {
+            lines.push(Line::fail(
+                "table",
+                format!("the role may not SELECT from {table} (logical replication needs it)"),
+                format!(
+                    "GRANT SELECT ON {} TO {}",
+                    table.quoted(),
+                    quote_ident(&role.name)
+                ),
+            ));
+            lines.push(judge_columns(config, info));
+        }
+        None => {
+            lines.push(Line::fail(
+                "table",
+                format!("table {table} does not exist"),
+                format!(
+                    "create it (sql/outbox.sql), or set table ({}) to your outbox table",
+                    env_name("table")
+                ),
+            ));
+            lines.push(Line::skipped("columns", "the table does not exist"));
+        }
+    }
+    lines.push(judge_publication(config, facts));
+    lines.push(match &facts.slot {
+        None => Line::pass(
+            "slot",
+            format!(
+                "{} does not exist yet: `outbox-relay setup` or `run` creates it",
+                config.slot
+            ),
+        ),
+        Some(s) => judge_slot(config, &facts.database, s),
+    });
+    lines.push(judge_emit_message(config, facts.emit_message_public));
+    lines
+}
+
+fn judge_columns(config: &Config, info: &crate::catalog::TableInfo) -> Line {
+    let m = &config.mapping;
+    let mut required: Vec<(&str, &str)> = vec![
+        (m.id_column.as_str(), "id_column"),
+        (m.payload_column.as_str(), "payload_column"),
+    ];
+    for column in m.exchange.columns() {
+        required.push((column, "exchange"));
+    }
+    for column in m.routing_key.columns() {
+        required.push((column, "routing_key"));
+    }
+    let mut seen = Vec::new();
+    let mut missing = Vec::new();
+    for (column, setting) in required {
+        if seen.contains(&column) {
+            continue;
+        }
+        seen.push(column);
+        if info.column(column).is_none() {
+            missing.push(format!("no column {column} ({setting})"));
+        }
+    }
+    let names: Vec<&str> = info.columns.iter().map(|c| c.name.as_str()).collect();
+    if !missing.is_empty() {
+        return Line::fail(
+            "columns",
+            format!(
+                "{} (the table has: {})",
+                missing.join("; "),
+                names.join(", ")
+            ),
+            "set id_column, payload_column, exchange and routing_key to the table's columns \
+             (`outbox-relay config` shows them)",
+        );
+    }
+    let mut notes = Vec::new();
+    for (column, setting, what) in [
+        (&m.type_column, "type_column", "the message's type"),
+        (
+            &m.timestamp_column,
+            "timestamp_column",
+            "the message's timestamp",
+        ),
+    ] {
+        if !column.is_empty() {
+            if info.column(column).is_some() {
+                seen.push(column);
+            } else {
+                notes.push(format!(
+                    "no column {column}: {what} stays empty (set {setting} to the right column, \
+                     or to \"\")"
+                ));
+            }
+        }
+    }
+    if let Some(c) = info.column(&m.payload_column) {
+        const TEXT_TYPES: &[&str] = &["jsonb", "json", "text", "bytea", "character varying"];
+        if !TEXT_TYPES.contains(&c.type_name.as_str()) {
+            notes.push(format!(
+                "payload column {} is {}: its text form is the body",
+                c.name, c.type_name
+            ));
+        }
+    }
+    if let Some(c) = info.column(&m.timestamp_column) {
+        if !c.type_name.starts_with("timestamp") {
+            notes.push(format!(
+                "timestamp column {} is {}, not a timestamp: the message's timestamp stays empty",
+                c.name, c.type_name
+            ));
+        }
+    }
+    let found = format!("{} present: {}", seen.len(), seen.join(", "));
+    if notes.is_empty() {
+        Line::pass("columns", found)
+    } else {
+        Line::warn("columns", found, notes.join("; "))
+    }
+}
+
+fn judge_publication(config: &Config, facts: &PgFacts) -> Line {
+    let table = &config.mapping.table;
+    let name = &config.publication;
+    let can_create = facts.role.superuser || facts.table.as_ref().is_some_and(|t| t.owned);
+    match &facts.publication {
+        Some(p) if p.covers_table && p.publishes_inserts => Line::pass(
+            "publication",
+            format!("{name} publishes inserts of {table}"),
+        ),
+        Some(p) if !p.covers_table => Line::fail(
+            "publication",
+            format!("publication {name} exists but does not cover {table}"),
+            format!(
+                "ALTER PUBLICATION {} ADD TABLE {}",
+                quote_ident(name),
+                table.quoted()
+            ),
+        ),
+        Some(_) => Line::fail(
+            "publication",
+            format!("publication {name} does not publish inserts"),
+            format!(
+                "ALTER PUBLICATION {} SET (publish = 'insert')",
+                quote_ident(name)
+            ),
+        ),
+        None if can_create => Line::pass(
+            "publication",
+            format!("{name} does not exist yet: `outbox-relay setup` or `run` creates it"),
+        ),
+        None => Line::fail(
+            "publication",
+            format!(
+                "{name} does not exist, and the role cannot create it (it does not own {table})"
+            ),
+            format!(
+                "have the table's owner run: {}",
+                crate::sql::create_publication(name, table)
+            ),
+        ),
+    }
+}
+
+fn judge_slot(config: &Config, database: &str, s: &SlotInfo) -> Line {
+    let name = &config.slot;
+    if s.slot_type != "logical" || s.plugin.as_deref() != Some("pgoutput") {
+        return Line::fail(
+            "slot",
+            format!(
+                "slot {name} is a {} slot with plugin {}, not a pgoutput logical slot",
+                s.slot_type,
+                s.plugin.as_deref().unwrap_or("(none)")
+            ),
+            format!(
+                "set slot ({}) to another name; the relay creates it",
+                env_name("slot")
+            ),
+        );
+    }
+    if s.database.as_deref() != Some(database) {
+        return Line::fail(
+            "slot",
+            format!(
+                "slot {name} belongs to database {}, not {database}",
+                s.database.as_deref().unwrap_or("?")
+            ),
+            "point pg_url at the slot's database or use another slot name",
+        );
+    }
+    if s.wal_status.as_deref() == Some("lost") {
+        return Line::fail(
+            "slot",
+            format!("slot {name} has lost required WAL (wal_status = lost): events were lost"),
+            "drop and recreate the slot, and recover the missed events from the outbox table",
+        );
+    }
+    let resumes = s
+        .confirmed_flush_lsn
+        .map(|l| l.to_string())
+        .unwrap_or_else(|| "?".into());
+    match (s.active, s.active_pid) {
+        (true, pid) => {
+            let pid = pid
+                .map(|p| format!("PID {p}"))
+                .unwrap_or_else(|| "a process".into());
+            let ours = s.holder.as_deref() == Some(application_name(config));
+            if ours {
+                Line::pass(
+                    "slot",
+                    format!("{name} is streaming to a running outbox-relay ({pid}), at {resumes}"),
+                )
+            } else if config.standby {
+                let holder = s.holder.as_deref().unwrap_or("unknown application");
+                Line::warn(
+                    "slot",
+                    format!("{name} is held by {pid} ({holder})"),
+                    "`run` waits as a standby and takes over when it frees; stop the other \
+                     consumer if it should not be streaming",
+                )
+            } else {
+                Line::fail(
+                    "slot",
+                    format!("{name} is held by {pid}: another consumer is using it"),
+                    "stop the other consumer, or set standby = true to let `run` wait",
+                )
+            }
+        }
+        _ => Line::pass(
+            "slot",
+            format!("{name} exists (pgoutput), resumes at {resumes}"),
+        ),
+    }
+}
+
+fn judge_emit_message(config: &Config, public: bool) -> Line {
+    let prefix = &config.mapping.message_prefix;
+    if prefix.is_empty() {
+        return Line::pass(
+            "emit_message",
+            "message_prefix is empty: logical decoding messages are not events",
+        );
+    }
+    if public {
+        return Line::warn(
+            "emit_message",
+            format!("message_prefix is {prefix:?} and any role may call pg_logical_emit_message"),
+            "any role that can connect can publish events with the relay's identity; revoke it \
+             (`outbox-relay setup --print-sql` prints the REVOKE statements) or empty \
+             message_prefix",
+        );
+    }
+    Line::pass(
+        "emit_message",
+        format!("message_prefix is {prefix:?}; only granted roles may emit events"),
+    )
+}
+
+/// What a failed connection to PostgreSQL means, and what to do.
+pub fn connection_failure(config: &Config, error: &walstream::Error) -> (String, String) {
+    let user = config.pg.as_ref().map(|pg| pg.user()).unwrap_or("?");
+    let dbname = config.pg.as_ref().map(|pg| pg.dbname()).unwrap_or("?");
+    let problem = format!("cannot connect: {error}");
+    let message = error
+        .db_error()
+        .map(|db| db.message().to_string())
+        .unwrap_or_default();
+    let fix = match error.sqlstate() {
+        Some("28P01") => {
+            format!("the password for role {user} is wrong: fix it in pg_url (or ~/.pgpass)")
+        }
+        Some("28000") if message.contains("does not exist") => format!(
+            "role {user} does not exist: create it (`outbox-relay setup --print-sql` prints the \
+             statements) or fix the user in pg_url"
+        ),
+        Some("28000") => format!(
+            "pg_hba.conf admits no connection of role {user} to database {dbname} from this \
+             host: add a line for it (the README shows one) and reload PostgreSQL"
+        ),
+        Some("3D000") => format!("database {dbname} does not exist: fix the dbname in pg_url"),
+        Some("53300") => "the server has no connection slot left: raise max_connections or \
+                          close idle sessions"
+            .to_string(),
+        _ if error.is_retryable() => {
+            "check that PostgreSQL runs at the host and port of pg_url; `run` keeps retrying"
+                .to_string()
+        }
+        _ => "fix pg_url (host, port, user, password, dbname, sslmode)".to_string(),
+    };
+    (problem, fix)
+}
+
+/// Judges the broker's prerequisites: reachable, and the exchange, the
+/// dead-letter exchange and queue either absent (`run` declares them),
+/// present as the relay would declare them, or present and left as they
+/// are (declare_exchange = false).
+pub fn judge_broker(config: &Config, facts: &BrokerFacts) -> Vec<Line> {
+    let mut lines = Vec::new();
+    match &facts.reached {
+        Ok(broker) => lines.push(Line::pass("rabbitmq", format!("connected to {broker}"))),
+        Err(errors) => {
+            let problem = if errors.is_empty() {
+                "amqp_url names no broker".to_string()
+            } else {
+                errors.join("; ")
+            };
+            lines.push(Line::fail(
+                "rabbitmq",
+                problem,
+                "check amqp_url (host, port, user, password, vhost) and that RabbitMQ is running",
+            ));
+            lines.push(Line::skipped("exchange", "rabbitmq is unreachable"));
+            lines.push(Line::skipped("dead_letter", "rabbitmq is unreachable"));
+            return lines;
+        }
+    }
+    let exchange_setting = env_name("exchange");
+    lines.push(match (&facts.exchange, config.constant_exchange()) {
+        (Some(found), Some(name)) => judge_found(
+            config,
+            found,
+            &format!("exchange {name}"),
+            "(durable topic)",
+            &format!(
+                "delete it on the broker, set exchange ({exchange_setting}) to another name, or \
+                 set declare_exchange = false to publish to it as it is"
+            ),
+        ),
+        _ => Line::pass(
+            "exchange",
+            format!(
+                "{} is a per-row template: a row whose exchange does not exist goes to the \
+                 dead-letter queue (no_exchange) after row_attempts tries",
+                config.mapping.exchange
+            ),
+        ),
+    });
+    let dlx = &config.mapping.dead_letter_exchange;
+    let dlq = &config.dead_letter_queue;
+    let line = judge_found(
+        config,
+        &facts.dead_letter_exchange,
+        &format!("dead-letter exchange {dlx}"),
+        "(durable fanout)",
+        &format!(
+            "delete it on the broker, set dead_letter_exchange ({}) to another name, or set \
+             declare_exchange = false",
+            env_name("dead_letter_exchange")
+        ),
+    );
+    lines.push(match line.verdict {
+        Verdict::Pass(_) | Verdict::Warn { .. } => {
+            let mut queue = judge_found(
+                config,
+                &facts.dead_letter_queue,
+                &format!("dead-letter queue {dlq}"),
+                "(durable, bound to the dead-letter exchange)",
+                &format!(
+                    "delete it on the broker, set dead_letter_queue ({}) to another name, or set \
+                     declare_exchange = false to use it as it is",
+                    env_name("dead_letter_queue")
+                ),
+            );
+            queue.name = "dead_letter";
+            queue
+        }
+        _ => Line {
+            name: "dead_letter",
+            ..line
+        },
+    });
+    lines
+}
+
+fn judge_found(
+    config: &Config,
+    found: &Result<Found, String>,
+    what: &str,
+    shape: &str,
+    differs_fix: &str,
+) -> Line {
+    match found {
+        Ok(Found::Matches) => Line::pass("exchange", format!("{what} exists")),
+        Ok(Found::Missing) if config.declare_exchange => Line::pass(
+            "exchange",
+            format!("{what} does not exist yet: `run` declares it {shape}"),
+        ),
+        Ok(Found::Missing) => Line::fail(
+            "exchange",
+            format!("{what} does not exist and declare_exchange is false"),
+            "declare it on the broker, or set declare_exchange = true",
+        ),
+        Ok(Found::Differs(broker)) => Line::fail(
+            "exchange",
+            format!(
+                "{what} exists but not as the relay declares it {shape} (the broker: {})",
+                shown_broker(broker)
+            ),
+            differs_fix,
+        ),
+        Ok(Found::Refused(broker)) => Line::fail(
+            "exchange",
+            format!(
+                "the broker user may not declare {what} (the broker: {})",
+                shown_broker(broker)
+            ),
+            "grant the user configure permission on it, or create it on the broker and set \
+             declare_exchange = false",
+        ),
+        Err(e) => Line::fail(
+            "exchange",
+            format!("looking at {what}: {e}"),
+            "see the error",
+        ),
+    }
+}
+
+fn shown_broker(text: &str) -> String {
+    crate::mapping::shown(text, 300)
+}

@@ -1,0 +1,170 @@
+//! The SQL the relay runs or prints: the publication, the slot, and the
+//! script `setup --print-sql` gives a DBA.
+//!
+//! Pure code. Every name goes through `crate::names` (checked, quoted), so
+//! a script prints only the statements it means to whatever the names
+//! hold.
+
+use crate::names::{quote_ident, quote_literal, TableName};
+
+/// The statement that creates the relay's publication: INSERTs of the
+/// outbox table only (updates and deletes of the outbox are never events,
+/// and not publishing them spares the walsender the work).
+pub fn create_publication(publication: &str, table: &TableName) -> String {
+    format!(
+        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert')",
+        quote_ident(publication),
+        table.quoted()
+    )
+}
+
+/// The statement that creates the relay's slot.
+pub fn create_slot(slot: &str) -> String {
+    format!(
+        "SELECT pg_create_logical_replication_slot({}, 'pgoutput')",
+        quote_literal(slot)
+    )
+}
+
+/// The statements that take pg_logical_emit_message away from PUBLIC, in
+/// each of its forms (PostgreSQL 17 added one with a flush argument).
+pub fn revoke_emit_message(server_version_num: Option<i32>) -> Vec<String> {
+    let mut forms = vec!["boolean, text, text", "boolean, text, bytea"];
+    if server_version_num.is_none_or(|v| v >= 170_000) {
+        forms.push("boolean, text, text, boolean");
+        forms.push("boolean, text, bytea, boolean");
+    }
+    forms
+        .into_iter()
+        .map(|args| {
+            format!("REVOKE EXECUTE ON FUNCTION pg_logical_emit_message({args}) FROM PUBLIC")
+        })
+        .collect()
+}
+
+/// What `setup --print-sql` needs to know.
+#[derive(Debug, Clone)]
+pub struct Script<'a> {
+    /// The role to create.
+    pub role: &'a str,
+    /// The database it connects to.
+    pub database: &'a str,
+    /// The outbox table.
+    pub table: &'a TableName,
+    /// The publication.
+    pub publication: &'a str,
+    /// The slot.
+    pub slot: &'a str,
+    /// The server's version, if known (for the REVOKE forms).
+    pub server_version_num: Option<i32>,
+}
+
+/// The script a DBA runs to prepare PostgreSQL for the relay with a
+/// least-privilege role: REPLICATION, CONNECT on its database, SELECT on the
+/// outbox only; the publication; the slot; and, commented out, the REVOKE
+/// that keeps other roles from emitting events.
+pub fn setup_script(s: &Script<'_>) -> String {
+    let role = quote_ident(s.role);
+    let revoke = revoke_emit_message(s.server_version_num)
+        .into_iter()
+        .map(|statement| format!("-- {statement};"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    format!(
+        "-- outbox-relay: PostgreSQL setup for table {table}, publication {publication}, slot {slot}.
+-- Run as a superuser. wal_level must be logical (ALTER SYSTEM SET wal_level = logical; then restart).
+
+-- A role that may stream changes (REPLICATION) and read the outbox, and
+-- nothing else. REPLICATION lets it read every change of the database
+-- through a slot (logical decoding is not limited by table grants): confine
+-- it in pg_hba.conf to the relay's host, e.g.
+--   hostssl {database_hba} {role_hba} 10.0.0.5/32 scram-sha-256
+-- and give it a password out of band (psql: \\password {role_hba}).
+CREATE ROLE {role} WITH LOGIN REPLICATION;
+GRANT CONNECT ON DATABASE {database} TO {role};
+GRANT USAGE ON SCHEMA {schema} TO {role};
+GRANT SELECT ON {table_q} TO {role};
+
+-- The publication the slot streams: INSERTs of the outbox table only.
+{publication_sql};
+
+-- The slot: WAL is kept from here until the relay acknowledges it.
+{slot_sql};
+
+-- pg_logical_emit_message is executable by PUBLIC: any role that can
+-- connect can write a logical decoding message into the WAL. The relay
+-- ignores them unless message_prefix is set (the table-less outbox); if you
+-- set it, run these so that only roles you GRANT EXECUTE to can emit events:
+{revoke}
+",
+        table = s.table,
+        publication = s.publication,
+        slot = s.slot,
+        database_hba = hba_word(s.database),
+        role_hba = hba_word(s.role),
+        database = quote_ident(s.database),
+        schema = quote_ident(&s.table.schema),
+        table_q = s.table.quoted(),
+        publication_sql = create_publication(s.publication, s.table),
+        slot_sql = create_slot(s.slot),
+    )
+}
+
+/// A name as a pg_hba.conf line takes it (quoted if it needs to be), for
+/// the comment.
+fn hba_word(name: &str) -> String {
+    if name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn script<'a>(role: &'a str, database: &'a str, table: &'a TableName) -> String {
+        setup_script(&Script {
+            role,
+            database,
+            table,
+            publication: "outbox_relay",
+            slot: "outbox_relay",
+            server_version_num: Some(170_004),
+        })
+    }
+
+    #[test]
+    fn printed_sql_grants_replication_connect_and_select_on_the_outbox_only() {
+        let table = TableName::parse("public.outbox").unwrap();
+        let sql = script("outbox_relay", "shop", &table);
+        assert!(sql.contains("CREATE ROLE \"outbox_relay\" WITH LOGIN REPLICATION;"));
+        assert!(sql.contains("GRANT CONNECT ON DATABASE \"shop\" TO \"outbox_relay\""));
+        assert!(sql.contains("GRANT SELECT ON \"public\".\"outbox\" TO \"outbox_relay\""));
+        assert!(sql.contains("pg_create_logical_replication_slot('outbox_relay', 'pgoutput')"));
+        assert_eq!(sql.matches("GRANT SELECT").count(), 1);
+        assert!(!sql.contains("PASSWORD"), "no fixed password: {sql}");
+        assert_eq!(sql.matches("-- REVOKE EXECUTE").count(), 4);
+    }
+
+    #[test]
+    fn hostile_names_print_no_other_statement() {
+        let table = TableName::parse("\"x\"\"; DROP TABLE t; --\".\"a\nb\"").ok();
+        // A newline in a name is refused before any SQL is printed.
+        assert!(table.is_none());
+        let table = TableName::parse("\"s'; DROP TABLE t; --\".\"$$;\"\"x\"").unwrap();
+        let sql = script("r\"; DROP ROLE x; --", "d'b$$", &table);
+        let statements: Vec<&str> = sql
+            .lines()
+            .filter(|l| !l.starts_with("--") && !l.trim().is_empty())
+            .collect();
+        assert_eq!(statements.len(), 6, "{sql}");
+        for line in statements {
+            assert!(line.trim_end().ends_with(';'), "{line}");
+        }
+    }
+}
