@@ -124,7 +124,8 @@ async fn run_relay(settings: config::Settings, no_standby: bool) -> anyhow::Resu
             )
         })?;
         let mut stopped = shutdown.clone();
-        let (bound, _server) = metrics::serve(addr, registry, health.clone(), async move {
+        let limits = metrics::Limits::default();
+        let (bound, _server) = metrics::serve(addr, registry, health.clone(), limits, async move {
             let _ = stopped.wait_for(|s| *s).await;
         })
         .await
