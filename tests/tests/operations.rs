@@ -290,3 +290,137 @@ fn the_compose_file_matches_what_the_code_expects() {
     assert!(dockerfile.contains("USER nonroot"));
     assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/outbox-relay\"]"));
 }
+
+/// The relay's open file descriptors.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| dir.count())
+        .unwrap_or(0)
+}
+
+/// Slowloris against the metrics endpoint: 200 clients that each send part
+/// of a request and then nothing. The relay closes every one within its
+/// header read timeout, never holds more than its connection limit, and a
+/// scrape made while they hang on is answered at once.
+#[tokio::test]
+async fn stalled_http_clients_are_shed_within_seconds_and_never_starve_scrapes_or_descriptors() {
+    // The endpoint's defaults (crates/relay/src/metrics.rs, `Limits`).
+    const MAX_CONNECTIONS: usize = 64;
+    const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+    const CLIENTS: usize = 200;
+    // Descriptors the relay may open or close on its own meanwhile, plus
+    // the scrapes this test makes.
+    const SLACK: usize = 4;
+
+    let f = Fixture::new().await;
+    let mut relay = f.start_relay(&[]);
+    let addr = metrics_addr(&relay);
+    let pid = relay.pid();
+    let (status, _) = http_get(&addr, "/metrics").await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let baseline = open_fds(pid);
+
+    // Watch the relay's descriptors from before the flood until the end.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let watching = watching.clone();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(open_fds(pid));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            peak
+        })
+    };
+
+    // 200 clients that each send part of a request and then nothing.
+    let start = std::time::Instant::now();
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for i in 0..CLIENTS {
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let partial = if i % 2 == 0 {
+            "GET /metr".to_string()
+        } else {
+            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nX-Stall: ")
+        };
+        stream.write_all(partial.as_bytes()).await.unwrap();
+        clients.push(stream);
+    }
+    let opened = start.elapsed();
+    // Each client waits for the server to close it (end of stream or a
+    // reset), and reports when.
+    let closes: Vec<_> = clients
+        .into_iter()
+        .map(|mut stream| {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return start.elapsed(),
+                        Ok(_) => {}
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // A scrape while the stalled clients hold the endpoint is answered.
+    let (status, during) =
+        tokio::time::timeout(Duration::from_secs(3), http_get(&addr, "/metrics"))
+            .await
+            .expect("a scrape during the flood is answered within 3 s");
+    let scraped = start.elapsed();
+    assert_eq!(status, 200);
+    assert!(during.contains("outbox_relay_build_info"), "{during}");
+
+    // Every stalled client is closed by the server within a few seconds.
+    let deadline = HEADER_READ_TIMEOUT + Duration::from_secs(3);
+    let mut closed = Vec::with_capacity(CLIENTS);
+    for close in closes {
+        let at = tokio::time::timeout_at(tokio::time::Instant::from_std(start + deadline), close)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("a stalled client was still open {deadline:?} after the flood began")
+            })
+            .unwrap();
+        closed.push(at);
+    }
+    closed.sort();
+    let first_close = closed[0];
+    let last_close = closed[CLIENTS - 1];
+    assert!(
+        scraped < last_close,
+        "the scrape ({scraped:?}) came after the last stalled client was closed ({last_close:?})"
+    );
+
+    // The descriptors come back to the baseline.
+    let back = loop {
+        let now = open_fds(pid);
+        if now <= baseline + SLACK {
+            break start.elapsed();
+        }
+        assert!(
+            start.elapsed() < deadline + Duration::from_secs(2),
+            "the relay still holds {now} descriptors (baseline {baseline})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = watcher.await.unwrap();
+    let (status, _) = http_get(&addr, "/metrics").await;
+    assert_eq!(status, 200);
+    eprintln!(
+        "fds: baseline {baseline}, peak {peak}, back to baseline after {back:?}; \
+         {CLIENTS} stalled clients opened in {opened:?}, scrape answered at {scraped:?}, \
+         closed between {first_close:?} and {last_close:?}"
+    );
+    assert!(
+        peak <= baseline + MAX_CONNECTIONS + SLACK,
+        "the relay held {peak} descriptors (baseline {baseline}, at most {MAX_CONNECTIONS} connections)"
+    );
+    relay.kill().unwrap();
+}

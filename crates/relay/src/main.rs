@@ -133,7 +133,8 @@ async fn run_relay(config: Config, no_standby: bool) -> anyhow::Result<()> {
     });
     if let Some(addr) = config.metrics_addr {
         let mut stopped = shutdown.clone();
-        let (bound, _server) = metrics::serve(addr, registry, health.clone(), async move {
+        let limits = metrics::Limits::default();
+        let (bound, _server) = metrics::serve(addr, registry, health.clone(), limits, async move {
             let _ = stopped.wait_for(|s| *s).await;
         })
         .await

@@ -7,22 +7,55 @@
 //! `/metrics` (OpenMetrics text, which Prometheus reads), `/healthz`
 //! (process alive) and `/readyz` (streaming and broker connected; 503
 //! otherwise), both JSON, on `metrics_addr`.
+//!
+//! The endpoint must hold when clients misbehave, so [`serve`] drives
+//! hyper's HTTP/1 server itself (axum routes; `axum::serve` exposes neither
+//! of these) within [`Limits`]:
+//!
+//! - A connection has `header_read_timeout` (5 s) to send a complete
+//!   request head, counted from when it opens and again from each response
+//!   it was sent. hyper runs that clock while a kept-alive connection
+//!   idles and has no idle timeout of its own, so this is also the
+//!   keep-alive idle timeout: a scraper polling less often than that opens
+//!   a connection per scrape. A client that sends nothing, or part of a
+//!   request, is closed when its time runs out.
+//! - At most `max_connections` (64) are open at once, which bounds the
+//!   descriptors and memory clients can hold. When all are taken, a new
+//!   connection is neither made to wait nor refused: the oldest open
+//!   connection is closed for it. Either of those would let 64 stalled
+//!   clients deny every scrape, for a header timeout (refused) or for
+//!   several (waiting in the accept backlog); closing the oldest serves a
+//!   scrape at once, and a client that sends its request promptly needs
+//!   its connection only for milliseconds. The price: a flood can cut a
+//!   connection that was mid-request.
+//!
+//! Shutdown is graceful: the endpoint stops accepting, lets each connection
+//! finish the response it is writing, closes idle connections at once (one
+//! with part of a request head at its header timeout), and the task ends
+//! when every connection has closed.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Which side of the relay a reconnect was on.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -282,15 +315,41 @@ struct AppState {
     health: Arc<Health>,
 }
 
-/// Binds `addr` and serves `/metrics`, `/healthz` and `/readyz` until
-/// `shutdown` resolves.
+/// What clients may hold of the endpoint (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How long a connection has to send a complete request head, from
+    /// when it opens and from each response it was sent: also the
+    /// keep-alive idle timeout.
+    pub header_read_timeout: Duration,
+    /// Connections open at once (at least 1); a new one past this closes
+    /// the oldest.
+    pub max_connections: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(5),
+            max_connections: 64,
+        }
+    }
+}
+
+/// How long a new connection waits for the slot of the connection closed
+/// for it (which closes at once) before it is closed itself.
+const SLOT_WAIT: Duration = Duration::from_secs(1);
+
+/// Binds `addr` and serves `/metrics`, `/healthz` and `/readyz` within
+/// `limits` until `shutdown` resolves.
 pub async fn serve(
     addr: SocketAddr,
     registry: Registry,
     health: Arc<Health>,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let state = AppState {
         registry: Arc::new(registry),
@@ -301,15 +360,185 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state);
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::warn!(error = %e, "metrics endpoint stopped");
-        }
-    });
+    let task = tokio::spawn(accept_loop(listener, app, limits, shutdown));
     Ok((bound, task))
+}
+
+/// Accepts connections until `shutdown`, each in a slot of its own, then
+/// waits for every connection to close.
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let http = Arc::new(http);
+    let max = limits.max_connections.max(1);
+    let slots = Arc::new(Semaphore::new(
+        usize::try_from(max).unwrap_or(Semaphore::MAX_PERMITS),
+    ));
+    let open = Arc::new(OpenConnections::default());
+    let (stop, stopped) = watch::channel(false);
+    let mut next_id: u64 = 0;
+    let mut full = false;
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+        };
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                full = false;
+                slot
+            }
+            Err(_) => {
+                if !full {
+                    tracing::warn!(
+                        max_connections = max,
+                        "the metrics endpoint is at its connection limit; \
+                         closing the oldest connection for each new one"
+                    );
+                    full = true;
+                }
+                match free_oldest_slot(&slots, &open).await {
+                    Some(slot) => slot,
+                    // Dropping the stream closes it.
+                    None => continue,
+                }
+            }
+        };
+        next_id += 1;
+        let close = open.insert(next_id);
+        tokio::spawn(serve_connection(
+            stream,
+            Connection {
+                id: next_id,
+                http: http.clone(),
+                app: app.clone(),
+                open: open.clone(),
+                close,
+                stopped: stopped.clone(),
+                _slot: slot,
+            },
+        ));
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    // Every connection holds a slot: with all of them back, all are closed.
+    let _ = slots.acquire_many(max).await;
+}
+
+/// Closes the oldest open connection and takes its slot, or None if there
+/// is none to close or its slot does not come back within [`SLOT_WAIT`].
+async fn free_oldest_slot(
+    slots: &Arc<Semaphore>,
+    open: &OpenConnections,
+) -> Option<OwnedSemaphorePermit> {
+    if !open.close_oldest() {
+        return None;
+    }
+    tokio::time::timeout(SLOT_WAIT, slots.clone().acquire_owned())
+        .await
+        .ok()?
+        .ok()
+}
+
+/// As `axum::serve` does: a failed handshake is the client's business; any
+/// other error (out of descriptors) waits a moment before accepting again.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::warn!(error = %e, "the metrics endpoint could not accept a connection");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// The open connections by age, each with the signal that closes it.
+#[derive(Debug, Default)]
+struct OpenConnections(Mutex<BTreeMap<u64, Arc<Notify>>>);
+
+impl OpenConnections {
+    fn insert(&self, id: u64) -> Arc<Notify> {
+        let close = Arc::new(Notify::new());
+        self.lock().insert(id, close.clone());
+        close
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Tells the oldest connection to close; false if none is open.
+    fn close_oldest(&self) -> bool {
+        // Taken out of the map, so that it is never chosen twice.
+        let oldest = self.lock().pop_first();
+        match oldest {
+            Some((_, close)) => {
+                close.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Notify>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What one connection's task holds.
+#[derive(Debug)]
+struct Connection {
+    id: u64,
+    http: Arc<http1::Builder>,
+    app: Router,
+    open: Arc<OpenConnections>,
+    /// Notified when a new connection needs this one's slot.
+    close: Arc<Notify>,
+    stopped: watch::Receiver<bool>,
+    /// Given back when the task ends.
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Serves one connection until the client or hyper (header timeout) ends
+/// it, a new connection takes its slot (closed at once), or the endpoint
+/// stops (closed once its response in progress is sent).
+async fn serve_connection(stream: TcpStream, mut c: Connection) {
+    let conn = c
+        .http
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(c.app));
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = c.close.notified() => Ok(()),
+        () = async {
+            // (the guard this returns must not live across the await below)
+            let _ = c.stopped.wait_for(|stopped| *stopped).await;
+        } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        // Timeouts and resets are what a misbehaving client earns.
+        tracing::trace!(error = %e, "metrics connection ended");
+    }
+    c.open.remove(c.id);
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
@@ -349,6 +578,133 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::Instant;
+
+    /// An endpoint within these limits; it stops when the sender is used
+    /// or dropped.
+    async fn endpoint(
+        header_read_timeout: Duration,
+        max_connections: u32,
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (_, registry) = Metrics::new();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (addr, task) = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            registry,
+            Arc::new(Health::default()),
+            Limits {
+                header_read_timeout,
+                max_connections,
+            },
+            async move {
+                let _ = stopped.await;
+            },
+        )
+        .await
+        .unwrap();
+        (addr, stop, task)
+    }
+
+    /// A connection that has sent `bytes`.
+    async fn client(addr: SocketAddr, bytes: &str) -> TcpStream {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(bytes.as_bytes()).await.unwrap();
+        stream
+    }
+
+    /// What the server sent until it closed the connection, and when it
+    /// closed it; None if it is still open after `limit`.
+    async fn until_closed(stream: &mut TcpStream, limit: Duration) -> Option<(String, Instant)> {
+        let mut received = Vec::new();
+        let read = tokio::time::timeout(limit, async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return Instant::now(),
+                    Ok(n) => received.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await
+        .ok()?;
+        Some((String::from_utf8_lossy(&received).into_owned(), read))
+    }
+
+    const GET_HEALTHZ: &str = "GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_client_that_sends_no_complete_request_is_closed_after_the_header_timeout() {
+        let timeout = Duration::from_millis(300);
+        let (addr, _stop, _) = endpoint(timeout, 8).await;
+        let start = Instant::now();
+        let mut silent = client(addr, "").await;
+        let mut partial = client(addr, "GET /metrics HTTP/1.1\r\nHost: re").await;
+        // A kept-alive connection idles after its response: the same clock.
+        let mut idle = client(addr, GET_HEALTHZ).await;
+        for (stream, answer) in [
+            (&mut silent, ""),
+            (&mut partial, ""),
+            (&mut idle, "HTTP/1.1 200 OK"),
+        ] {
+            let (received, at) = until_closed(stream, Duration::from_secs(3))
+                .await
+                .expect("closed by the server");
+            assert!(at - start >= timeout, "closed after {:?}", at - start);
+            assert!(received.starts_with(answer), "{received}");
+            assert_eq!(received.is_empty(), answer.is_empty(), "{received}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_past_the_limit_closes_the_oldest_and_is_served() {
+        let (addr, _stop, _) = endpoint(Duration::from_secs(30), 2).await;
+        let mut oldest = client(addr, "GET /metr").await;
+        let mut newer = client(addr, "GET /metr").await;
+        let mut scrape = client(addr, GET_HEALTHZ).await;
+        let mut response = String::new();
+        let mut buf = [0u8; 4096];
+        while !response.contains("\"status\":\"alive\"") {
+            let n = tokio::time::timeout(Duration::from_secs(3), scrape.read(&mut buf))
+                .await
+                .expect("the new connection is served")
+                .unwrap();
+            assert!(n > 0, "closed before answering: {response}");
+            response.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+        assert!(until_closed(&mut oldest, Duration::from_secs(1))
+            .await
+            .is_some());
+        assert!(
+            until_closed(&mut newer, Duration::from_millis(300))
+                .await
+                .is_none(),
+            "only the oldest connection is closed"
+        );
+    }
+
+    #[tokio::test]
+    async fn stopping_closes_idle_connections_and_ends_the_endpoint() {
+        let (addr, stop, task) = endpoint(Duration::from_secs(30), 8).await;
+        let mut silent = client(addr, "").await;
+        let mut kept_alive = client(addr, GET_HEALTHZ).await;
+        let mut buf = [0u8; 4096];
+        assert!(kept_alive.read(&mut buf).await.unwrap() > 0);
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .expect("the endpoint ends once its connections are closed")
+            .unwrap();
+        for stream in [&mut silent, &mut kept_alive] {
+            assert!(until_closed(stream, Duration::from_secs(1)).await.is_some());
+        }
+        assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+    }
 
     #[test]
     fn every_listed_series_is_exported() {
