@@ -3,6 +3,7 @@
 //! One binary with modules (not one per file) to keep link time down on two
 //! cores.
 
+mod agree;
 mod kit;
 mod operations;
 mod ops;

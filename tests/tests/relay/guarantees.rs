@@ -295,7 +295,7 @@ async fn poison_rows_are_dead_lettered_and_the_stream_goes_on() {
         .iter()
         .map(|d| header(d, "x-relay-reason").unwrap_or_default())
         .collect();
-    assert_eq!(reasons, ["unroutable-row", "oversize"]);
+    assert_eq!(reasons, ["unroutable_row", "oversize"]);
     for d in &bad {
         assert!(header(d, "x-relay-lsn").is_some_and(|l| l.contains('/')));
         assert_eq!(header(d, "aggregate_id").as_deref(), Some("p"));
@@ -340,7 +340,7 @@ async fn unroutable_events_go_to_the_dead_letter_queue_not_nowhere() {
     let returned = dead.collect(1, Duration::from_secs(30)).await.unwrap();
     assert_eq!(
         header(&returned[0], "x-relay-reason").as_deref(),
-        Some("unroutable")
+        Some("no_route")
     );
     assert_eq!(
         header(&returned[0], "x-relay-original-routing-key").as_deref(),
@@ -501,7 +501,7 @@ async fn no_standby_exits_with_the_reason_when_the_slot_is_held() {
     let status = second.wait(Duration::from_secs(30)).unwrap();
     assert!(!status.success());
     assert!(
-        second.output().contains("is active for PID"),
+        second.output().contains("is held by PID"),
         "{}",
         second.output()
     );
@@ -512,7 +512,7 @@ async fn no_standby_exits_with_the_reason_when_the_slot_is_held() {
 async fn emit_message_events_are_published_like_rows() {
     let f = Fixture::new().await;
     let mut consumer = f.consumer().await;
-    let mut relay = f.start_relay(&[]);
+    let mut relay = f.start_relay(&[("RELAY_MESSAGE_PREFIX", "outbox")]);
     f.pg.psql(
         r#"SELECT pg_logical_emit_message(true, 'outbox',
              '{"id": "m-1", "aggregate_type": "order", "aggregate_id": "9",
@@ -635,7 +635,7 @@ async fn a_million_row_transaction_streams_through_in_bounded_memory() {
 async fn a_message_the_broker_client_refuses_is_dead_lettered_and_the_stream_goes_on() {
     let f = Fixture::new().await;
     let mut consumer = f.consumer().await;
-    let mut relay = f.start_relay(&[]);
+    let mut relay = f.start_relay(&[("RELAY_MESSAGE_PREFIX", "outbox")]);
     let mut dead = f.scope.consume(&f.dead_letter_queue).await.unwrap();
     // A header name over AMQP's 255 bytes: no AMQP message can carry it.
     f.pg.psql(&format!(
@@ -652,7 +652,7 @@ async fn a_message_the_broker_client_refuses_is_dead_lettered_and_the_stream_goe
     let bad = dead.collect(1, Duration::from_secs(30)).await.unwrap();
     assert_eq!(
         header(&bad[0], "x-relay-reason").as_deref(),
-        Some("invalid-message")
+        Some("refused_by_client")
     );
     assert_eq!(seq_of(&bad[0].data), 1);
     assert!(relay.try_status().is_none(), "{}", relay.output());

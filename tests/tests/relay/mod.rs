@@ -4,3 +4,4 @@
 
 pub mod fixture;
 mod guarantees;
+mod hostile;
