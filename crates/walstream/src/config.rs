@@ -5,8 +5,8 @@
 //! keyword/value string (`host=db port=5432 user=relay sslmode=require`).
 //! Settings missing from the string fall back to libpq's environment
 //! variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE,
-//! PGSSLROOTCERT, PGCHANNELBINDING, PGAPPNAME, PGCONNECT_TIMEOUT, PGOPTIONS,
-//! PGPASSFILE), then to libpq's defaults; a missing password is looked up in
+//! PGSSLROOTCERT, PGCHANNELBINDING, PGREQUIREAUTH, PGAPPNAME,
+//! PGCONNECT_TIMEOUT, PGOPTIONS, PGPASSFILE), then to libpq's defaults; a missing password is looked up in
 //! the password file (~/.pgpass) when connecting.
 //!
 //! The password never appears in `Debug` or `Display` output: logs show
@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::auth::RequireAuth;
 use crate::error::Error;
 
 /// The default port of PostgreSQL.
@@ -164,6 +165,7 @@ pub struct ReplicationConfig {
     sslmode: SslMode,
     sslrootcert: Option<String>,
     channel_binding: ChannelBinding,
+    require_auth: RequireAuth,
     application_name: Option<String>,
     connect_timeout: Option<Duration>,
     options: Option<String>,
@@ -186,6 +188,7 @@ struct Raw {
     sslmode: Option<String>,
     sslrootcert: Option<String>,
     channel_binding: Option<String>,
+    require_auth: Option<String>,
     application_name: Option<String>,
     fallback_application_name: Option<String>,
     connect_timeout: Option<String>,
@@ -198,7 +201,7 @@ struct Raw {
 }
 
 const KNOWN: &str = "host, hostaddr, port, user, password, dbname, sslmode, sslrootcert, \
-                     channel_binding, application_name, fallback_application_name, \
+                     channel_binding, require_auth, application_name, fallback_application_name, \
                      connect_timeout, options, keepalives, keepalives_idle, \
                      keepalives_interval, keepalives_count, passfile";
 
@@ -214,6 +217,7 @@ impl Raw {
             "sslmode" => &mut self.sslmode,
             "sslrootcert" => &mut self.sslrootcert,
             "channel_binding" => &mut self.channel_binding,
+            "require_auth" => &mut self.require_auth,
             "application_name" => &mut self.application_name,
             "fallback_application_name" => &mut self.fallback_application_name,
             "connect_timeout" => &mut self.connect_timeout,
@@ -313,6 +317,10 @@ impl ReplicationConfig {
             Some(m) => m.parse()?,
             None => ChannelBinding::Prefer,
         };
+        let require_auth = match pick(raw.require_auth, "PGREQUIREAUTH") {
+            Some(list) => list.parse()?,
+            None => RequireAuth::default(),
+        };
         let connect_timeout = match pick(raw.connect_timeout, "PGCONNECT_TIMEOUT") {
             None => Some(Duration::from_secs(30)),
             Some(t) => {
@@ -362,6 +370,7 @@ impl ReplicationConfig {
             sslmode,
             sslrootcert: pick(raw.sslrootcert, "PGSSLROOTCERT").filter(|s| !s.is_empty()),
             channel_binding,
+            require_auth,
             application_name: pick(raw.application_name, "PGAPPNAME")
                 .or(raw.fallback_application_name),
             connect_timeout,
@@ -414,6 +423,13 @@ impl ReplicationConfig {
     /// The SCRAM channel binding mode.
     pub fn channel_binding(&self) -> ChannelBinding {
         self.channel_binding
+    }
+
+    /// The authentication methods the server may use (libpq's
+    /// `require_auth`; default: any, but no cleartext password over plain
+    /// TCP).
+    pub fn require_auth(&self) -> RequireAuth {
+        self.require_auth
     }
 
     /// The application_name the server shows in pg_stat_activity and
@@ -471,6 +487,12 @@ impl ReplicationConfig {
     /// Sets the TLS mode.
     pub fn set_sslmode(&mut self, mode: SslMode) -> &mut Self {
         self.sslmode = mode;
+        self
+    }
+
+    /// Sets the authentication methods the server may use.
+    pub fn set_require_auth(&mut self, require_auth: RequireAuth) -> &mut Self {
+        self.require_auth = require_auth;
         self
     }
 

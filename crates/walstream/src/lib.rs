@@ -34,22 +34,27 @@
 //! consumer that acks keepalives when it has nothing in flight lets the
 //! server shut down promptly.
 
+mod auth;
 mod client;
 mod config;
 mod connect;
 mod control;
 mod error;
 mod feedback;
+mod guard;
 mod pgpass;
 mod stream;
 mod tls;
 mod wire;
 
+#[cfg(test)]
+mod exchange_tests;
+
+pub use auth::{AuthMethod, RequireAuth};
 pub use client::{
     CreateSlotOptions, CreatedSlot, ReplicationClient, SnapshotAction, StartOptions, SystemIdentity,
 };
 pub use config::{ChannelBinding, Host, ReplicationConfig, SslMode};
-pub use connect::AuthMethod;
 pub use control::{connect_control, SlotState};
 pub use error::{DbError, Error};
 pub use feedback::AckHandle;
