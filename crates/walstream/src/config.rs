@@ -787,6 +787,29 @@ mod tests {
     }
 
     #[test]
+    fn require_auth_comes_from_the_url_the_keywords_or_pgrequireauth() {
+        use crate::AuthMethod;
+        let c = parse("postgres://u@h/db?require_auth=scram-sha-256");
+        assert!(!c.require_auth().allows(AuthMethod::Md5));
+        let c = parse("user=u require_auth = '!md5, !password'");
+        assert!(!c.require_auth().allows(AuthMethod::Password));
+        assert!(c.require_auth().allows(AuthMethod::ScramSha256));
+        let env = |name: &str| (name == "PGREQUIREAUTH").then(|| "password".to_string());
+        let c = ReplicationConfig::parse_with_env("user=u", env).unwrap();
+        assert!(c.require_auth().allows_cleartext_over_plain_tcp());
+        let c = ReplicationConfig::parse_with_env("user=u require_auth=md5", env).unwrap();
+        assert!(
+            !c.require_auth().allows(AuthMethod::Password),
+            "the string wins"
+        );
+        assert!(parse("user=u").require_auth().is_default());
+        let err =
+            ReplicationConfig::parse_with_env("user=u require_auth=md5,!none", no_env).unwrap_err();
+        assert!(matches!(err, Error::Config(_)));
+        assert!(err.to_string().contains("mixes methods"), "{err}");
+    }
+
+    #[test]
     fn the_password_never_prints() {
         let c = parse("postgres://relay:hunter2@db/shop");
         assert!(!format!("{c:?}").contains("hunter2"));
