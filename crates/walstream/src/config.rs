@@ -414,6 +414,17 @@ impl ReplicationConfig {
         self.sslmode
     }
 
+    /// Whether the link is verified as libpq's `verify-full` verifies it:
+    /// TLS, with a server certificate that chains to a trusted root and
+    /// names the host. `false` for every weaker sslmode, where an active
+    /// attacker on the path can read or change the stream, and for a Unix
+    /// socket (no TLS; the link does not leave the machine, see
+    /// [`host`](Self::host)). A service can warn once at start when this is
+    /// `false`.
+    pub fn is_verify_full(&self) -> bool {
+        self.sslmode == SslMode::VerifyFull && matches!(self.host, Host::Tcp(_))
+    }
+
     /// The CA file that verifies the server (or `system` for the system's
     /// roots); see [`SslMode`].
     pub fn sslrootcert(&self) -> Option<&str> {
@@ -807,6 +818,23 @@ mod tests {
             ReplicationConfig::parse_with_env("user=u require_auth=md5,!none", no_env).unwrap_err();
         assert!(matches!(err, Error::Config(_)));
         assert!(err.to_string().contains("mixes methods"), "{err}");
+    }
+
+    #[test]
+    fn only_verify_full_over_tcp_counts_as_verify_full() {
+        assert!(parse("host=db user=u sslmode=verify-full").is_verify_full());
+        for weaker in [
+            "host=db user=u",
+            "host=db user=u sslmode=verify-ca",
+            "host=db user=u sslmode=require sslrootcert=ca.pem",
+            "host=db user=u sslmode=disable",
+            "host=/run/postgresql user=u sslmode=verify-full",
+        ] {
+            assert!(!parse(weaker).is_verify_full(), "{weaker}");
+        }
+        let mut c = parse("host=db user=u");
+        c.set_sslmode(SslMode::VerifyFull);
+        assert!(c.is_verify_full());
     }
 
     #[test]
