@@ -39,9 +39,9 @@ impl FakeServer {
         FakeServer { addr, task }
     }
 
-    /// A connection URL for this server.
-    pub(crate) fn url(&self, userinfo: &str, params: &str) -> String {
-        format!("postgres://{userinfo}@{}/db?{params}", self.addr)
+    /// Where it listens.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// Every byte the client sent after the authentication request.
@@ -120,14 +120,18 @@ fn holds(haystack: &[u8], needle: &str) -> bool {
 }
 
 /// Connects the replication and then the control connection, each to a
-/// fresh server asking for `method`; returns each one's error and what its
-/// server received after asking.
-async fn answers(method: AuthMethod, params: &str) -> [(Error, Vec<u8>); 2] {
+/// fresh server asking for `method`, with the settings `settings` writes
+/// for the server's address; returns each one's error and what its server
+/// received after asking.
+pub(crate) async fn answers_to(
+    method: AuthMethod,
+    settings: impl Fn(SocketAddr) -> String,
+) -> [(Error, Vec<u8>); 2] {
     let mut results = Vec::new();
     for control in [false, true] {
         let server = FakeServer::asking(method).await;
-        let url = server.url(&format!("relay:{PASSWORD}"), params);
-        let config = ReplicationConfig::parse_with_env(&url, |_| None).unwrap();
+        let written = settings(server.addr());
+        let config = ReplicationConfig::parse_with_env(&written, |_| None).unwrap();
         let err = if control {
             control::connect_control(&config).await.err()
         } else {
@@ -137,6 +141,15 @@ async fn answers(method: AuthMethod, params: &str) -> [(Error, Vec<u8>); 2] {
         results.push((err, server.received().await));
     }
     results.try_into().unwrap()
+}
+
+/// [`answers_to`] with a URL for role relay, password [`PASSWORD`], and
+/// `params`.
+async fn answers(method: AuthMethod, params: &str) -> [(Error, Vec<u8>); 2] {
+    answers_to(method, |addr| {
+        format!("postgres://relay:{PASSWORD}@{addr}/db?{params}")
+    })
+    .await
 }
 
 #[tokio::test]

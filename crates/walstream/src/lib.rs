@@ -48,6 +48,10 @@
 //!   method is allowed, except that a cleartext password (pg_hba.conf
 //!   method `password`) is never sent over plain TCP unless `require_auth`
 //!   lists `password`; over TLS or a Unix socket it is.
+//! - No password appears in the `Display` or `Debug` of a
+//!   [`ReplicationConfig`] or of an [`Error`], however the connection
+//!   string was written (see [`ReplicationConfig`] for the two rules that
+//!   keep it so in ambiguous strings).
 //!
 //! Errors say whether a reconnect makes sense ([`Error::is_retryable`]);
 //! reconnecting is the caller's choice, and a new stream resumes after the
@@ -73,6 +77,8 @@ mod wire;
 
 #[cfg(test)]
 mod exchange_tests;
+#[cfg(test)]
+mod secrecy_tests;
 
 pub use auth::{AuthMethod, RequireAuth};
 pub use client::{
