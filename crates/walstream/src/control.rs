@@ -22,6 +22,11 @@ use pgoutput::Lsn;
 /// the replication connection (TLS, `require_auth`, `connect_timeout`,
 /// keepalives), and spawns its connection task on the current runtime. For
 /// catalog checks, publications and the like.
+///
+/// walstream opens the socket itself, so the client's cancel token works
+/// with `CancelToken::cancel_query_raw` (over a stream the caller opens),
+/// not with `cancel_query`, which needs tokio-postgres's own socket
+/// settings.
 pub async fn connect_control(config: &ReplicationConfig) -> Result<tokio_postgres::Client, Error> {
     connect::within_connect_timeout(config, open_control(config)).await
 }
