@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use crate::message::MessageType;
+use crate::message_type::MessageType;
 
 /// A pgoutput message that could not be decoded.
 ///

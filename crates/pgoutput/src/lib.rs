@@ -34,6 +34,7 @@
 
 mod error;
 mod message;
+mod message_type;
 mod reader;
 mod relation;
 mod tuple;
@@ -45,9 +46,10 @@ mod tests;
 pub use error::{DecodeError, DecodeErrorKind};
 pub use message::{
     decode, AbortInfo, Begin, Commit, CommitPrepared, Decoder, Delete, Insert, LogicalMessage,
-    Message, MessageType, Origin, Prepare, RollbackPrepared, StreamAbort, StreamCommit,
-    StreamStart, Truncate, Type, Update,
+    Message, Origin, Prepare, RollbackPrepared, StreamAbort, StreamCommit, StreamStart, Truncate,
+    Type, Update,
 };
+pub use message_type::MessageType;
 pub use relation::{Relation, RelationCache, RelationColumn, ReplicaIdentity};
 pub use tuple::{Column, Columns, OldTuple, Tuple};
 pub use types::{Lsn, Oid, ParseLsnError, PgTimestamp, Xid};

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 
 use crate::error::{DecodeError, DecodeErrorKind};
-use crate::message::MessageType;
+use crate::message_type::MessageType;
 use crate::types::{Lsn, Oid, PgTimestamp, Xid};
 
 pub(crate) struct Reader<'a> {

@@ -15,8 +15,9 @@ use postgres_protocol::message::frontend;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
+use crate::auth::AuthMethod;
 use crate::config::ReplicationConfig;
-use crate::connect::{self, AuthMethod};
+use crate::connect;
 use crate::control::{self, SlotState};
 use crate::error::{DbError, Error};
 use crate::feedback::{self, AckHandle, FeedbackState, Shared};

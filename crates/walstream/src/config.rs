@@ -5,12 +5,16 @@
 //! keyword/value string (`host=db port=5432 user=relay sslmode=require`).
 //! Settings missing from the string fall back to libpq's environment
 //! variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE,
-//! PGSSLROOTCERT, PGCHANNELBINDING, PGAPPNAME, PGCONNECT_TIMEOUT, PGOPTIONS,
-//! PGPASSFILE), then to libpq's defaults; a missing password is looked up in
+//! PGSSLROOTCERT, PGCHANNELBINDING, PGREQUIREAUTH, PGAPPNAME,
+//! PGCONNECT_TIMEOUT, PGOPTIONS, PGPASSFILE), then to libpq's defaults; a missing password is looked up in
 //! the password file (~/.pgpass) when connecting.
 //!
-//! The password never appears in `Debug` or `Display` output: logs show
-//! `user@host:port/db` only.
+//! The password never appears in `Debug` or `Display` output (logs show
+//! `user@host:port/db` only), nor in an error, whatever the operator wrote:
+//! see [`ReplicationConfig`] for the two rules that keep it so where a
+//! string is ambiguous (a password holding '@' or '/' unencoded would
+//! otherwise turn up as a host or a database name, and the rest of a bare
+//! password holding a space as an unknown option).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -18,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::auth::RequireAuth;
 use crate::error::Error;
 
 /// The default port of PostgreSQL.
@@ -153,6 +158,16 @@ impl fmt::Debug for Password {
 /// Parse one with [`str::parse`] / [`ReplicationConfig::parse`] from a libpq
 /// URL or keyword/value string; the environment fills in what the string
 /// leaves out.
+///
+/// Neither its `Display`/`Debug` nor a parse error shows the password. Where
+/// a string is ambiguous, two rules keep it so (the second differs from
+/// libpq, which accepts such URLs):
+/// - a URL may hold one unencoded `@`, the one that ends its user info
+///   before any `/`; write `@` as `%40` (and `/` as `%2F` in the user info)
+///   everywhere else;
+/// - an error about the word that follows a password written without quotes
+///   does not show that word: it may be the rest of a password holding a
+///   space (or an `&` in a URL's query).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicationConfig {
     host: Host,
@@ -164,6 +179,7 @@ pub struct ReplicationConfig {
     sslmode: SslMode,
     sslrootcert: Option<String>,
     channel_binding: ChannelBinding,
+    require_auth: RequireAuth,
     application_name: Option<String>,
     connect_timeout: Option<Duration>,
     options: Option<String>,
@@ -186,6 +202,7 @@ struct Raw {
     sslmode: Option<String>,
     sslrootcert: Option<String>,
     channel_binding: Option<String>,
+    require_auth: Option<String>,
     application_name: Option<String>,
     fallback_application_name: Option<String>,
     connect_timeout: Option<String>,
@@ -195,14 +212,29 @@ struct Raw {
     keepalives_interval: Option<String>,
     keepalives_count: Option<String>,
     passfile: Option<String>,
+    /// Whether the last setting was a password written without quotes:
+    /// the next word may then be the rest of a password that holds a space
+    /// (or, in a URL's query, an '&'), so errors do not show it.
+    follows_bare_password: bool,
 }
 
 const KNOWN: &str = "host, hostaddr, port, user, password, dbname, sslmode, sslrootcert, \
-                     channel_binding, application_name, fallback_application_name, \
+                     channel_binding, require_auth, application_name, fallback_application_name, \
                      connect_timeout, options, keepalives, keepalives_idle, \
                      keepalives_interval, keepalives_count, passfile";
 
 impl Raw {
+    /// How an error names the setting `key`.
+    fn shown_key(&self, key: &str) -> String {
+        if self.follows_bare_password {
+            "after the password (not shown: it may be the rest of the password; quote a \
+             password that holds spaces, password='...', and percent-encode one in a URL)"
+                .into()
+        } else {
+            format!("{key:?}")
+        }
+    }
+
     fn set(&mut self, key: &str, value: String) -> Result<(), Error> {
         let slot = match key {
             "host" => &mut self.host,
@@ -214,6 +246,7 @@ impl Raw {
             "sslmode" => &mut self.sslmode,
             "sslrootcert" => &mut self.sslrootcert,
             "channel_binding" => &mut self.channel_binding,
+            "require_auth" => &mut self.require_auth,
             "application_name" => &mut self.application_name,
             "fallback_application_name" => &mut self.fallback_application_name,
             "connect_timeout" => &mut self.connect_timeout,
@@ -240,8 +273,9 @@ impl Raw {
             }
             other => {
                 return Err(Error::Config(format!(
-                    "unsupported connection option {other:?} (value not shown); walstream \
-                     knows: {KNOWN}"
+                    "unsupported connection option {} (value not shown); walstream knows: \
+                     {KNOWN}",
+                    self.shown_key(other)
                 )))
             }
         };
@@ -313,6 +347,10 @@ impl ReplicationConfig {
             Some(m) => m.parse()?,
             None => ChannelBinding::Prefer,
         };
+        let require_auth = match pick(raw.require_auth, "PGREQUIREAUTH") {
+            Some(list) => list.parse()?,
+            None => RequireAuth::default(),
+        };
         let connect_timeout = match pick(raw.connect_timeout, "PGCONNECT_TIMEOUT") {
             None => Some(Duration::from_secs(30)),
             Some(t) => {
@@ -362,6 +400,7 @@ impl ReplicationConfig {
             sslmode,
             sslrootcert: pick(raw.sslrootcert, "PGSSLROOTCERT").filter(|s| !s.is_empty()),
             channel_binding,
+            require_auth,
             application_name: pick(raw.application_name, "PGAPPNAME")
                 .or(raw.fallback_application_name),
             connect_timeout,
@@ -405,6 +444,17 @@ impl ReplicationConfig {
         self.sslmode
     }
 
+    /// Whether the link is verified as libpq's `verify-full` verifies it:
+    /// TLS, with a server certificate that chains to a trusted root and
+    /// names the host. `false` for every weaker sslmode, where an active
+    /// attacker on the path can read or change the stream, and for a Unix
+    /// socket (no TLS; the link does not leave the machine, see
+    /// [`host`](Self::host)). A service can warn once at start when this is
+    /// `false`.
+    pub fn is_verify_full(&self) -> bool {
+        self.sslmode == SslMode::VerifyFull && matches!(self.host, Host::Tcp(_))
+    }
+
     /// The CA file that verifies the server (or `system` for the system's
     /// roots); see [`SslMode`].
     pub fn sslrootcert(&self) -> Option<&str> {
@@ -414,6 +464,13 @@ impl ReplicationConfig {
     /// The SCRAM channel binding mode.
     pub fn channel_binding(&self) -> ChannelBinding {
         self.channel_binding
+    }
+
+    /// The authentication methods the server may use (libpq's
+    /// `require_auth`; default: any, but no cleartext password over plain
+    /// TCP).
+    pub fn require_auth(&self) -> RequireAuth {
+        self.require_auth
     }
 
     /// The application_name the server shows in pg_stat_activity and
@@ -471,6 +528,12 @@ impl ReplicationConfig {
     /// Sets the TLS mode.
     pub fn set_sslmode(&mut self, mode: SslMode) -> &mut Self {
         self.sslmode = mode;
+        self
+    }
+
+    /// Sets the authentication methods the server may use.
+    pub fn set_require_auth(&mut self, require_auth: RequireAuth) -> &mut Self {
+        self.require_auth = require_auth;
         self
     }
 
@@ -537,31 +600,44 @@ fn parse_url(s: &str) -> Result<Raw, Error> {
         .strip_prefix("postgresql://")
         .or_else(|| s.strip_prefix("postgres://"))
         .unwrap_or(s);
+    // The user info ends at the first '@' before any '/', as in libpq (so a
+    // password may hold '?', '#', ':' and spaces unencoded).
+    let (userinfo, rest) = match rest.find(['@', '/']) {
+        Some(i) if rest.get(i..=i) == Some("@") => (rest.get(..i), rest.get(i + 1..).unwrap_or("")),
+        _ => (None, rest),
+    };
+    // Any other '@' may be part of a password holding '@' or '/', and
+    // whatever this parse made of it (a host, a port, a database name)
+    // would show it: refuse the URL, showing none of it.
+    if rest.contains('@') {
+        return Err(Error::Config(
+            "the URL holds an '@' that does not end its user info (a second '@', or one after \
+             a '/'); percent-encode '@' as %40 and '/' as %2F in the user name and password, \
+             and '@' as %40 anywhere else (the URL is not shown: it may hold the password)"
+                .into(),
+        ));
+    }
     let (rest, query) = match rest.split_once('?') {
         Some((r, q)) => (r, Some(q)),
         None => (rest, None),
     };
-    let (authority, path) = match rest.find('/') {
+    let (hostport, path) = match rest.find('/') {
         Some(i) => (rest.get(..i).unwrap_or(""), rest.get(i + 1..)),
         None => (rest, None),
     };
     let mut raw = Raw::default();
-    let hostport = match authority.rsplit_once('@') {
-        Some((userinfo, hostport)) => {
-            let (user, password) = match userinfo.split_once(':') {
-                Some((u, p)) => (u, Some(p)),
-                None => (userinfo, None),
-            };
-            if !user.is_empty() {
-                raw.user = Some(percent_decode(user, "user")?);
-            }
-            if let Some(p) = password {
-                raw.password = Some(percent_decode(p, "password")?);
-            }
-            hostport
+    if let Some(userinfo) = userinfo {
+        let (user, password) = match userinfo.split_once(':') {
+            Some((u, p)) => (u, Some(p)),
+            None => (userinfo, None),
+        };
+        if !user.is_empty() {
+            raw.user = Some(percent_decode(user, "user")?);
         }
-        None => authority,
-    };
+        if let Some(p) = password {
+            raw.password = Some(percent_decode(p, "password")?);
+        }
+    }
     if !hostport.is_empty() {
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
             let (h, after) = v6
@@ -584,6 +660,15 @@ fn parse_url(s: &str) -> Result<Raw, Error> {
             raw.host = Some(host);
         }
         if let Some(p) = port.filter(|p| !p.is_empty()) {
+            // Not shown: in a URL missing its '@', it is the password.
+            if !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Error::Config(
+                    "the URL's port (after the host's ':') is not a number; write \
+                     postgres://user:password@host:port/dbname (the port is not shown: without \
+                     the '@' it may be a password)"
+                        .into(),
+                ));
+            }
             raw.port = Some(p.to_string());
         }
     }
@@ -593,14 +678,13 @@ fn parse_url(s: &str) -> Result<Raw, Error> {
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').ok_or_else(|| {
             Error::Config(format!(
-                "the URL's query parameter {:?} has no '=value'",
-                pair.split('=').next().unwrap_or("")
+                "the URL's query parameter {} has no '=value'",
+                raw.shown_key(pair)
             ))
         })?;
-        raw.set(
-            &percent_decode(k, "query parameter")?,
-            percent_decode(v, "query parameter")?,
-        )?;
+        let key = percent_decode(k, "query parameter")?;
+        raw.set(&key, percent_decode(v, "query parameter")?)?;
+        raw.follows_bare_password = key == "password";
     }
     Ok(raw)
 }
@@ -621,18 +705,21 @@ fn parse_keywords(s: &str) -> Result<Raw, Error> {
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.next() != Some('=') {
             return Err(Error::Config(format!(
-                "missing '=' after {key:?} in the connection string (expected key=value pairs \
-                 or a postgres:// URL)"
+                "missing '=' after {} in the connection string (expected key=value pairs or a \
+                 postgres:// URL)",
+                raw.shown_key(&key)
             )));
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         let mut value = String::new();
-        if chars.next_if_eq(&'\'').is_some() {
+        let quoted = chars.next_if_eq(&'\'').is_some();
+        if quoted {
             loop {
                 match chars.next() {
                     None => {
                         return Err(Error::Config(format!(
-                            "unterminated quoted value for {key:?} in the connection string"
+                            "unterminated quoted value for {} in the connection string",
+                            raw.shown_key(&key)
                         )))
                     }
                     Some('\'') => break,
@@ -650,6 +737,7 @@ fn parse_keywords(s: &str) -> Result<Raw, Error> {
             }
         }
         raw.set(&key, value)?;
+        raw.follows_bare_password = key == "password" && !quoted;
     }
 }
 
@@ -729,6 +817,12 @@ mod tests {
         assert!(err("host=h user").contains("missing '='"));
         assert!(err("postgres://u@h/db?sslmode").contains("no '=value'"));
         assert!(err("postgres://u@h/%zz").contains("percent-encoding"));
+        let err = err("postgres://relay:Qz1Wv2/shop");
+        assert!(
+            err.contains("port (after the host's ':') is not a number"),
+            "{err}"
+        );
+        assert!(!err.contains("Qz1Wv2"), "{err}");
     }
 
     #[test]
@@ -762,6 +856,97 @@ mod tests {
         assert_eq!(c.port(), 5432);
         assert_eq!(c.sslmode(), SslMode::Prefer);
         assert_eq!(c.channel_binding(), ChannelBinding::Prefer);
+    }
+
+    #[test]
+    fn require_auth_comes_from_the_url_the_keywords_or_pgrequireauth() {
+        use crate::AuthMethod;
+        let c = parse("postgres://u@h/db?require_auth=scram-sha-256");
+        assert!(!c.require_auth().allows(AuthMethod::Md5));
+        let c = parse("user=u require_auth = '!md5, !password'");
+        assert!(!c.require_auth().allows(AuthMethod::Password));
+        assert!(c.require_auth().allows(AuthMethod::ScramSha256));
+        let env = |name: &str| (name == "PGREQUIREAUTH").then(|| "password".to_string());
+        let c = ReplicationConfig::parse_with_env("user=u", env).unwrap();
+        assert!(c.require_auth().allows_cleartext_over_plain_tcp());
+        let c = ReplicationConfig::parse_with_env("user=u require_auth=md5", env).unwrap();
+        assert!(
+            !c.require_auth().allows(AuthMethod::Password),
+            "the string wins"
+        );
+        assert!(parse("user=u").require_auth().is_default());
+        let err =
+            ReplicationConfig::parse_with_env("user=u require_auth=md5,!none", no_env).unwrap_err();
+        assert!(matches!(err, Error::Config(_)));
+        assert!(err.to_string().contains("mixes methods"), "{err}");
+    }
+
+    #[test]
+    fn only_verify_full_over_tcp_counts_as_verify_full() {
+        assert!(parse("host=db user=u sslmode=verify-full").is_verify_full());
+        for weaker in [
+            "host=db user=u",
+            "host=db user=u sslmode=verify-ca",
+            "host=db user=u sslmode=require sslrootcert=ca.pem",
+            "host=db user=u sslmode=disable",
+            "host=/run/postgresql user=u sslmode=verify-full",
+        ] {
+            assert!(!parse(weaker).is_verify_full(), "{weaker}");
+        }
+        let mut c = parse("host=db user=u");
+        c.set_sslmode(SslMode::VerifyFull);
+        assert!(c.is_verify_full());
+    }
+
+    #[test]
+    fn a_url_password_may_hold_what_libpq_allows_unencoded() {
+        let c = parse("postgres://relay:p?w#d:x y,z@db/shop?sslmode=require");
+        assert_eq!(c.password().unwrap().expose(), "p?w#d:x y,z");
+        assert_eq!(c.host(), &Host::Tcp("db".into()));
+        assert_eq!(c.sslmode(), SslMode::Require);
+        let c = parse("postgres://db?sslmode=disable&user=u");
+        assert_eq!((c.host(), c.user()), (&Host::Tcp("db".into()), "u"));
+    }
+
+    #[test]
+    fn an_unencoded_at_outside_the_user_info_is_refused_showing_nothing() {
+        for url in [
+            "postgres://relay:Qz1@Wv2@Db3/shop",
+            "postgres://relay:Qz1/Wv2@Db3/shop",
+            "postgres://relay:Qz1@Db3/shop?application_name=Wv2@Xy4",
+            "postgres://Db3/Wv2@Xy4",
+        ] {
+            let err = ReplicationConfig::parse_with_env(url, no_env).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("percent-encode '@' as %40"), "{text}");
+            for part in ["Qz1", "Wv2", "Db3", "Xy4"] {
+                assert!(!text.contains(part), "{text}");
+            }
+        }
+        let c = parse("postgres://relay:pa%40ss%2F@db/shop?application_name=a%40b");
+        assert_eq!(c.password().unwrap().expose(), "pa@ss/");
+        assert_eq!(c.application_name(), Some("a@b"));
+    }
+
+    #[test]
+    fn the_word_after_a_bare_password_is_never_shown() {
+        for s in [
+            "user=u password=hunter2 and-more host=h",
+            "user=u password=hunter2 and-more=x",
+            "user=u password=hunter2 and-more='x",
+            "postgres://u@h/db?password=hunter2&and-more",
+            "postgres://u@h/db?password=hunter2&and-more=x",
+        ] {
+            let text = ReplicationConfig::parse_with_env(s, no_env)
+                .unwrap_err()
+                .to_string();
+            assert!(text.contains("after the password (not shown"), "{text}");
+            assert!(!text.contains("and-more"), "{text}");
+        }
+        // A quoted password ends where its quote does: the next word shows.
+        let err =
+            ReplicationConfig::parse_with_env("user=u password='a b' bogus=1", no_env).unwrap_err();
+        assert!(err.to_string().contains("\"bogus\""), "{err}");
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! packet and authentication (trust, cleartext password, md5, SCRAM-SHA-256
 //! and SCRAM-SHA-256-PLUS with tls-server-end-point channel binding).
 //!
+//! The link (socket, keepalives, TLS) is opened by [`open_link`], which the
+//! control connection uses too. Each authentication request is checked
+//! against `require_auth` and the rule against cleartext passwords over
+//! plain TCP (`auth::AuthPolicy`) before anything is sent in answer.
+//!
 //! The startup packet asks for `replication=database` and turns off the
 //! session timeouts that would otherwise end a long-lived stream:
 //! statement_timeout, lock_timeout and idle_in_transaction_session_timeout.
@@ -16,26 +21,12 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::auth::{AuthMethod, AuthPolicy};
 use crate::config::{ChannelBinding, Host, ReplicationConfig, SslMode};
 use crate::error::{DbError, Error};
 use crate::pgpass;
 use crate::tls::{handshake_error, TlsSetup};
 use crate::wire::{Backend, Socket, Wire};
-
-/// How the server authenticated the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMethod {
-    /// No password asked (trust, peer).
-    Trust,
-    /// A cleartext password.
-    Password,
-    /// MD5.
-    Md5,
-    /// SCRAM-SHA-256 without channel binding.
-    ScramSha256,
-    /// SCRAM-SHA-256-PLUS: bound to the TLS channel (tls-server-end-point).
-    ScramSha256Plus,
-}
 
 /// An authenticated replication connection, ready for commands.
 #[derive(Debug)]
@@ -46,12 +37,29 @@ pub(crate) struct Established {
 
 /// Connects, negotiates TLS and authenticates, within `connect_timeout`.
 pub(crate) async fn connect(config: &ReplicationConfig) -> Result<Established, Error> {
-    let tls = TlsSetup::new(config)?;
-    let password = match config.password() {
+    let password = password(config);
+    within_connect_timeout(config, async {
+        let mut wire = Wire::new(open_link(config).await?);
+        let auth = startup(&mut wire, config, password.as_deref()).await?;
+        Ok(Established { wire, auth })
+    })
+    .await
+}
+
+/// The password to answer a request with: from the settings, else from
+/// the password file.
+pub(crate) fn password(config: &ReplicationConfig) -> Option<String> {
+    match config.password() {
         Some(p) => Some(p.expose().to_string()),
         None => pgpass::lookup(config),
-    };
-    let attempt = connect_inner(config, tls.as_ref(), password.as_deref());
+    }
+}
+
+/// Runs `attempt` (a connection's opening) within `connect_timeout`.
+pub(crate) async fn within_connect_timeout<T>(
+    config: &ReplicationConfig,
+    attempt: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
     match config.connect_timeout() {
         Some(limit) => tokio::time::timeout(limit, attempt)
             .await
@@ -65,12 +73,11 @@ pub(crate) async fn connect(config: &ReplicationConfig) -> Result<Established, E
     }
 }
 
-async fn connect_inner(
-    config: &ReplicationConfig,
-    tls: Option<&TlsSetup>,
-    password: Option<&str>,
-) -> Result<Established, Error> {
-    let mut try_tls = tls;
+/// The socket, with TLS as the settings ask, ready for a startup packet:
+/// the link of both the replication and the control connection.
+pub(crate) async fn open_link(config: &ReplicationConfig) -> Result<Socket, Error> {
+    let tls = TlsSetup::new(config)?;
+    let mut try_tls = tls.as_ref();
     loop {
         let socket = open_socket(config).await?;
         let socket = match (try_tls, socket) {
@@ -86,10 +93,18 @@ async fn connect_inner(
             },
             (_, socket) => socket,
         };
-        let mut wire = Wire::new(socket);
-        let auth = startup(&mut wire, config, password).await?;
-        return Ok(Established { wire, auth });
+        return Ok(socket);
     }
+}
+
+/// What decides whether walstream answers the server's authentication
+/// request on this link.
+pub(crate) fn auth_policy(config: &ReplicationConfig, socket: &Socket) -> AuthPolicy {
+    AuthPolicy::new(
+        config.require_auth(),
+        matches!(socket, Socket::Tcp(_)),
+        config.user(),
+    )
 }
 
 /// Opens the TCP or Unix socket, trying each resolved address in turn.
@@ -295,14 +310,17 @@ async fn authenticate(
         )
     };
     let require_cb = config.channel_binding() == ChannelBinding::Require;
+    let policy = auth_policy(config, &wire.socket);
     match wire.recv(DURING).await? {
         Backend::Message(Message::AuthenticationOk) => {
+            policy.permit(AuthMethod::Trust)?;
             if require_cb {
                 return Err(cb_refused("no (trust)"));
             }
             Ok(AuthMethod::Trust)
         }
         Backend::Message(Message::AuthenticationCleartextPassword) => {
+            policy.permit(AuthMethod::Password)?;
             if require_cb {
                 return Err(cb_refused("cleartext password"));
             }
@@ -314,6 +332,7 @@ async fn authenticate(
             Ok(AuthMethod::Password)
         }
         Backend::Message(Message::AuthenticationMd5Password(body)) => {
+            policy.permit(AuthMethod::Md5)?;
             if require_cb {
                 return Err(cb_refused("md5"));
             }
@@ -326,6 +345,7 @@ async fn authenticate(
             Ok(AuthMethod::Md5)
         }
         Backend::Message(Message::AuthenticationSasl(body)) => {
+            policy.permit(AuthMethod::ScramSha256)?;
             let mechanisms: Vec<String> = body
                 .mechanisms()
                 .map(|m| Ok(m.to_string()))

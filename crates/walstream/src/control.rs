@@ -3,82 +3,66 @@
 //! replication protocol does not carry or some managed servers refuse on a
 //! replication connection: `wal_sender_timeout`, `wal_level`, and the state
 //! of a slot in `pg_replication_slots`.
+//!
+//! walstream opens its link (socket, keepalives, TLS: `connect::open_link`,
+//! shared with the replication connection) and hands it to tokio-postgres
+//! behind the authentication guard (`guard`), so that `require_auth` and
+//! the rule against cleartext passwords over plain TCP hold here too:
+//! tokio-postgres alone would answer any request the server makes.
 
 use std::time::Duration;
 
-use crate::config::{ChannelBinding, Host, ReplicationConfig, SslMode};
+use crate::config::{ChannelBinding, ReplicationConfig};
+use crate::connect;
 use crate::error::Error;
-use crate::pgpass;
-use crate::tls::TlsSetup;
+use crate::guard::{self, Established, Guarded};
 use pgoutput::Lsn;
 
 /// Opens an ordinary (non-replication) session with the same settings as
-/// the replication connection, and spawns its connection task on the current
-/// runtime. For catalog checks, publications and the like.
+/// the replication connection (TLS, `require_auth`, `connect_timeout`,
+/// keepalives), and spawns its connection task on the current runtime. For
+/// catalog checks, publications and the like.
+///
+/// walstream opens the socket itself, so the client's cancel token works
+/// with `CancelToken::cancel_query_raw` (over a stream the caller opens),
+/// not with `cancel_query`, which needs tokio-postgres's own socket
+/// settings.
 pub async fn connect_control(config: &ReplicationConfig) -> Result<tokio_postgres::Client, Error> {
-    use tokio_postgres::config::{ChannelBinding as PgCb, SslMode as PgSsl};
+    connect::within_connect_timeout(config, open_control(config)).await
+}
+
+async fn open_control(config: &ReplicationConfig) -> Result<tokio_postgres::Client, Error> {
+    use tokio_postgres::config::{ChannelBinding as PgCb, SslMode as PgSsl, SslNegotiation};
+    let socket = connect::open_link(config).await?;
+    let policy = connect::auth_policy(config, &socket);
+    let (link, refusal) = Guarded::new(socket, policy);
     let mut pg = tokio_postgres::Config::new();
     pg.user(config.user())
         .dbname(config.dbname())
-        .port(config.port())
         .application_name(config.application_name().unwrap_or("walstream"));
-    match config.host() {
-        Host::Tcp(h) => pg.host(h),
-        Host::Unix(dir) => pg.host_path(dir),
-    };
-    if let Some(addr) = config.hostaddr() {
-        pg.hostaddr(addr);
-    }
-    match config.password() {
-        Some(p) => {
-            pg.password(p.expose());
-        }
-        None => {
-            if let Some(p) = pgpass::lookup(config) {
-                pg.password(p);
-            }
-        }
-    }
-    if let Some(t) = config.connect_timeout() {
-        pg.connect_timeout(t);
+    if let Some(password) = connect::password(config) {
+        pg.password(password);
     }
     if let Some(options) = config.options() {
         pg.options(options);
-    }
-    match config.tcp_keepalive() {
-        Some((idle, interval, count)) => {
-            pg.keepalives(true)
-                .keepalives_idle(idle)
-                .keepalives_interval(interval)
-                .keepalives_retries(count);
-        }
-        None => {
-            pg.keepalives(false);
-        }
     }
     pg.channel_binding(match config.channel_binding() {
         ChannelBinding::Disable => PgCb::Disable,
         ChannelBinding::Prefer => PgCb::Prefer,
         ChannelBinding::Require => PgCb::Require,
     });
-    let connected = match TlsSetup::new(config)? {
-        Some(tls) => {
-            pg.ssl_mode(match config.sslmode() {
-                SslMode::Prefer => PgSsl::Prefer,
-                _ => PgSsl::Require,
-            });
-            pg.connect(tls.make_tls_connect())
-                .await
-                .map(|(client, conn)| spawn_connection(client, conn))
-        }
-        None => {
-            pg.ssl_mode(PgSsl::Disable);
-            pg.connect(tokio_postgres::NoTls)
-                .await
-                .map(|(client, conn)| spawn_connection(client, conn))
-        }
-    };
-    connected.map_err(|e| Error::control("opening the control connection", e))
+    // TLS is already up (or not wanted): tokio-postgres sends no SSLRequest.
+    if link.is_tls() {
+        pg.ssl_mode(PgSsl::Require)
+            .ssl_negotiation(SslNegotiation::Direct);
+    } else {
+        pg.ssl_mode(PgSsl::Disable);
+    }
+    match pg.connect_raw(link, Established).await {
+        Ok((client, connection)) => Ok(spawn_connection(client, connection)),
+        Err(e) => Err(guard::take_refusal(&refusal)
+            .unwrap_or_else(|| Error::control("opening the control connection", e))),
+    }
 }
 
 fn spawn_connection<S, T>(

@@ -360,27 +360,6 @@ impl Error {
         if let Some(db) = e.as_db_error() {
             return Error::server(during.to_string(), DbError::from_tokio_postgres(db));
         }
-        // A refused certificate is as final here as on the replication
-        // connection.
-        let mut source = std::error::Error::source(&e);
-        while let Some(cause) = source {
-            let tls = cause.downcast_ref::<rustls::Error>().or_else(|| {
-                cause
-                    .downcast_ref::<io::Error>()
-                    .and_then(|io| io.get_ref())
-                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            });
-            if let Some(tls) = tls {
-                return Error::Tls {
-                    target: "the control connection".into(),
-                    reason: format!(
-                        "{tls}; check sslrootcert and that the certificate names the host"
-                    ),
-                    retryable: false,
-                };
-            }
-            source = cause.source();
-        }
         // tokio-postgres hides the kind of its other errors; its Display
         // names them (I/O, TLS, timeout, closed connection...). Nothing in
         // there is a server's verdict, so treat it as the network's.

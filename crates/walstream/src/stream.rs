@@ -20,14 +20,14 @@ use bytes::{Buf, Bytes, BytesMut};
 use pgoutput::{Lsn, PgTimestamp};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{DbError, Error};
 use crate::feedback::{self, AckHandle, Shared, Stop};
-use crate::wire::{parse_backend, Backend, Socket, READ_CHUNK};
+use crate::wire::{parse_backend, read_more, Backend, Socket};
 
 /// One frame of the replication stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,9 +203,6 @@ impl ReplicationStream {
             if let Some(why) = self.shared.failure() {
                 return Err(feedback::failure_error(why));
             }
-            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
-                self.rbuf.reserve(READ_CHUNK);
-            }
             let Some(reader) = self.reader.as_mut() else {
                 return Err(Error::StreamEnded {
                     reason: "the stream was shut down".into(),
@@ -213,7 +210,7 @@ impl ReplicationStream {
             };
             tokio::select! {
                 biased;
-                read = reader.read_buf(&mut self.rbuf) => match read {
+                read = read_more(reader, &mut self.rbuf) => match read {
                     Ok(0) => {
                         return Err(Error::io(DURING, std::io::Error::new(
                             std::io::ErrorKind::UnexpectedEof,
@@ -320,9 +317,7 @@ impl ReplicationStream {
                         _ => {}
                     }
                 }
-                rbuf.reserve(READ_CHUNK);
-                let n = reader
-                    .read_buf(&mut rbuf)
+                let n = read_more(&mut reader, &mut rbuf)
                     .await
                     .map_err(|e| Error::io(DURING, e))?;
                 if n == 0 {

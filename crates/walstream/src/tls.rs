@@ -2,16 +2,14 @@
 //!
 //! It owns: the rustls client configuration for each `sslmode` (the
 //! certificate checks of require, verify-ca and verify-full, with the system
-//! roots or a given CA file), the `tls-server-end-point` hash of the server's
-//! certificate that SCRAM-SHA-256-PLUS binds to, and a tokio-postgres TLS
-//! connector so that the control connection gets exactly the same settings
-//! as the replication connection.
+//! roots or a given CA file), and the `tls-server-end-point` hash of the
+//! server's certificate that SCRAM-SHA-256-PLUS binds to. Both connections
+//! negotiate TLS through the same code (`connect::open_link`), so the
+//! control connection gets exactly the settings of the replication
+//! connection.
 
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
@@ -20,7 +18,6 @@ use rustls::server::ParsedCertificate;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::config::{Host, ReplicationConfig, SslMode};
 use crate::error::Error;
@@ -101,13 +98,6 @@ impl TlsSetup {
 
     pub(crate) fn server_name(&self) -> ServerName<'static> {
         self.server_name.clone()
-    }
-
-    /// The tokio-postgres connector for the control connection.
-    pub(crate) fn make_tls_connect(&self) -> MakeRustlsConnect {
-        MakeRustlsConnect {
-            config: self.config.clone(),
-        }
     }
 }
 
@@ -311,97 +301,6 @@ fn signature_algorithm_oid(cert_der: &[u8]) -> Option<&[u8]> {
     }
     let (tag, oid, _) = der_element(algorithm)?;
     (tag == OID).then_some(oid)
-}
-
-/// tokio-postgres's TLS hook, backed by the same rustls configuration as
-/// the replication connection.
-#[derive(Clone)]
-pub(crate) struct MakeRustlsConnect {
-    config: Arc<ClientConfig>,
-}
-
-impl tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> for MakeRustlsConnect {
-    type Stream = RustlsStream;
-    type TlsConnect = RustlsConnect;
-    type Error = io::Error;
-
-    fn make_tls_connect(&mut self, domain: &str) -> io::Result<RustlsConnect> {
-        let name = ServerName::try_from(domain.to_string())
-            .or_else(|_| ServerName::try_from("localhost"))
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        Ok(RustlsConnect {
-            config: self.config.clone(),
-            name,
-        })
-    }
-}
-
-/// One pending TLS connection of the control connection.
-pub(crate) struct RustlsConnect {
-    config: Arc<ClientConfig>,
-    name: ServerName<'static>,
-}
-
-type ConnectFuture = Pin<Box<dyn Future<Output = io::Result<RustlsStream>> + Send>>;
-
-impl tokio_postgres::tls::TlsConnect<tokio_postgres::Socket> for RustlsConnect {
-    type Stream = RustlsStream;
-    type Error = io::Error;
-    type Future = ConnectFuture;
-
-    fn connect(self, stream: tokio_postgres::Socket) -> ConnectFuture {
-        Box::pin(async move {
-            let tls = tokio_rustls::TlsConnector::from(self.config)
-                .connect(self.name, stream)
-                .await?;
-            Ok(RustlsStream(Box::new(tls)))
-        })
-    }
-}
-
-/// The control connection's TLS stream.
-pub(crate) struct RustlsStream(Box<tokio_rustls::client::TlsStream<tokio_postgres::Socket>>);
-
-impl AsyncRead for RustlsStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for RustlsStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0).poll_shutdown(cx)
-    }
-}
-
-impl tokio_postgres::tls::TlsStream for RustlsStream {
-    fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
-        let (_, conn) = self.0.get_ref();
-        match conn
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|c| server_end_point_hash(c))
-        {
-            Some(hash) => tokio_postgres::tls::ChannelBinding::tls_server_end_point(hash),
-            None => tokio_postgres::tls::ChannelBinding::none(),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,12 @@
 //! postgres-protocol's backend parser does not know CopyBothResponse ('W'),
 //! the answer to START_REPLICATION, so [`parse_backend`] frames that one
 //! itself and hands everything else to postgres-protocol.
+//!
+//! Memory follows the bytes that arrived, not the lengths a server
+//! announces: [`parse_backend`] waits for a whole message without reserving
+//! room for it, [`read_more`] grows the read buffer by at most
+//! [`READ_CHUNK`] per read, and a header announcing more than PostgreSQL
+//! ever sends in one message ([`MAX_MESSAGE`]) ends the connection.
 
 use std::collections::HashMap;
 use std::io;
@@ -22,9 +28,10 @@ use crate::error::{DbError, Error};
 
 /// The largest message walstream accepts: PostgreSQL allocates at most
 /// 1 GiB for one value, plus room for the message's own headers.
-const MAX_MESSAGE: usize = (1 << 30) + (1 << 20);
+pub(crate) const MAX_MESSAGE: usize = (1 << 30) + (1 << 20);
 
-/// How much to read from the socket at once.
+/// How much room to make in the read buffer before a read: the most it
+/// grows by at once.
 pub(crate) const READ_CHUNK: usize = 256 * 1024;
 
 /// The connection's byte stream.
@@ -106,7 +113,9 @@ pub(crate) enum Backend {
 }
 
 /// Takes one complete backend message off the front of `buf`, or `None` if
-/// more bytes are needed. Never panics on what a server sends.
+/// more bytes are needed. Never panics on what a server sends, and never
+/// reserves room for a message before its bytes arrive (postgres-protocol's
+/// parser would reserve the announced length at once).
 pub(crate) fn parse_backend(buf: &mut BytesMut) -> io::Result<Option<Backend>> {
     let Some(header) = Header::parse(buf)? else {
         return Ok(None);
@@ -117,21 +126,38 @@ pub(crate) fn parse_backend(buf: &mut BytesMut) -> io::Result<Option<Backend>> {
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("message length {} is out of range", header.len()),
+                format!(
+                    "a message header announcing {} bytes, more than the 1 GiB PostgreSQL ever \
+                     sends in one message",
+                    header.len()
+                ),
             )
         })?;
+    let total = len + 1;
+    if buf.len() < total {
+        return Ok(None);
+    }
     if header.tag() == b'W' {
-        let total = len + 1;
-        if buf.len() < total {
-            buf.reserve(total - buf.len());
-            return Ok(None);
-        }
         // Format and column formats: START_REPLICATION's copy has none that
         // matter (binary, zero columns).
         let _ = buf.split_to(total);
         return Ok(Some(Backend::CopyBothResponse));
     }
     Ok(Message::parse(buf)?.map(Backend::Message))
+}
+
+/// Reads what has arrived into `buf`: makes room for [`READ_CHUNK`] more
+/// bytes when less than a quarter of that is free, so that the buffer
+/// grows with the bytes received. Returns how many were read (0: the peer
+/// closed the connection). Cancel-safe.
+pub(crate) async fn read_more<R>(reader: &mut R, buf: &mut BytesMut) -> io::Result<usize>
+where
+    R: AsyncRead + Unpin,
+{
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+    reader.read_buf(buf).await
 }
 
 /// The rows of a simple query, as text.
@@ -213,9 +239,7 @@ impl Wire {
                 }
                 Some(message) => return Ok(message),
                 None => {
-                    let n = self
-                        .socket
-                        .read_buf(&mut self.rbuf)
+                    let n = read_more(&mut self.socket, &mut self.rbuf)
                         .await
                         .map_err(|e| Error::io(during, e))?;
                     if n == 0 {
@@ -341,6 +365,63 @@ mod tests {
         assert!(parse_backend(&mut huge).is_err());
         let mut unknown = BytesMut::from(&b"?\x00\x00\x00\x04"[..]);
         assert!(parse_backend(&mut unknown).is_err());
+    }
+
+    /// A CopyData header announcing `len` bytes of payload, then `body`.
+    fn copy_data_header(len: u32, body: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![b'd'];
+        bytes.extend_from_slice(&(len + 4).to_be_bytes());
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    #[test]
+    fn a_header_announcing_a_huge_message_reserves_nothing_for_it() {
+        let mut buf = BytesMut::with_capacity(64);
+        buf.extend_from_slice(&copy_data_header(1 << 30, b"only a few bytes"));
+        assert!(parse_backend(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() < 1024, "reserved {} bytes", buf.capacity());
+    }
+
+    #[tokio::test]
+    async fn the_reader_grows_with_the_bytes_that_arrive_not_the_announced_length() {
+        let (ours, mut server) = UnixStream::pair().unwrap();
+        let mut wire = Wire::new(Socket::Unix(ours));
+        server
+            .write_all(&copy_data_header(1 << 30, &[7; 1000]))
+            .await
+            .unwrap();
+        let waiting = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            wire.recv("reading a test message"),
+        )
+        .await;
+        assert!(waiting.is_err(), "the message is not complete yet");
+        assert_eq!(wire.rbuf.len(), 1005);
+        assert!(
+            wire.rbuf.capacity() <= 2 * READ_CHUNK,
+            "the buffer holds {} bytes for 1005 received",
+            wire.rbuf.capacity()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_larger_than_postgres_ever_sends_fails_the_connection() {
+        let (ours, mut server) = UnixStream::pair().unwrap();
+        let mut wire = Wire::new(Socket::Unix(ours));
+        let too_long = u32::try_from(MAX_MESSAGE).unwrap();
+        server
+            .write_all(&copy_data_header(too_long, b"x"))
+            .await
+            .unwrap();
+        let err = match wire.recv("reading a test message").await {
+            Err(e) => e,
+            Ok(_) => panic!("an oversized message was accepted"),
+        };
+        assert!(matches!(err, Error::Protocol { .. }), "{err}");
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("more than the 1 GiB"), "{err}");
+        assert!(wire.rbuf.capacity() < 1 << 20);
     }
 
     proptest::proptest! {

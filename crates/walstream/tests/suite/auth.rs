@@ -1,7 +1,9 @@
 //! Every authentication method against a server configured for it in
-//! pg_hba.conf: trust, password, md5, scram-sha-256; a wrong password is a
-//! non-retryable error that never shows the password; ~/.pgpass and Unix
-//! sockets work like libpq's.
+//! pg_hba.conf: trust, password, md5, scram-sha-256; require_auth refuses
+//! the methods it does not allow, and a cleartext password crosses plain
+//! TCP only with require_auth=password, on both connections; a wrong
+//! password is a non-retryable error that never shows the password;
+//! ~/.pgpass and Unix sockets work like libpq's.
 
 use e2e::PgCluster;
 use walstream::{AuthMethod, Error, ReplicationClient, ReplicationConfig};
@@ -31,7 +33,14 @@ fn cluster_for(method: &str, encryption: &str) -> PgCluster {
 }
 
 async fn connects_with(pg: &PgCluster, expected: AuthMethod) {
-    let config = config(&pg.url_for("relay", Some(SECRET), "postgres"));
+    connects_as(pg, "relay", "", expected).await;
+}
+
+/// Connects as `role` with `params` added to the URL: the replication
+/// connection authenticates with `expected`, and so does the control one.
+async fn connects_as(pg: &PgCluster, role: &str, params: &str, expected: AuthMethod) {
+    let url = pg.url_for(role, Some(SECRET), "postgres") + "?" + params;
+    let config = config(&url);
     let mut client = ReplicationClient::connect(&config)
         .await
         .unwrap_or_else(|e| panic!("connect as relay: {e}"));
@@ -51,10 +60,118 @@ async fn trust_authentication_connects() {
     connects_with(&pg, AuthMethod::Trust).await;
 }
 
+/// A cluster with one role per pg_hba.conf method over TCP: `by_trust`,
+/// `by_password`, `by_md5`, `by_scram` (REPLICATION, password [`SECRET`]).
+fn cluster_of_methods() -> PgCluster {
+    let methods = ["trust", "password", "md5", "scram-sha-256"];
+    let role = |method: &str| format!("by_{}", method.trim_end_matches("-sha-256"));
+    let mut hba = vec![
+        "local all all trust".to_string(),
+        "host all postgres 127.0.0.1/32 trust".to_string(),
+    ];
+    hba.extend(
+        methods
+            .iter()
+            .map(|m| format!("host all {} 127.0.0.1/32 {m}", role(m))),
+    );
+    let pg = PgCluster::builder()
+        .hba(&hba.iter().map(String::as_str).collect::<Vec<_>>())
+        .start()
+        .unwrap();
+    for method in methods {
+        let encryption = if method == "md5" {
+            "md5"
+        } else {
+            "scram-sha-256"
+        };
+        pg.psql(&format!(
+            "SET password_encryption = '{encryption}'; \
+             CREATE ROLE {} LOGIN REPLICATION PASSWORD '{SECRET}';",
+            role(method)
+        ))
+        .unwrap();
+    }
+    pg
+}
+
+/// Both connections refuse to authenticate as `role` with `params`, for
+/// good, saying `why`.
+async fn refused_as(pg: &PgCluster, role: &str, params: &str, why: &str) {
+    let url = pg.url_for(role, Some(SECRET), "postgres") + "?" + params;
+    let config = config(&url);
+    let replication = ReplicationClient::connect(&config).await.err();
+    let control = walstream::connect_control(&config).await.err();
+    for err in [replication, control] {
+        let err = err.unwrap_or_else(|| panic!("{role} with {params:?} was let in"));
+        assert!(matches!(err, Error::Auth { .. }), "{err}");
+        assert!(!err.is_retryable(), "{err}");
+        assert!(err.to_string().contains(why), "{role}, {params}: {err}");
+    }
+}
+
 #[tokio::test]
-async fn cleartext_password_authentication_connects() {
-    let pg = cluster_for("password", "scram-sha-256");
-    connects_with(&pg, AuthMethod::Password).await;
+async fn a_cleartext_password_crosses_plain_tcp_only_with_require_auth_password() {
+    let pg = cluster_of_methods();
+    refused_as(&pg, "by_password", "", "without TLS").await;
+    refused_as(
+        &pg,
+        "by_password",
+        "sslmode=prefer",
+        "require_auth=password",
+    )
+    .await;
+    refused_as(&pg, "by_password", "require_auth=!md5", "without TLS").await;
+    connects_as(
+        &pg,
+        "by_password",
+        "require_auth=password",
+        AuthMethod::Password,
+    )
+    .await;
+    let either = "require_auth=password,scram-sha-256";
+    connects_as(&pg, "by_password", either, AuthMethod::Password).await;
+    connects_as(&pg, "by_scram", either, AuthMethod::ScramSha256).await;
+}
+
+#[tokio::test]
+async fn require_auth_scram_sha_256_refuses_md5_password_and_trust_servers() {
+    let pg = cluster_of_methods();
+    let scram = "require_auth=scram-sha-256";
+    let refusal = |method: &str| format!("asked for {method}, which {scram} does not allow");
+    refused_as(
+        &pg,
+        "by_md5",
+        scram,
+        &refusal("md5 password authentication"),
+    )
+    .await;
+    refused_as(
+        &pg,
+        "by_password",
+        scram,
+        &refusal("cleartext password authentication"),
+    )
+    .await;
+    refused_as(&pg, "by_trust", scram, "asked for no authentication at all").await;
+    connects_as(&pg, "by_scram", scram, AuthMethod::ScramSha256).await;
+}
+
+#[tokio::test]
+async fn negation_lists_refuse_the_methods_they_name_and_allow_the_rest() {
+    let pg = cluster_of_methods();
+    let weak = "require_auth=!md5,!password";
+    refused_as(&pg, "by_md5", weak, "remove !md5 from require_auth").await;
+    refused_as(
+        &pg,
+        "by_password",
+        weak,
+        "remove !password from require_auth",
+    )
+    .await;
+    connects_as(&pg, "by_scram", weak, AuthMethod::ScramSha256).await;
+    connects_as(&pg, "by_trust", weak, AuthMethod::Trust).await;
+    refused_as(&pg, "by_trust", "require_auth=!none", "remove !none").await;
+    connects_as(&pg, "by_md5", "require_auth=!none", AuthMethod::Md5).await;
 }
 
 #[tokio::test]

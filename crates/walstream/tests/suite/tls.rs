@@ -30,7 +30,8 @@ fn make_ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
 
 /// A cluster serving TLS with a certificate for `localhost` only, signed by
 /// the returned CA (written to a file in `dir`). Role `relay` may connect
-/// over TLS only, with SCRAM.
+/// over TLS only, with SCRAM; role `by_password` over TLS only, with a
+/// cleartext password.
 fn tls_cluster(dir: &std::path::Path) -> (PgCluster, PathBuf) {
     let (ca_pem, issuer) = make_ca("walstream test CA");
     let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
@@ -45,6 +46,7 @@ fn tls_cluster(dir: &std::path::Path) -> (PgCluster, PathBuf) {
             "local all all trust",
             "host all postgres 127.0.0.1/32 trust",
             "hostssl all relay 127.0.0.1/32 scram-sha-256",
+            "hostssl all by_password 127.0.0.1/32 password",
         ])
         .start()
         .unwrap();
@@ -59,7 +61,8 @@ fn tls_cluster(dir: &std::path::Path) -> (PgCluster, PathBuf) {
         std::thread::sleep(Duration::from_millis(50));
     }
     pg.psql(&format!(
-        "CREATE ROLE relay LOGIN REPLICATION PASSWORD '{SECRET}'"
+        "CREATE ROLE relay LOGIN REPLICATION PASSWORD '{SECRET}'; \
+         CREATE ROLE by_password LOGIN REPLICATION PASSWORD '{SECRET}';"
     ))
     .unwrap();
     let ca_file = dir.join("ca.crt");
@@ -175,4 +178,27 @@ async fn require_refuses_a_server_without_tls_and_prefer_falls_back() {
     let prefer = config(&(pg.url() + "?sslmode=prefer"));
     let client = ReplicationClient::connect(&prefer).await.unwrap();
     assert!(!client.is_tls());
+}
+
+#[tokio::test]
+async fn a_cleartext_password_crosses_tls_without_asking_and_require_auth_still_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pg, _ca) = tls_cluster(dir.path());
+    let url = format!(
+        "postgres://by_password:{SECRET}@127.0.0.1:{}/postgres?sslmode=require",
+        pg.port()
+    );
+    let mut client = ReplicationClient::connect(&config(&url)).await.unwrap();
+    assert!(client.is_tls());
+    assert_eq!(client.auth_method(), AuthMethod::Password);
+    // The control connection too (pg_hba.conf takes it over TLS only).
+    assert_eq!(client.slot_state("none").await.unwrap(), None);
+    client.close().await;
+
+    let scram_only = config(&(url + "&require_auth=scram-sha-256"));
+    let err = ReplicationClient::connect(&scram_only).await.unwrap_err();
+    assert!(matches!(err, Error::Auth { .. }), "{err}");
+    assert!(err.to_string().contains("cleartext password"), "{err}");
+    let err = walstream::connect_control(&scram_only).await.unwrap_err();
+    assert!(matches!(err, Error::Auth { .. }), "{err}");
 }
