@@ -83,7 +83,10 @@ fn both_refuse(env: &[(String, String)], name: &str) -> String {
         "run did not refuse with check's words\ncheck: {line}\nrun: {run}"
     );
     if name != "settings" {
-        assert!(run.contains(&line), "run's fix differs\ncheck: {line}\nrun: {run}");
+        assert!(
+            run.contains(&line),
+            "run's fix differs\ncheck: {line}\nrun: {run}"
+        );
     }
     line
 }
@@ -91,7 +94,10 @@ fn both_refuse(env: &[(String, String)], name: &str) -> String {
 #[test]
 fn a_template_that_does_not_parse_is_refused_by_check_and_run_alike() {
     let pg = ready_cluster();
-    let env = env(&pg, &[("RELAY_ROUTING_KEY", "{aggregate_type.{event_type}")]);
+    let env = env(
+        &pg,
+        &[("RELAY_ROUTING_KEY", "{aggregate_type.{event_type}")],
+    );
     let line = both_refuse(&env, "settings");
     assert!(line.contains("routing_key: template"), "{line}");
     assert!(line.contains("is not closed"), "{line}");
@@ -163,7 +169,10 @@ fn a_payload_of_any_type_and_no_created_at_pass_check_and_run_publishes() {
         .lines()
         .find(|l| l.starts_with("warn  columns"))
         .unwrap_or_else(|| panic!("{check}"));
-    assert!(columns.contains("payload column payload is integer"), "{columns}");
+    assert!(
+        columns.contains("payload column payload is integer"),
+        "{columns}"
+    );
     assert!(columns.contains("no column created_at"), "{columns}");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let exchange = env
@@ -178,13 +187,20 @@ fn a_payload_of_any_type_and_no_created_at_pass_check_and_run_publishes() {
             .await
             .unwrap();
         let queue = e2e::unique_name("agree-q");
-        scope.declare_queue(&queue, FieldTable::default()).await.unwrap();
+        scope
+            .declare_queue(&queue, FieldTable::default())
+            .await
+            .unwrap();
         scope.bind(&queue, &exchange, "#").await.unwrap();
         let mut consumer = scope.consume(&queue).await.unwrap();
         let mut run = RelayProcess::spawn(["run"], &pairs(&env)).unwrap();
         run.wait_for_line("streaming from the slot", Duration::from_secs(60))
             .unwrap_or_else(|_| panic!("{}", run.output()));
-        assert!(run.output().contains("no column created_at"), "{}", run.output());
+        assert!(
+            run.output().contains("no column created_at"),
+            "{}",
+            run.output()
+        );
         pg.psql(
             "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
              VALUES ('order', '1', 'created', 42)",
@@ -209,7 +225,10 @@ async fn a_constant_exchange_with_escaped_braces_means_one_name_everywhere() {
     .await
     .unwrap();
     assert!(ok, "{check}");
-    assert!(check.contains(&format!("exchange {name} does not exist yet")), "{check}");
+    assert!(
+        check.contains(&format!("exchange {name} does not exist yet")),
+        "{check}"
+    );
     let scope = BrokerScope::connect().await.unwrap();
     scope.track_exchange(&name);
     let mut run = RelayProcess::spawn(["run"], &pairs(&env)).unwrap();

@@ -284,7 +284,17 @@ fn the_compose_file_matches_what_the_code_expects() {
     // Postgres runs with logical decoding; the relay exposes its metrics port.
     assert!(compose.contains("wal_level=logical"));
     assert!(compose.contains("RELAY_METRICS_ADDR: 0.0.0.0:9187"));
-    assert!(compose.contains("\"9187:9187\""));
+    assert!(compose.contains("\"127.0.0.1:9187:9187\""));
+    // Ports face the host only, and the relay is not the superuser.
+    for line in compose
+        .lines()
+        .filter(|l| l.trim_start().starts_with("ports:"))
+    {
+        for port in line.split('"').skip(1).step_by(2) {
+            assert!(port.starts_with("127.0.0.1:"), "{line}");
+        }
+    }
+    assert!(compose.contains("RELAY_PG_URL: postgres://outbox_relay:"));
     let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
     assert!(dockerfile.contains("-p outbox-relay"));
     assert!(dockerfile.contains("USER nonroot"));

@@ -60,7 +60,7 @@ fn check_passes_when_every_prerequisite_is_met() {
             "{name} did not pass:\n{out}"
         );
     }
-    assert!(out.contains("all 13 checks passed"), "{out}");
+    assert!(out.contains("all 14 checks passed"), "{out}");
 }
 
 #[test]

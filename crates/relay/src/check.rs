@@ -47,13 +47,16 @@ pub async fn postgres_lines(config: &Config) -> Vec<Line> {
             return skip_rest(vec![line], "the catalog could not be read");
         }
     };
-    let mut lines = vec![Line::pass(
-        "postgres",
-        format!(
-            "connected to database {} as {} (server_version_num {})",
-            facts.database, facts.role.name, facts.server.version_num
+    let mut lines = vec![
+        Line::pass(
+            "postgres",
+            format!(
+                "connected to database {} as {} (server_version_num {})",
+                facts.database, facts.role.name, facts.server.version_num
+            ),
         ),
-    )];
+        prereq::judge_tls(config),
+    ];
     lines.extend(prereq::judge_postgres(config, &facts));
     lines
 }

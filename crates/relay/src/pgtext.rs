@@ -26,21 +26,27 @@ pub fn decode_bytea_hex(text: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Days from 1970-01-01 to the given proleptic Gregorian date (Howard
-/// Hinnant's days_from_civil).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
+/// Hinnant's days_from_civil); `None` if it overflows.
+fn days_from_civil(year: i64, month: i64, day: i64) -> Option<i64> {
+    let y = if month <= 2 {
+        year.checked_sub(1)?
+    } else {
+        year
+    };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
     let mp = (month + 9) % 12;
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    era.checked_mul(146_097)?.checked_add(doe - 719_468)
 }
 
 /// Parses a timestamp or timestamptz in ISO text form
 /// (`2026-11-28 21:04:52.123456+00`, `...+05:30`, or without offset for
 /// `timestamp`, read as UTC) into seconds since the UNIX epoch. `None` for
-/// anything else (`infinity`, BC dates, other DateStyles).
+/// anything else (`infinity`, BC dates, other DateStyles, years whose
+/// seconds do not fit: the arithmetic is checked, a row cannot crash the
+/// relay).
 pub fn parse_timestamp(text: &str) -> Option<i64> {
     let (date, rest) = text.split_once(' ').or_else(|| text.split_once('T'))?;
     let mut d = date.splitn(3, '-');
@@ -61,7 +67,7 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
     let minute: i64 = t.next()?.parse().ok()?;
     let seconds = t.next()?;
     let second: i64 = seconds.split('.').next()?.parse().ok()?;
-    if hour > 24 || minute > 59 || second > 60 {
+    if !(0..=24).contains(&hour) || !(0..=59).contains(&minute) || !(0..=60).contains(&second) {
         return None;
     }
     let offset_secs = match offset {
@@ -72,11 +78,16 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
             let h: i64 = parts.next()?.parse().ok()?;
             let m: i64 = parts.next().map(str::parse).transpose().ok()?.unwrap_or(0);
             let s: i64 = parts.next().map(str::parse).transpose().ok()?.unwrap_or(0);
+            if !(0..=99).contains(&h) || !(0..=59).contains(&m) || !(0..=59).contains(&s) {
+                return None;
+            }
             sign * (h * 3600 + m * 60 + s)
         }
     };
-    let days = days_from_civil(year, month, day);
-    Some(days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs)
+    days_from_civil(year, month, day)?
+        .checked_mul(86_400)?
+        .checked_add(hour * 3600 + minute * 60 + second)?
+        .checked_sub(offset_secs)
 }
 
 #[cfg(test)]
@@ -117,6 +128,9 @@ mod tests {
         assert_eq!(parse_timestamp("2026-11-28 21:04:52"), Some(1_795_899_892));
         assert_eq!(parse_timestamp("1969-12-31 23:59:59+00"), Some(-1));
         for bad in [
+            "999999999999-01-01 00:00:00+00",
+            "9223372036854775807-12-31 23:59:59+00",
+            "2026-01-01 00:00:00+9223372036854775807",
             "infinity",
             "-infinity",
             "",
@@ -124,6 +138,14 @@ mod tests {
             "0044-03-15 12:00:00 BC",
         ] {
             assert_eq!(parse_timestamp(bad), None, "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_text_makes_timestamp_parsing_panic(s in ".{0,40}", y in proptest::num::i64::ANY) {
+            let _ = parse_timestamp(&s);
+            let _ = parse_timestamp(&format!("{y}-01-01 00:00:00+00"));
         }
     }
 }

@@ -103,7 +103,8 @@ async fn start(
             problem: format!("reading the catalog: {}", e.server_message()),
             fix: "see the server's message".into(),
         })?;
-    let lines = prereq::judge_postgres(config, &facts);
+    let mut lines = vec![prereq::judge_tls(config)];
+    lines.extend(prereq::judge_postgres(config, &facts));
     refuse_on_failures(&lines)?;
     if facts.publication.is_none() {
         catalog::create_publication(&control, &config.publication, &config.mapping.table)

@@ -150,6 +150,31 @@ pub const POSTGRES_LINES: &[&str] = &[
     "emit_message",
 ];
 
+/// Judges the PostgreSQL link's protection: a pass for verify-full (the
+/// server's certificate and name checked) or a Unix socket, else a warning
+/// that says what an attacker on the path could do and how to close it.
+pub fn judge_tls(config: &Config) -> Line {
+    let Some(pg) = config.pg.as_ref() else {
+        return Line::skipped("tls", "pg_url is not set");
+    };
+    if pg.is_verify_full() {
+        return Line::pass("tls", "sslmode=verify-full: the server is authenticated");
+    }
+    if matches!(pg.host(), walstream::Host::Unix(_)) {
+        return Line::pass("tls", "a Unix socket: the link does not leave the machine");
+    }
+    Line::warn(
+        "tls",
+        format!(
+            "sslmode={} to {}: the replication link is not verify-full",
+            pg.sslmode(),
+            pg.host()
+        ),
+        "anyone on the network path could read or change the change stream; use \
+         sslmode=verify-full with sslrootcert (and require_auth=scram-sha-256)",
+    )
+}
+
 /// The application_name the relay's own sessions carry.
 pub fn application_name(config: &Config) -> &str {
     config

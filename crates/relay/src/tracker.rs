@@ -1,7 +1,7 @@
 //! The LSN ack tracker: which WAL position may be reported to PostgreSQL as
 //! flushed.
 //!
-//! It owns invariant 3 of DESIGN.md: the flush LSN never passes a
+//! It owns invariant 3 of docs/ARCHITECTURE.md: the flush LSN never passes a
 //! transaction whose messages are not all confirmed by the broker, nor any
 //! earlier transaction's. Pure code: the pipeline feeds it what it read from
 //! the slot (begin, one message, commit with its end LSN, keepalive

@@ -48,6 +48,20 @@ pub enum SslMode {
     VerifyFull,
 }
 
+impl fmt::Display for SslMode {
+    /// The libpq spelling (`verify-full`, ...).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        })
+    }
+}
+
 impl FromStr for SslMode {
     type Err = Error;
 

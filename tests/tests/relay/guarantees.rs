@@ -1,4 +1,4 @@
-//! The relay's guarantees (DESIGN.md invariants), one test each, against
+//! The relay's guarantees (docs/ARCHITECTURE.md invariants), one test each, against
 //! the real binary, a private PostgreSQL cluster and the shared RabbitMQ.
 
 use std::time::{Duration, Instant};

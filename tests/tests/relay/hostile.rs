@@ -19,13 +19,12 @@ fn rewinds(relay: &e2e::RelayProcess) -> usize {
 /// Waits until the slot's confirmed position reaches everything committed
 /// so far (pg_current_wal_insert_lsn at the call).
 fn wait_for_slot_to_pass_everything(f: &Fixture, relay: &e2e::RelayProcess) {
-    let target: u64 = f
-        .pg
-        .psql("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let target: u64 =
+        f.pg.psql("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let acked = f.confirmed_flush("outbox_relay").unwrap_or(0);
@@ -44,7 +43,8 @@ fn wait_for_slot_to_pass_everything(f: &Fixture, relay: &e2e::RelayProcess) {
 #[tokio::test]
 async fn huge_columns_and_payloads_are_dead_lettered_with_their_reason_and_the_stream_goes_on() {
     let f = Fixture::new().await;
-    f.pg.psql("ALTER TABLE outbox ADD COLUMN note text").unwrap();
+    f.pg.psql("ALTER TABLE outbox ADD COLUMN note text")
+        .unwrap();
     let mut consumer = f.consumer().await;
     let mut relay = f.start_relay(&[]);
     let mut dead = f.scope.consume(&f.dead_letter_queue).await.unwrap();
@@ -76,7 +76,10 @@ async fn huge_columns_and_payloads_are_dead_lettered_with_their_reason_and_the_s
     );
     for d in &bad {
         assert!(header(d, "x-relay-lsn").is_some_and(|l| l.contains('/')));
-        assert!(header(d, "payload").is_none(), "the payload is never a header");
+        assert!(
+            header(d, "payload").is_none(),
+            "the payload is never a header"
+        );
         assert!(header(d, "x-relay-id").is_some());
     }
     // The copies keep the body when it fits, and say what they dropped.
