@@ -105,6 +105,42 @@ impl Limits {
     pub fn properties_fit(&self, message: &EventMessage) -> bool {
         (self.properties_len)(message) <= self.max_properties
     }
+
+    /// Checks everything a message must fit: names of at most 255 bytes
+    /// without control characters, an id and type of at most 255 bytes, a
+    /// body within max_body, properties and headers within one frame.
+    pub fn check(&self, message: &EventMessage) -> Result<(), String> {
+        for (what, name) in [
+            ("exchange", &message.exchange),
+            ("routing key", &message.routing_key),
+        ] {
+            if name.len() > MAX_SHORT_STRING || name.chars().any(char::is_control) {
+                return Err(format!("{what} {name:?} is not a valid AMQP name"));
+            }
+        }
+        for value in [&message.message_id, &message.kind].into_iter().flatten() {
+            if value.len() > MAX_SHORT_STRING {
+                return Err(format!("a property of {} bytes", value.len()));
+            }
+        }
+        if let Some((name, _)) = message
+            .headers
+            .iter()
+            .find(|(n, _)| n.len() > MAX_SHORT_STRING)
+        {
+            return Err(format!("a header name of {} bytes", name.len()));
+        }
+        if message.body.len() > self.max_body {
+            return Err(format!("a body of {} bytes", message.body.len()));
+        }
+        if !self.properties_fit(message) {
+            return Err(format!(
+                "{} bytes of properties and headers",
+                (self.properties_len)(message)
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Why a row goes to the dead-letter exchange: the `x-relay-reason` header
