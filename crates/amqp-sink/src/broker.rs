@@ -145,20 +145,20 @@ impl FromStr for BrokerUrl {
 }
 
 /// The URL with any password replaced by `***` (for URLs that do not even
-/// parse).
+/// parse). A password may hold `/`, `?`, `#` and `@` unencoded, so the
+/// userinfo runs from after `://` to the LAST `@`: when that over-reaches (an
+/// `@` in the vhost or query), more is hidden, never less.
 fn redact(text: &str) -> String {
     let Some((scheme, rest)) = text.split_once("://") else {
         // Not a URL shape we can take apart: show only the scheme-ish start.
         return text.split(':').next().unwrap_or_default().to_string() + ":<unparsable>";
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
             let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}{path}")
+            format!("{scheme}://{user}:***@{host}")
         }
-        None => text.to_string(),
+        _ => text.to_string(),
     }
 }
 
@@ -266,6 +266,28 @@ mod tests {
             .unwrap_err();
         let shown = format!("{err} {err:?}");
         assert!(!shown.contains("hunter2-secret"), "{shown}");
+    }
+
+    #[test]
+    fn a_bad_url_error_hides_a_password_holding_url_delimiters() {
+        // Unencoded, `/` ends the authority for a URL parser: the password
+        // runs to the last '@' all the same.
+        for (url, secret) in [
+            ("amqp://u:Amq/pSecret@host", "Amq/pSecret"),
+            ("amqp://u:a?b#c@d/e@host:5672/%2f", "a?b#c@d/e"),
+            ("amqps://u:p@ss:w/rd@host/vh", "p@ss:w/rd"),
+        ] {
+            let err = url.parse::<BrokerUrl>().map(|u| u.to_string());
+            let shown = format!("{err:?}");
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert_eq!(redact("amqp://u:Amq/pSecret@host"), "amqp://u:***@host");
+        assert_eq!(
+            redact("amqp://u:a?b#c@d/e@host:5672/%2f"),
+            "amqp://u:***@host:5672/%2f"
+        );
+        assert_eq!(redact("amqp://host:5672/%2f"), "amqp://host:5672/%2f");
+        assert_eq!(redact("amqp://u@host/%2f"), "amqp://u@host/%2f");
     }
 
     #[test]
