@@ -18,5 +18,6 @@ pub mod ops;
 pub mod pg;
 pub mod pgtext;
 pub mod pipeline;
+pub mod redact;
 pub mod template;
 pub mod tracker;
