@@ -523,33 +523,15 @@ impl Settings {
     }
 }
 
-/// Replaces the password of every URL (`scheme://user:password@host`) and of
-/// every `password=...` pair in a libpq keyword string with `***`.
+/// Replaces every password in a pg_url or amqp_url value with `***`: a list
+/// of amqp:// URLs by [`crate::redact::amqp_urls`], anything else as a libpq
+/// connection string by [`crate::redact::pg_conninfo`].
 pub fn redact_secret(value: &str) -> String {
-    value
-        .split(',')
-        .map(|part| {
-            let mut out = part.to_string();
-            if let Some(scheme_end) = out.find("://") {
-                let after = scheme_end + 3;
-                if let Some(at) = out[after..].rfind('@').map(|i| i + after) {
-                    if let Some(colon) = out[after..at].find(':').map(|i| i + after) {
-                        out.replace_range(colon + 1..at, "***");
-                    }
-                }
-            }
-            if let Some(start) = out.find("password=") {
-                let value_start = start + "password=".len();
-                let end = out[value_start..]
-                    .find(' ')
-                    .map(|i| i + value_start)
-                    .unwrap_or(out.len());
-                out.replace_range(value_start..end, "***");
-            }
-            out
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+    if crate::redact::is_amqp_url(value) {
+        crate::redact::amqp_urls(value)
+    } else {
+        crate::redact::pg_conninfo(value)
+    }
 }
 
 #[cfg(test)]
@@ -720,6 +702,16 @@ mod tests {
             "amqp://u:***@b1/%2f,amqp://u:***@b2/%2f"
         );
         assert_eq!(redact_secret("amqp://b1/%2f"), "amqp://b1/%2f");
+        // What the first version showed: the end of a quoted password with
+        // a space, a password's comma-separated tail.
+        assert_eq!(
+            redact_secret("host=db password='s3 cret' dbname=app"),
+            "host=db password=*** dbname=app"
+        );
+        assert_eq!(
+            redact_secret("amqp://u:p,w@b1/%2f, amqps://u:q@b2"),
+            "amqp://u:***@b1/%2f, amqps://u:***@b2"
+        );
         let s = Settings {
             pg_url: Some("postgres://relay:s3cret@db/app".into()),
             ..Settings::default()
