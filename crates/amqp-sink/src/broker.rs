@@ -147,7 +147,9 @@ impl FromStr for BrokerUrl {
 /// The URL with any password replaced by `***` (for URLs that do not even
 /// parse). A password may hold `/`, `?`, `#` and `@` unencoded, so the
 /// userinfo runs from after `://` to the LAST `@`: when that over-reaches (an
-/// `@` in the vhost or query), more is hidden, never less.
+/// `@` in the vhost or query), more is hidden, never less. Without an `@`,
+/// a port that is not a number may be a password (`amqp://user:password`,
+/// or a URL cut short at a comma): all from there on is hidden.
 fn redact(text: &str) -> String {
     let Some((scheme, rest)) = text.split_once("://") else {
         // Not a URL shape we can take apart: show only the scheme-ish start.
@@ -158,7 +160,19 @@ fn redact(text: &str) -> String {
             let user = userinfo.split(':').next().unwrap_or_default();
             format!("{scheme}://{user}:***@{host}")
         }
-        _ => text.to_string(),
+        Some(_) => text.to_string(),
+        None => {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            match authority.split_once(':') {
+                Some((host, port))
+                    if !host.starts_with('[')
+                        && (port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit())) =>
+                {
+                    format!("{scheme}://{host}:***")
+                }
+                _ => text.to_string(),
+            }
+        }
     }
 }
 
@@ -287,6 +301,10 @@ mod tests {
             "amqp://u:***@host:5672/%2f"
         );
         assert_eq!(redact("amqp://host:5672/%2f"), "amqp://host:5672/%2f");
+        assert_eq!(redact("amqps://[::1]:5671/%2f"), "amqps://[::1]:5671/%2f");
+        // No '@': a port that is not a number is hidden with what follows.
+        assert_eq!(redact("amqp://guest:guest"), "amqp://guest:***");
+        assert_eq!(redact("amqp://u:L?x y#'/'%v"), "amqp://u:***");
         assert_eq!(redact("amqp://u@host/%2f"), "amqp://u@host/%2f");
     }
 
