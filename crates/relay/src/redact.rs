@@ -99,9 +99,18 @@ fn url(text: &str) -> String {
     // The last '@' ends the userinfo: an '@' in the password is then
     // hidden with it, and an '@' further on (in a query value) hides more
     // than needed, never less.
-    if let Some(at) = rest.rfind('@') {
-        if let Some(colon) = rest.get(..at).and_then(|u| u.find(':')) {
-            secrets.push(authority + colon + 1..authority + at);
+    match rest.rfind('@') {
+        Some(at) => {
+            if let Some(colon) = rest.get(..at).and_then(|u| u.find(':')) {
+                secrets.push(authority + colon + 1..authority + at);
+            }
+        }
+        // No '@': a port that is not a number may be a password (a URL
+        // without its host, or cut short at a comma): hidden to the end.
+        None => {
+            if let Some(colon) = odd_port(rest) {
+                secrets.push(authority + colon + 1..text.len());
+            }
         }
     }
     secrets.extend(query_passwords(text, authority));
@@ -112,6 +121,28 @@ fn url(text: &str) -> String {
             .map(|r| (r, MASK.to_string()))
             .collect(),
     )
+}
+
+/// In an authority without userinfo (`host:port,host:port/...`), the
+/// position of the first `:` whose port is not digits.
+fn odd_port(rest: &str) -> Option<usize> {
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let mut start = 0;
+    for host in rest.get(..end)?.split(',') {
+        // An IPv6 address holds colons of its own: only `]:port` counts.
+        let colon = match host.strip_prefix('[') {
+            Some(v6) => v6.find("]:").map(|i| i + 2),
+            None => host.find(':'),
+        };
+        if let Some(colon) = colon {
+            let port = host.get(colon + 1..).unwrap_or_default();
+            if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+                return Some(start + colon);
+            }
+        }
+        start += host.len() + 1;
+    }
+    None
 }
 
 /// The value ranges of the secret query parameters (`?password=` or
@@ -186,8 +217,8 @@ fn percent_decoded(text: &str) -> String {
 /// the next character).
 fn keywords(text: &str) -> String {
     let mut edits: Vec<(Range<usize>, String)> = Vec::new();
-    // Whether the last edit masked a password that stray words may extend.
-    let mut after_password = false;
+    // Whether the last edit is a mask that stray words extend.
+    let mut masking = false;
     let mut s = Scanner { text, pos: 0 };
     loop {
         s.skip_whitespace();
@@ -199,18 +230,24 @@ fn keywords(text: &str) -> String {
         let key_end = s.pos;
         s.skip_whitespace();
         if !s.eat('=') {
-            // A word without '=' (libpq refuses the string): the rest of an
-            // unquoted password with spaces, or a mistyped URL.
+            // A word without '=' is no setting (libpq refuses the string):
+            // a URL keeps all but its password; anything else may be a
+            // piece of one (the rest of an unquoted password with spaces, a
+            // URL cut at a comma) and is hidden.
             s.pos = key_end;
             let word = key_start..key_end;
+            let shown = text.get(word.clone()).unwrap_or_default();
             match edits.last_mut() {
-                Some((masked, _)) if after_password => masked.end = key_end,
-                _ => {
-                    let shown = text.get(word.clone()).unwrap_or_default();
+                Some((masked, _)) if masking => masked.end = key_end,
+                _ if shown.contains("://") => {
                     let redacted = url(shown);
                     if redacted != shown {
                         edits.push((word, redacted));
                     }
+                }
+                _ => {
+                    edits.push((word, MASK.to_string()));
+                    masking = true;
                 }
             }
             continue;
@@ -218,11 +255,11 @@ fn keywords(text: &str) -> String {
         let key = text.get(key_start..key_end).unwrap_or_default();
         s.skip_whitespace();
         let (range, value) = s.value();
-        after_password = false;
+        masking = false;
         if is_secret_key(key) {
             if !range.is_empty() {
                 edits.push((range, MASK.to_string()));
-                after_password = true;
+                masking = true;
             }
         } else if key.eq_ignore_ascii_case("dbname")
             && (value.contains('=') || value.contains("://"))
@@ -387,6 +424,18 @@ mod tests {
             ("postgres://relay@db/app", "postgres://relay@db/app"),
             ("postgres://db:5432/app", "postgres://db:5432/app"),
             ("postgres://relay:@db/app", "postgres://relay:@db/app"),
+            ("postgres://[::1]:5432/app", "postgres://[::1]:5432/app"),
+            (
+                "postgres://db/app?application_name=a:b",
+                "postgres://db/app?application_name=a:b",
+            ),
+            // No '@' and a port that is not a number: a password without its
+            // host, or a URL cut short.
+            ("amqp://guest:guest", "amqp://guest:***"),
+            ("postgres://u:ab/cd?e", "postgres://u:***"),
+            ("postgres://u:/abc", "postgres://u:***"),
+            ("postgres://h1:5432,u:secret", "postgres://h1:5432,u:***"),
+            ("postgres://[::1]:x/app", "postgres://[::1]:***"),
             // An '@' in a query value: more is hidden than needed.
             (
                 "postgres://db:5432/app?application_name=a@b",
@@ -464,6 +513,9 @@ mod tests {
             ),
             // A mistyped scheme is still a URL with a password.
             ("postgress://u:pw@h/db", "postgress://u:***@h/db"),
+            // Other words without '=' may be pieces of a password.
+            ("host=db stray words port=1", "host=db *** port=1"),
+            ("W@127.0.0.1:5672/%2f", "***"),
             ("host=db port=5432", "host=db port=5432"),
             ("", ""),
         ]);
@@ -490,6 +542,19 @@ mod tests {
         );
         assert_eq!(amqp_urls("amqp://b1/%2f"), "amqp://b1/%2f");
         assert_eq!(amqp_urls("amqp://u:Amq/pSecret@h"), "amqp://u:***@h");
+    }
+
+    #[test]
+    fn pieces_of_a_url_cut_at_its_password_commas_are_hidden() {
+        // amqp://relay:l,i/':"BI:"jiA%c%,W@127.0.0.1:5672/%2f split at every
+        // comma, as the first reader of RELAY_AMQP_URL did.
+        assert_eq!(amqp_urls("amqp://relay:l"), "amqp://relay:***");
+        assert_eq!(pg_conninfo("i/':\"BI:\"jiA%c%"), "***");
+        assert_eq!(pg_conninfo("W@127.0.0.1:5672/%2f"), "***");
+        // Ambiguous: a head of digits reads as a port, a head starting with
+        // '@' as an empty password.
+        assert_eq!(amqp_urls("amqp://relay:0?x"), "amqp://relay:0?x");
+        assert_eq!(amqp_urls("amqp://relay:@x"), "amqp://relay:@x");
     }
 
     /// Passwords worth hiding: the characters that break naive parsers,
