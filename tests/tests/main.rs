@@ -7,4 +7,5 @@ mod kit;
 mod operations;
 mod ops;
 mod relay;
+mod secrets;
 mod smoke;
