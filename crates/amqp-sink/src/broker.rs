@@ -152,8 +152,17 @@ impl FromStr for BrokerUrl {
 /// or a URL cut short at a comma): all from there on is hidden.
 fn redact(text: &str) -> String {
     let Some((scheme, rest)) = text.split_once("://") else {
-        // Not a URL shape we can take apart: show only the scheme-ish start.
-        return text.split(':').next().unwrap_or_default().to_string() + ":<unparsable>";
+        // Not a URL shape we can take apart (it may be a piece of one, cut
+        // at a comma of its password): show only a scheme it starts with.
+        let start = text.split(':').next().unwrap_or_default();
+        return if ["amqp", "amqps"]
+            .iter()
+            .any(|s| start.eq_ignore_ascii_case(s))
+        {
+            format!("{start}:<unparsable>")
+        } else {
+            "<unparsable>".to_string()
+        };
     };
     match rest.rsplit_once('@') {
         Some((userinfo, host)) if userinfo.contains(':') => {
@@ -305,6 +314,10 @@ mod tests {
         // No '@': a port that is not a number is hidden with what follows.
         assert_eq!(redact("amqp://guest:guest"), "amqp://guest:***");
         assert_eq!(redact("amqp://u:L?x y#'/'%v"), "amqp://u:***");
+        // Not a URL: perhaps the middle of a password cut at its commas.
+        assert_eq!(redact("middle-of-a-password"), "<unparsable>");
+        assert_eq!(redact("tail@host:5672/%2f"), "<unparsable>");
+        assert_eq!(redact("amqp:u:pw@host"), "amqp:<unparsable>");
         assert_eq!(redact("amqp://u@host/%2f"), "amqp://u@host/%2f");
     }
 
