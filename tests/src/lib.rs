@@ -11,6 +11,8 @@
 //!   services.
 //! - [`RelayProcess`]: the real `outbox-relay` binary, started as a user
 //!   would, its output kept for assertions and shown when a test fails.
+//! - [`secrets`]: the forms a password takes in connection strings and
+//!   output, for tests that prove none of them shows.
 //!
 //! Nothing here mocks a database or a broker: a test that claims a guarantee
 //! runs against the real thing.
@@ -20,6 +22,7 @@ mod error;
 mod pg;
 mod proxy;
 mod relay;
+pub mod secrets;
 
 pub use error::KitError;
 pub use pg::{PgCluster, PgClusterBuilder};

@@ -281,20 +281,20 @@ fn a_startup_connection_failure_says_its_cause_and_fix() {
     pg.psql("SET password_encryption = 'scram-sha-256'; ALTER ROLE postgres PASSWORD 'right-pw'")
         .unwrap();
     let wrong = pg.url_for("postgres", Some("wrong-pw"), "postgres");
-    let env = env(&pg, &[("RELAY_PG_URL", &wrong)]);
-    let (ok, run) = relay(&["run"], &pairs(&env));
+    let wrong_env = env(&pg, &[("RELAY_PG_URL", &wrong)]);
+    let (ok, run) = relay(&["run"], &pairs(&wrong_env));
     assert!(!ok, "{run}");
     assert!(run.contains("password for role postgres is wrong"), "{run}");
     assert!(!run.contains("reconnect to resume"), "{run}");
-    let (ok, check) = relay(&["check"], &pairs(&env));
+    let (ok, check) = relay(&["check"], &pairs(&wrong_env));
     assert!(!ok);
     assert!(fail_line(&check, "postgres").contains("password for role postgres is wrong"));
 
     // A role that does not exist is not a pg_hba.conf problem.
     let trusting = ready_cluster();
     let nobody = trusting.url_for("nobody", None, "postgres");
-    let env = env(&trusting, &[("RELAY_PG_URL", &nobody)]);
-    let (ok, run) = relay(&["run"], &pairs(&env));
+    let nobody_env = env(&trusting, &[("RELAY_PG_URL", &nobody)]);
+    let (ok, run) = relay(&["run"], &pairs(&nobody_env));
     assert!(!ok, "{run}");
     assert!(run.contains("role nobody does not exist"), "{run}");
     assert!(!run.contains("pg_hba.conf"), "{run}");

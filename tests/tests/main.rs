@@ -8,4 +8,5 @@ mod kit;
 mod operations;
 mod ops;
 mod relay;
+mod secrets;
 mod smoke;

@@ -145,20 +145,43 @@ impl FromStr for BrokerUrl {
 }
 
 /// The URL with any password replaced by `***` (for URLs that do not even
-/// parse).
+/// parse). A password may hold `/`, `?`, `#` and `@` unencoded, so the
+/// userinfo runs from after `://` to the LAST `@`: when that over-reaches (an
+/// `@` in the vhost or query), more is hidden, never less. Without an `@`,
+/// a port that is not a number may be a password (`amqp://user:password`,
+/// or a URL cut short at a comma): all from there on is hidden.
 fn redact(text: &str) -> String {
     let Some((scheme, rest)) = text.split_once("://") else {
-        // Not a URL shape we can take apart: show only the scheme-ish start.
-        return text.split(':').next().unwrap_or_default().to_string() + ":<unparsable>";
+        // Not a URL shape we can take apart (it may be a piece of one, cut
+        // at a comma of its password): show only a scheme it starts with.
+        let start = text.split(':').next().unwrap_or_default();
+        return if ["amqp", "amqps"]
+            .iter()
+            .any(|s| start.eq_ignore_ascii_case(s))
+        {
+            format!("{start}:<unparsable>")
+        } else {
+            "<unparsable>".to_string()
+        };
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
             let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}{path}")
+            format!("{scheme}://{user}:***@{host}")
         }
-        None => text.to_string(),
+        Some(_) => text.to_string(),
+        None => {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            match authority.split_once(':') {
+                Some((host, port))
+                    if !host.starts_with('[')
+                        && (port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit())) =>
+                {
+                    format!("{scheme}://{host}:***")
+                }
+                _ => text.to_string(),
+            }
+        }
     }
 }
 
@@ -266,6 +289,36 @@ mod tests {
             .unwrap_err();
         let shown = format!("{err} {err:?}");
         assert!(!shown.contains("hunter2-secret"), "{shown}");
+    }
+
+    #[test]
+    fn a_bad_url_error_hides_a_password_holding_url_delimiters() {
+        // Unencoded, `/` ends the authority for a URL parser: the password
+        // runs to the last '@' all the same.
+        for (url, secret) in [
+            ("amqp://u:Amq/pSecret@host", "Amq/pSecret"),
+            ("amqp://u:a?b#c@d/e@host:5672/%2f", "a?b#c@d/e"),
+            ("amqps://u:p@ss:w/rd@host/vh", "p@ss:w/rd"),
+        ] {
+            let err = url.parse::<BrokerUrl>().map(|u| u.to_string());
+            let shown = format!("{err:?}");
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert_eq!(redact("amqp://u:Amq/pSecret@host"), "amqp://u:***@host");
+        assert_eq!(
+            redact("amqp://u:a?b#c@d/e@host:5672/%2f"),
+            "amqp://u:***@host:5672/%2f"
+        );
+        assert_eq!(redact("amqp://host:5672/%2f"), "amqp://host:5672/%2f");
+        assert_eq!(redact("amqps://[::1]:5671/%2f"), "amqps://[::1]:5671/%2f");
+        // No '@': a port that is not a number is hidden with what follows.
+        assert_eq!(redact("amqp://guest:guest"), "amqp://guest:***");
+        assert_eq!(redact("amqp://u:L?x y#'/'%v"), "amqp://u:***");
+        // Not a URL: perhaps the middle of a password cut at its commas.
+        assert_eq!(redact("middle-of-a-password"), "<unparsable>");
+        assert_eq!(redact("tail@host:5672/%2f"), "<unparsable>");
+        assert_eq!(redact("amqp:u:pw@host"), "amqp:<unparsable>");
+        assert_eq!(redact("amqp://u@host/%2f"), "amqp://u@host/%2f");
     }
 
     #[test]

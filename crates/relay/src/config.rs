@@ -574,27 +574,6 @@ impl Config {
     }
 }
 
-/// Splits a list of broker URLs at the commas that start another URL (a
-/// comma followed, after spaces, by `amqp://` or `amqps://`), so that a
-/// password may hold commas.
-pub fn split_amqp_urls(text: &str) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let mut start = 0;
-    for (at, _) in text.match_indices(',') {
-        let rest = text.get(at + 1..).unwrap_or("").trim_start();
-        if rest.starts_with("amqp://") || rest.starts_with("amqps://") {
-            parts.push(text.get(start..at).unwrap_or(""));
-            start = at + 1;
-        }
-    }
-    parts.push(text.get(start..).unwrap_or(""));
-    parts
-        .into_iter()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
 impl Settings {
     /// Parses and checks every setting once: URLs, names, templates,
     /// numbers. Each error names the setting and what would be right.
@@ -608,7 +587,7 @@ impl Settings {
                     .map_err(|e| invalid("pg_url", e.to_string()))?,
             ),
         };
-        let brokers = split_amqp_urls(self.amqp_url.as_deref().unwrap_or(""))
+        let brokers = crate::redact::split_amqp_urls(self.amqp_url.as_deref().unwrap_or(""))
             .into_iter()
             .map(|url| url.parse::<BrokerUrl>())
             .collect::<Result<Vec<_>, _>>()
@@ -797,33 +776,15 @@ fn amqp_name(key: &'static str, value: &str, empty_ok: bool) -> Result<(), Confi
     Ok(())
 }
 
-/// Replaces the password of every URL (`scheme://user:password@host`) and of
-/// every `password=...` pair in a libpq keyword string with `***`.
+/// Replaces every password in a pg_url or amqp_url value with `***`: a list
+/// of amqp:// URLs by [`crate::redact::amqp_urls`], anything else as a libpq
+/// connection string by [`crate::redact::pg_conninfo`].
 pub fn redact_secret(value: &str) -> String {
-    value
-        .split(',')
-        .map(|part| {
-            let mut out = part.to_string();
-            if let Some(scheme_end) = out.find("://") {
-                let after = scheme_end + 3;
-                if let Some(at) = out[after..].rfind('@').map(|i| i + after) {
-                    if let Some(colon) = out[after..at].find(':').map(|i| i + after) {
-                        out.replace_range(colon + 1..at, "***");
-                    }
-                }
-            }
-            if let Some(start) = out.find("password=") {
-                let value_start = start + "password=".len();
-                let end = out[value_start..]
-                    .find(' ')
-                    .map(|i| i + value_start)
-                    .unwrap_or(out.len());
-                out.replace_range(value_start..end, "***");
-            }
-            out
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+    if crate::redact::is_amqp_url(value) {
+        crate::redact::amqp_urls(value)
+    } else {
+        crate::redact::pg_conninfo(value)
+    }
 }
 
 #[cfg(test)]
@@ -982,10 +943,10 @@ mod tests {
     #[test]
     fn broker_lists_split_only_where_a_url_starts() {
         assert_eq!(
-            split_amqp_urls("amqp://u:p,w@h1/%2f, amqps://u:x@h2 ,amqp://h3"),
+            crate::redact::split_amqp_urls("amqp://u:p,w@h1/%2f, amqps://u:x@h2 ,amqp://h3"),
             ["amqp://u:p,w@h1/%2f", "amqps://u:x@h2", "amqp://h3"]
         );
-        assert_eq!(split_amqp_urls(""), Vec::<&str>::new());
+        assert_eq!(crate::redact::split_amqp_urls(""), Vec::<&str>::new());
     }
 
     #[test]
@@ -1095,6 +1056,16 @@ mod tests {
             "amqp://u:***@b1/%2f,amqp://u:***@b2/%2f"
         );
         assert_eq!(redact_secret("amqp://b1/%2f"), "amqp://b1/%2f");
+        // What the first version showed: the end of a quoted password with
+        // a space, a password's comma-separated tail.
+        assert_eq!(
+            redact_secret("host=db password='s3 cret' dbname=app"),
+            "host=db password=*** dbname=app"
+        );
+        assert_eq!(
+            redact_secret("amqp://u:p,w@b1/%2f, amqps://u:q@b2"),
+            "amqp://u:***@b1/%2f, amqps://u:***@b2"
+        );
         let s = Settings {
             pg_url: Some("postgres://relay:s3cret@db/app".into()),
             ..Settings::default()

@@ -27,6 +27,7 @@ pub mod pgtext;
 pub mod pipeline;
 pub mod prereq;
 pub mod probe;
+pub mod redact;
 pub mod sink;
 pub mod sql;
 pub mod template;

@@ -13,6 +13,10 @@ use outbox_relay::metrics::{self, Health, Metrics};
 use outbox_relay::{check, ops, pipeline, prereq};
 use tokio::sync::watch;
 use tracing::Instrument;
+use tracing_subscriber::filter::{Directive, LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -188,33 +192,131 @@ fn load_settings(cli: &Cli) -> anyhow::Result<Resolved> {
     )?)
 }
 
-/// The log filter: RELAY_LOG (default `info`), with lapin never above
-/// debug: at trace it logs every AMQP frame, the login frame with its
-/// password included.
-fn log_filter(user: Option<&str>) -> String {
-    let user = user
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .unwrap_or("info");
-    let mut mentions_lapin = false;
-    let directives: Vec<String> = user
-        .split(',')
-        .map(|d| {
-            let d = d.trim();
-            if d.starts_with("lapin") {
-                mentions_lapin = true;
-                if d.to_ascii_lowercase().ends_with("=trace") {
-                    return amqp_sink::LOG_DIRECTIVES.to_string();
-                }
+/// The most lapin may log: at TRACE it logs every AMQP frame, the login
+/// frame with its password included.
+const LAPIN_MAX: LevelFilter = LevelFilter::DEBUG;
+
+/// lapin's target that logs a message the broker returned, whole (headers
+/// and body: personal data), at WARN. Always off: the relay reports returns
+/// itself.
+const LAPIN_RETURNED: &str = "lapin::returned_messages";
+
+/// RELAY_LOG made safe: the directives EnvFilter gets, and the ones it does
+/// not (they do not parse).
+#[derive(Debug)]
+struct LogFilter {
+    directives: String,
+    ignored: Vec<String>,
+}
+
+/// The log filter: RELAY_LOG's directives (default `info`), then lapin's
+/// cap, whatever RELAY_LOG says. Every directive whose target starts with
+/// `lapin` is clamped to [`LAPIN_MAX`] (a bare target means TRACE), any
+/// for `lapin::returned_messages` dropped; then come `lapin=off` (unless the
+/// user set a level for `lapin` itself: its connection errors are reported
+/// by the relay's own) and `lapin::returned_messages=off`.
+///
+/// EnvFilter lets the most specific target win (the longest; among equal
+/// ones, the last): a user's `lapin::channels=trace` outranks `lapin=debug`,
+/// hence the clamp of each rather than one directive appended. A span
+/// directive without a target (`[relay]=trace`) is not a target's and is
+/// capped by [`lapin_cap`] instead.
+fn log_filter(user: Option<&str>) -> LogFilter {
+    let mut directives = Vec::new();
+    let mut ignored = Vec::new();
+    let mut lapin_level_set = false;
+    let user = user.unwrap_or_default();
+    for directive in user.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if directive.parse::<Directive>().is_err() {
+            ignored.push(directive.to_string());
+            continue;
+        }
+        let parts = DirectiveParts::of(directive);
+        match parts.target {
+            Some(target) if target.starts_with(LAPIN_RETURNED) => {}
+            Some(target) if target.starts_with("lapin") => {
+                lapin_level_set |= target == "lapin" && !parts.in_span;
+                directives.push(if parts.level > LAPIN_MAX {
+                    format!("{}={LAPIN_MAX}", parts.head)
+                } else {
+                    directive.to_string()
+                });
             }
-            d.to_string()
-        })
-        .collect();
-    let mut filter = directives.join(",");
-    if !mentions_lapin {
-        filter.push_str(",lapin=warn");
+            _ => directives.push(directive.to_string()),
+        }
     }
-    filter
+    if directives.is_empty() {
+        directives.push("info".to_string());
+    }
+    if !lapin_level_set {
+        directives.push("lapin=off".to_string());
+    }
+    directives.push(format!("{LAPIN_RETURNED}=off"));
+    LogFilter {
+        directives: directives.join(","),
+        ignored,
+    }
+}
+
+/// A directive `target[span{field=value}]=level` taken apart as EnvFilter
+/// reads it (tracing-subscriber's `filter/env/directive.rs`).
+#[derive(Debug)]
+struct DirectiveParts<'a> {
+    /// Everything before `=level`.
+    head: &'a str,
+    target: Option<&'a str>,
+    /// Whether it has a span or field filter.
+    in_span: bool,
+    /// A missing or empty level means TRACE.
+    level: LevelFilter,
+}
+
+impl<'a> DirectiveParts<'a> {
+    /// The parts of a directive that parses.
+    fn of(directive: &'a str) -> DirectiveParts<'a> {
+        if !directive.contains(['=', '[']) {
+            // A bare level (`debug`, `4`) or a bare target (all its levels).
+            return match directive.parse::<LevelFilter>() {
+                Ok(level) => DirectiveParts {
+                    head: "",
+                    target: None,
+                    in_span: false,
+                    level,
+                },
+                Err(_) => DirectiveParts {
+                    head: directive,
+                    target: Some(directive),
+                    in_span: false,
+                    level: LevelFilter::TRACE,
+                },
+            };
+        }
+        // Field values may hold '=': the level follows the span's ']'.
+        let split = match directive.rfind(']') {
+            Some(close) => directive.split_at(close + 1),
+            None => directive.split_at(directive.find('=').unwrap_or(directive.len())),
+        };
+        let (head, level) = (split.0, split.1.strip_prefix('=').unwrap_or(split.1));
+        DirectiveParts {
+            head,
+            target: head.split('[').next().filter(|t| !t.is_empty()),
+            in_span: head.contains('['),
+            level: match level {
+                "" => LevelFilter::TRACE,
+                level => level.parse().unwrap_or(LevelFilter::TRACE),
+            },
+        }
+    }
+}
+
+/// lapin's cap as a filter of its own, beside the EnvFilter: a span
+/// directive (`[relay]=trace`) enables every target inside that span, and
+/// lapin's connection task runs inside the span that connected it.
+fn lapin_cap() -> Targets {
+    Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("lapin", LAPIN_MAX)
+        .with_target(LAPIN_RETURNED, LevelFilter::OFF)
 }
 
 fn init_logging(cli: &Cli, resolved: &Resolved) {
@@ -223,18 +325,190 @@ fn init_logging(cli: &Cli, resolved: &Resolved) {
         Some(LogFormatArg::Text) => LogFormat::Text,
         None => resolved.settings.log_format,
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(
-        std::env::var("RELAY_LOG").ok().as_deref(),
-    ))
-    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=warn"));
+    let filter = log_filter(std::env::var("RELAY_LOG").ok().as_deref());
     // Colours only on a terminal: log files and shippers get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(EnvFilter::new(&filter.directives))
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(lapin_cap())
+            .init(),
+        LogFormat::Text => builder.finish().with(lapin_cap()).init(),
+    }
+    for directive in &filter.ignored {
+        tracing::warn!(%directive, "ignoring a RELAY_LOG directive that does not parse");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing::{Level, Subscriber};
+    use tracing_subscriber::layer::Context;
+    use tracing_subscriber::Layer;
+
+    use super::*;
+
+    /// Records `target LEVEL` of each event that passes the filters.
+    struct Recorder(Arc<Mutex<Vec<String>>>);
+
+    impl<S: Subscriber> Layer<S> for Recorder {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            let meta = event.metadata();
+            if let Ok(mut seen) = self.0.lock() {
+                seen.push(format!("{} {}", meta.target(), meta.level()));
+            }
+        }
+    }
+
+    /// Events from lapin's targets and the relay's, at the levels that
+    /// matter, half of them inside a span named `relay`.
+    fn emit() {
+        let events = || {
+            tracing::event!(target: "lapin::io_loop", Level::TRACE, "frame");
+            tracing::event!(target: "lapin::io_loop", Level::DEBUG, "throttling");
+            tracing::event!(target: "lapin::channels", Level::TRACE, "frame");
+            tracing::event!(target: "lapin::channels", Level::DEBUG, "heartbeat");
+            tracing::event!(target: "lapin::channels", Level::ERROR, "connection error");
+            tracing::event!(target: "lapin::returned_messages", Level::WARN, "returned");
+            tracing::event!(target: "outbox_relay::pipeline", Level::TRACE, "ack");
+            tracing::event!(target: "outbox_relay::pipeline", Level::DEBUG, "batch");
+            tracing::event!(target: "outbox_relay::pipeline", Level::INFO, "streaming");
+            tracing::event!(target: "walstream", Level::DEBUG, "keepalive");
+        };
+        events();
+        let _span = tracing::info_span!("relay").entered();
+        events();
+    }
+
+    /// What reaches the output under RELAY_LOG=`relay_log`: through the
+    /// EnvFilter of [`log_filter`] alone, or with [`lapin_cap`] too.
+    fn logged(relay_log: &str, with_cap: bool) -> Vec<String> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let env = EnvFilter::new(log_filter(Some(relay_log)).directives);
+        let cap = with_cap.then(lapin_cap);
+        let subscriber = tracing_subscriber::registry()
+            .with(env)
+            .with(cap)
+            .with(Recorder(seen.clone()));
+        tracing::subscriber::with_default(subscriber, emit);
+        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        seen
+    }
+
+    fn assert_lapin_capped(relay_log: &str, seen: &[String]) {
+        for line in seen {
+            assert!(
+                !(line.starts_with("lapin") && line.ends_with("TRACE")),
+                "RELAY_LOG={relay_log:?} lets lapin trace: {seen:?}"
+            );
+            assert!(
+                !line.starts_with(LAPIN_RETURNED),
+                "RELAY_LOG={relay_log:?} lets returned messages through: {seen:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_relay_log_value_lets_lapin_trace_or_log_returned_messages() {
+        for relay_log in [
+            "lapin",
+            "lapin=5",
+            "lapin=TRACE",
+            "trace",
+            "5",
+            "lapin=trace,info",
+            "lapin::channels=trace",
+            "lapin::channels,lapin",
+            "lapin:=trace",
+            "lapin=",
+            "lapin::returned_messages=warn,lapin=warn",
+            "lapin::returned_messages::x=trace",
+            "lapin[relay]=trace",
+            "lapin[relay]",
+            "",
+        ] {
+            // The EnvFilter alone already holds the cap...
+            assert_lapin_capped(relay_log, &logged(relay_log, false));
+            // ...and so does the whole stack.
+            assert_lapin_capped(relay_log, &logged(relay_log, true));
+        }
+    }
+
+    #[test]
+    fn a_span_directive_does_not_lift_the_cap() {
+        for relay_log in ["[relay]=trace", "[relay]", "info,[{slot}]=trace"] {
+            let seen = logged(relay_log, true);
+            assert_lapin_capped(relay_log, &seen);
+        }
+        let seen = logged("[relay]=trace", true);
+        assert!(
+            seen.contains(&"outbox_relay::pipeline TRACE".to_string()),
+            "{seen:?}"
+        );
+    }
+
+    #[test]
+    fn the_users_other_directives_still_apply() {
+        let has = |seen: &[String], line: &str| seen.iter().any(|l| l == line);
+        let seen = logged("trace", true);
+        assert!(has(&seen, "outbox_relay::pipeline TRACE"), "{seen:?}");
+        assert!(has(&seen, "walstream DEBUG"), "{seen:?}");
+        // By default lapin is off: its errors are reported by the relay's.
+        assert!(!has(&seen, "lapin::channels ERROR"), "{seen:?}");
+
+        let seen = logged("lapin=trace,info", true);
+        assert!(has(&seen, "lapin::io_loop DEBUG"), "{seen:?}");
+        assert!(has(&seen, "lapin::channels ERROR"), "{seen:?}");
+        assert!(has(&seen, "outbox_relay::pipeline INFO"), "{seen:?}");
+        assert!(!has(&seen, "outbox_relay::pipeline DEBUG"), "{seen:?}");
+
+        let seen = logged("info,lapin::channels=trace", true);
+        assert!(has(&seen, "lapin::channels DEBUG"), "{seen:?}");
+        assert!(!has(&seen, "lapin::io_loop DEBUG"), "{seen:?}");
+        assert!(has(&seen, "outbox_relay::pipeline INFO"), "{seen:?}");
+
+        let seen = logged("info,outbox_relay=debug", true);
+        assert!(has(&seen, "outbox_relay::pipeline DEBUG"), "{seen:?}");
+        assert!(!has(&seen, "outbox_relay::pipeline TRACE"), "{seen:?}");
+        assert!(!has(&seen, "walstream DEBUG"), "{seen:?}");
+
+        let seen = logged("", true);
+        assert!(has(&seen, "outbox_relay::pipeline INFO"), "{seen:?}");
+        assert!(!has(&seen, "outbox_relay::pipeline DEBUG"), "{seen:?}");
+    }
+
+    #[test]
+    fn directives_that_do_not_parse_are_set_aside() {
+        let filter = log_filter(Some("info, ???, outbox_relay=debug,lapin=verbose"));
+        assert_eq!(filter.ignored, ["???", "lapin=verbose"]);
+        assert_eq!(
+            filter.directives,
+            "info,outbox_relay=debug,lapin=off,lapin::returned_messages=off"
+        );
+        let filter = log_filter(Some("???"));
+        assert_eq!(
+            filter.directives,
+            "info,lapin=off,lapin::returned_messages=off"
+        );
+    }
+
+    #[test]
+    fn lapin_directives_are_clamped_not_dropped() {
+        assert_eq!(
+            log_filter(Some(
+                "lapin,lapin::channels=5,lapin[conn]=trace,lapin::io_loop=info"
+            ))
+            .directives,
+            "lapin=debug,lapin::channels=debug,lapin[conn]=debug,lapin::io_loop=info,\
+             lapin::returned_messages=off"
+        );
     }
 }
