@@ -272,23 +272,29 @@ fn a_startup_connection_failure_says_its_cause_and_fix() {
     let pg = PgCluster::builder()
         .hba(&[
             "local all all trust",
-            "host all all 127.0.0.1/32 scram-sha-256",
-            "host all all ::1/128 scram-sha-256",
+            "host all relay_pw 127.0.0.1/32 scram-sha-256",
+            "host all relay_pw ::1/128 scram-sha-256",
+            "host all all 127.0.0.1/32 trust",
+            "host all all ::1/128 trust",
         ])
         .start()
         .unwrap();
     pg.psql(OUTBOX_SQL).unwrap();
-    pg.psql("SET password_encryption = 'scram-sha-256'; ALTER ROLE postgres PASSWORD 'right-pw'")
-        .unwrap();
-    let wrong = pg.url_for("postgres", Some("wrong-pw"), "postgres");
+    pg.psql(
+        "SET password_encryption = 'scram-sha-256';
+         CREATE ROLE relay_pw LOGIN REPLICATION PASSWORD 'right-pw';
+         GRANT SELECT ON outbox TO relay_pw",
+    )
+    .unwrap();
+    let wrong = pg.url_for("relay_pw", Some("wrong-pw"), "postgres");
     let wrong_env = env(&pg, &[("RELAY_PG_URL", &wrong)]);
     let (ok, run) = relay(&["run"], &pairs(&wrong_env));
     assert!(!ok, "{run}");
-    assert!(run.contains("password for role postgres is wrong"), "{run}");
+    assert!(run.contains("password for role relay_pw is wrong"), "{run}");
     assert!(!run.contains("reconnect to resume"), "{run}");
     let (ok, check) = relay(&["check"], &pairs(&wrong_env));
     assert!(!ok);
-    assert!(fail_line(&check, "postgres").contains("password for role postgres is wrong"));
+    assert!(fail_line(&check, "postgres").contains("password for role relay_pw is wrong"));
 
     // A role that does not exist is not a pg_hba.conf problem.
     let trusting = ready_cluster();

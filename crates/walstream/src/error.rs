@@ -110,6 +110,11 @@ impl DbError {
     /// What an operator should do, for the SQLSTATEs whose fix is known.
     fn advice(&self) -> Option<&'static str> {
         Some(match self.code.as_str() {
+            // 28000 also says that a role does not exist: not a pg_hba.conf
+            // matter.
+            "28000" if self.message.contains("does not exist") => {
+                "create the role, or fix the user in the connection settings"
+            }
             "28P01" => {
                 "check the password (in the connection URL, PGPASSWORD or ~/.pgpass) and the \
                  role's authentication method in pg_hba.conf"
