@@ -11,6 +11,8 @@
 //!   services.
 //! - [`RelayProcess`]: the real `outbox-relay` binary, started as a user
 //!   would, its output kept for assertions and shown when a test fails.
+//! - [`tls::TlsFront`]: `amqps://` in front of the shared broker, with a
+//!   certificate made by the test.
 //! - [`secrets`]: the forms a password takes in connection strings and
 //!   output, for tests that prove none of them shows.
 //!
@@ -23,6 +25,7 @@ mod pg;
 mod proxy;
 mod relay;
 pub mod secrets;
+pub mod tls;
 
 pub use error::KitError;
 pub use pg::{PgCluster, PgClusterBuilder};

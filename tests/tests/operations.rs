@@ -434,3 +434,60 @@ async fn stalled_http_clients_are_shed_within_seconds_and_never_starve_scrapes_o
     );
     relay.kill().unwrap();
 }
+
+#[tokio::test]
+async fn amqps_verifies_the_broker_and_trusts_a_private_ca_only_when_given_its_file() {
+    let f = Fixture::new().await;
+    let front = e2e::tls::TlsFront::start().await;
+    let url = format!("amqps://guest:guest@localhost:{}/%2f", front.port);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &front.ca_pem).unwrap();
+    let ca = ca.to_string_lossy().to_string();
+    let check = |extra: Vec<(&'static str, String)>| {
+        let mut env = f.env();
+        env.retain(|(k, _)| k != "RELAY_AMQP_URL");
+        env.push(("RELAY_AMQP_URL".into(), url.clone()));
+        for (k, v) in extra {
+            env.push((k.to_string(), v));
+        }
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let env: Vec<(&str, &str)> =
+                    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let mut p = e2e::RelayProcess::spawn(["check"], &env).unwrap();
+                let status = p.wait(Duration::from_secs(60)).unwrap();
+                (status.success(), p.output())
+            })
+            .await
+            .unwrap()
+        }
+    };
+    // Without the CA: the certificate is refused, nothing is sent.
+    let (_, out) = check(vec![]).await;
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("FAIL  rabbitmq"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("amqps://guest@localhost"), "{line}");
+    assert_eq!(
+        front.handshakes.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    // With it: the broker is reached over TLS, and run publishes through it.
+    let (_, out) = check(vec![("RELAY_AMQP_CA_FILE", ca.clone())]).await;
+    assert!(out.contains("ok    rabbitmq"), "{out}");
+    let mut consumer = f.consumer().await;
+    let mut relay = f.start_relay(&[("RELAY_AMQP_URL", &url), ("RELAY_AMQP_CA_FILE", &ca)]);
+    f.insert_events("tls", 1, 1);
+    let got = consumer.collect(1, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    relay.kill().unwrap();
+    // A file that is not a certificate is a settings error, said as such.
+    let (ok, out) = check(vec![("RELAY_AMQP_CA_FILE", "/dev/null".into())]).await;
+    assert!(!ok);
+    assert!(
+        out.contains("amqp_ca_file /dev/null: no PEM certificate"),
+        "{out}"
+    );
+}

@@ -304,3 +304,139 @@ fn the_shipped_sql_scripts_run_as_documented() {
     pg.psql(&cleanup).expect("sql/cleanup.sql runs");
     assert_eq!(pg.psql("SELECT count(*) FROM outbox").unwrap(), "1");
 }
+
+/// Runs a whole SQL script as `psql -f` runs it (statement by statement,
+/// stopping at the first error).
+fn psql_file(pg: &PgCluster, script: &str) -> Result<String, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("script.sql");
+    std::fs::write(&path, script).unwrap();
+    let psql = pg.bindir().join("psql");
+    let program = if psql.is_file() { psql } else { "psql".into() };
+    let out = std::process::Command::new(program)
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+        .args([
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+#[test]
+fn setup_print_sql_prints_only_the_statements_it_means_whatever_the_names() {
+    let pg = PgCluster::start().unwrap();
+    // Names built to break out of their quotes.
+    let schema = "we\"ird; DROP TABLE sentinel; --";
+    let table = "out$$box'); DROP TABLE sentinel; --";
+    let publication = "pub'; DROP TABLE sentinel; --";
+    let role = "r\"; DROP ROLE postgres; --";
+    let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    pg.psql(&format!(
+        "CREATE TABLE sentinel (x int);
+         CREATE SCHEMA {s};
+         CREATE TABLE {s}.{t} (id uuid PRIMARY KEY, aggregate_type text, aggregate_id text,
+                               event_type text, payload jsonb, created_at timestamptz);",
+        s = q(schema),
+        t = q(table)
+    ))
+    .unwrap();
+    let table_setting = format!("{}.{}", q(schema), q(table));
+    let env = [
+        ("RELAY_TABLE", table_setting.as_str()),
+        ("RELAY_PUBLICATION", publication),
+        ("RELAY_SLOT", "hostile_slot"),
+    ];
+    let (ok, sql) = relay(&["setup", "--print-sql", "--role", role], &env);
+    assert!(ok, "{sql}");
+    psql_file(&pg, &sql).unwrap_or_else(|e| panic!("the printed SQL failed: {e}\n{sql}"));
+    // Exactly the objects it named, and nothing dropped.
+    assert_eq!(pg.psql("SELECT count(*) FROM sentinel").unwrap(), "0");
+    assert_eq!(
+        pg.psql(&format!(
+            "SELECT rolreplication FROM pg_roles WHERE rolname = '{}'",
+            role.replace('\'', "''")
+        ))
+        .unwrap(),
+        "t"
+    );
+    assert_eq!(
+        pg.psql(&format!(
+            "SELECT count(*) FROM pg_publication_tables WHERE pubname = '{}'
+               AND schemaname = '{}' AND tablename = '{}'",
+            publication.replace('\'', "''"),
+            schema.replace('\'', "''"),
+            table.replace('\'', "''")
+        ))
+        .unwrap(),
+        "1"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'hostile_slot'")
+            .unwrap(),
+        "1"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM pg_roles WHERE rolname = 'postgres'")
+            .unwrap(),
+        "1"
+    );
+    // A name with a control character is refused before any SQL is printed.
+    for (var, value) in [
+        ("RELAY_PUBLICATION", "pub\nDROP TABLE sentinel;"),
+        ("RELAY_TABLE", "\"a\nb\".outbox"),
+    ] {
+        let (ok, out) = relay(&["setup", "--print-sql"], &[(var, value)]);
+        assert!(!ok, "{out}");
+        assert!(out.contains("control character"), "{out}");
+        assert!(!out.contains("CREATE"), "{out}");
+    }
+    let (ok, out) = relay(&["setup", "--print-sql", "--role", "r\nx"], &[]);
+    assert!(!ok && out.contains("control character"), "{out}");
+}
+
+#[test]
+fn check_warns_while_any_role_may_emit_events_and_print_sql_offers_the_revoke() {
+    let pg = ready_cluster();
+    let amqp = amqp::amqp_url();
+    let env = [
+        ("RELAY_PG_URL", pg.url()),
+        ("RELAY_AMQP_URL", amqp),
+        ("RELAY_MESSAGE_PREFIX", "outbox".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (ok, out) = relay(&["check"], &env);
+    assert!(ok, "{out}");
+    let l = line(&out, "warn  emit_message");
+    assert!(
+        l.contains("any role may call pg_logical_emit_message"),
+        "{l}"
+    );
+    let (ok, sql) = relay(&["setup", "--print-sql"], &env);
+    assert!(ok, "{sql}");
+    let revokes: Vec<&str> = sql
+        .lines()
+        .filter_map(|l| l.strip_prefix("-- "))
+        .filter(|l| l.starts_with("DO $$") && l.contains("REVOKE EXECUTE"))
+        .collect();
+    assert_eq!(revokes.len(), 1, "{sql}");
+    for statement in revokes {
+        pg.psql(statement).unwrap();
+    }
+    let (ok, out) = relay(&["check"], &env);
+    assert!(ok, "{out}");
+    line(&out, "ok    emit_message");
+}

@@ -30,6 +30,8 @@ const RECV_SLOT: &str = "bench_recvlogical";
 /// The relay's second drain of the same backlog (into a non-durable queue).
 const TRANSIENT_SLOT: &str = "bench_relay_transient";
 const DBZ_NULL_SLOT: &str = "bench_debezium_null";
+/// The relay with the null sink: slot, decode, map, track, ack; no broker.
+const NULL_SLOT: &str = "bench_relay_null";
 const DBZ_AMQP_SLOT: &str = "bench_debezium_rabbitmq";
 
 /// The outbox table: the project's own DDL.
@@ -107,6 +109,22 @@ pub struct Drain {
     pub cpu_s_per_100k: f64,
     /// What the drain cost Postgres.
     pub postgres: PgCost,
+}
+
+/// The relay's own ceiling: the backlog through the whole pipeline (slot,
+/// decode, map, track, ack) into the null sink, which confirms at once.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NullDrain {
+    /// Events.
+    pub events: u64,
+    /// Relay spawn to the slot acknowledged past the backlog, seconds.
+    pub total_secs: f64,
+    /// events / total_secs.
+    pub events_per_s: f64,
+    /// The relay's CPU and peak RSS.
+    pub usage: Usage,
+    /// CPU seconds per 100,000 events.
+    pub cpu_s_per_100k: f64,
 }
 
 /// One latency phase.
@@ -196,6 +214,8 @@ pub struct Results {
     pub backlog: Backlog,
     /// 1b.
     pub wal: WalCeiling,
+    /// 1c: the relay into the null sink.
+    pub null: NullDrain,
     /// 2 (and 4 during 2).
     pub drain: Drain,
     /// 2 again, with RabbitMQ off its disk: what bounds the drain.
@@ -301,7 +321,7 @@ impl Bench {
                 "CREATE PUBLICATION {PUBLICATION} FOR TABLE public.outbox WITH (publish = 'insert')"
             ))
             .await?;
-        let mut slots = vec![RELAY_SLOT, RECV_SLOT, TRANSIENT_SLOT];
+        let mut slots = vec![RELAY_SLOT, RECV_SLOT, TRANSIENT_SLOT, NULL_SLOT];
         if with_debezium {
             slots.extend([DBZ_NULL_SLOT, DBZ_AMQP_SLOT]);
         }
@@ -372,6 +392,16 @@ impl Bench {
         })?;
         say(&format!("  {:.0} rows/s", wal.rows_per_s));
 
+        // 1c: the relay alone, into the null sink.
+        say("relay ceiling: outbox-relay into the null sink");
+        let null = self.null_drain().await?;
+        say(&format!(
+            "  {:.0} events/s (CPU {:.2} s per 100k; peak RSS {:.1} MiB)",
+            null.events_per_s,
+            null.cpu_s_per_100k,
+            null.usage.peak_rss_mib()
+        ));
+
         // 2: the relay drains the backlog.
         say("backlog drain: outbox-relay");
         let drain = self.drain().await?;
@@ -438,6 +468,7 @@ impl Bench {
             broker_runs,
             backlog,
             wal,
+            null,
             drain,
             transient,
             debezium,
@@ -506,6 +537,45 @@ impl Bench {
             );
         }
         Ok(())
+    }
+
+    /// The relay drains the backlog into the null sink: timed from its
+    /// spawn to its count of confirmed events reaching the backlog's.
+    async fn null_drain(&self) -> anyhow::Result<NullDrain> {
+        let n = self.plan.backlog_rows;
+        let target = Target {
+            pg_url: self.pg.url(),
+            slot: NULL_SLOT.into(),
+            publication: PUBLICATION.into(),
+            exchange: "bench-null-unused".into(),
+            dead_letter: "bench-null-unused".into(),
+        };
+        let mut relay = Relay::spawn_with(&target, &[("RELAY_SINK", "null")])?;
+        tokio::task::block_in_place(|| relay.wait_streaming())?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let wanted = crate::stats::count_f64(n);
+        loop {
+            if relay.metric("outbox_relay_events_confirmed_total").await? >= wanted {
+                break;
+            }
+            if !relay.alive() || Instant::now() > deadline {
+                bail!(
+                    "the null-sink relay did not get through the backlog:\n{}",
+                    relay.output()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let total = relay.spawned.elapsed();
+        let usage = relay.usage()?;
+        tokio::task::block_in_place(|| relay.stop())?;
+        Ok(NullDrain {
+            events: n,
+            total_secs: total.as_secs_f64(),
+            events_per_s: rate(n, total),
+            usage,
+            cpu_s_per_100k: per_100k(usage.cpu_secs, n),
+        })
     }
 
     async fn drain(&self) -> anyhow::Result<Drain> {

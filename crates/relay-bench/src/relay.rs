@@ -39,6 +39,12 @@ pub struct Relay {
 impl Relay {
     /// Spawns `outbox-relay run` for `target`; does not wait.
     pub fn spawn(target: &Target) -> anyhow::Result<Relay> {
+        Relay::spawn_with(target, &[])
+    }
+
+    /// Spawns `outbox-relay run` for `target` with more settings (which
+    /// win); does not wait.
+    pub fn spawn_with(target: &Target, extra: &[(&str, &str)]) -> anyhow::Result<Relay> {
         let amqp_url = e2e::amqp::amqp_url();
         let env = [
             ("RELAY_PG_URL", target.pg_url.as_str()),
@@ -52,6 +58,11 @@ impl Relay {
             ("RELAY_LOG_FORMAT", "json"),
             ("RELAY_LOG", "info"),
         ];
+        let mut env: Vec<(&str, &str)> = env.to_vec();
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push((k, v));
+        }
         let spawned = Instant::now();
         let process = RelayProcess::spawn(["run"], &env).context("starting outbox-relay")?;
         Ok(Relay {
@@ -97,6 +108,18 @@ impl Relay {
             .ok_or_else(|| anyhow!("the relay's metrics address is not known yet"))?;
         let text = http_get(addr, "/metrics").await?;
         Histogram::parse(&text, "outbox_relay_commit_to_confirm_seconds")
+    }
+
+    /// A counter or gauge as /metrics shows it now (0 if absent).
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let addr = self
+            .metrics
+            .ok_or_else(|| anyhow!("the relay's metrics address is not known yet"))?;
+        let text = http_get(addr, "/metrics").await?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0))
     }
 
     /// SIGTERM, then waits for a clean exit.

@@ -153,6 +153,22 @@ pub fn rows(r: &Results) -> Vec<Row> {
         "",
     ));
     rows.push(row(
+        "1c the relay's own ceiling: slot, decode, map, track, ack into the null sink (events/s) vs 1b",
+        thousands(r.null.events_per_s),
+        thousands(r.wal.rows_per_s),
+        format!("{:.0}%", 100.0 * r.null.events_per_s / r.wal.rows_per_s.max(1e-9)),
+    ));
+    rows.push(row(
+        "1c CPU seconds per 100k events / peak RSS (MiB), null sink",
+        format!(
+            "{:.2} / {:.1}",
+            r.null.cpu_s_per_100k,
+            r.null.usage.peak_rss_mib()
+        ),
+        "",
+        "",
+    ));
+    rows.push(row(
         format!(
             "2 backlog drain, {n} rows in {}-row txns (events/s) vs min(1a, 1b)",
             r.backlog.rows_per_txn
@@ -321,6 +337,16 @@ pub fn rows(r: &Results) -> Vec<Row> {
             }
             if let Some(z) = &d.null {
                 rows.push(row(
+                    "5b relay into the null sink vs Debezium 3.6 into its null sink (events/s): both without a broker",
+                    thousands(r.null.events_per_s),
+                    format!(
+                        "{} ({} from start)",
+                        thousands(z.steady_events_per_s),
+                        thousands(z.events_per_s)
+                    ),
+                    format!("{:.1}x", r.null.events_per_s / z.steady_events_per_s.max(1e-9)),
+                ));
+                rows.push(row(
                     "5b drain vs Debezium 3.6, null sink (events/s, once started)",
                     thousands(r.drain.events_per_s),
                     format!(
@@ -461,6 +487,8 @@ pub fn json(
         "transient_drain_events_per_s": r.transient.drain.events_per_s,
         "transient_broker_events_per_s": r.transient.broker.events_per_s,
         "wal_read_ceiling_rows_per_s": r.wal.rows_per_s,
+        "relay_null_events_per_s": r.null.events_per_s,
+        "relay_null_ratio_to_debezium_null": r.debezium.as_ref().and_then(|d| d.null.as_ref()).map(|d| r.null.events_per_s / d.steady_events_per_s),
         "mode": r.plan.mode,
         "command": command,
         "machine": machine,

@@ -95,7 +95,6 @@ pub fn setup_sql(config: &Config, role: Option<&str>) -> Result<String, OpsError
         table: &config.mapping.table,
         publication: &config.publication,
         slot: &config.slot,
-        server_version_num: None,
     }))
 }
 

@@ -26,20 +26,14 @@ pub fn create_slot(slot: &str) -> String {
     )
 }
 
-/// The statements that take pg_logical_emit_message away from PUBLIC, in
-/// each of its forms (PostgreSQL 17 added one with a flush argument).
-pub fn revoke_emit_message(server_version_num: Option<i32>) -> Vec<String> {
-    let mut forms = vec!["boolean, text, text", "boolean, text, bytea"];
-    if server_version_num.is_none_or(|v| v >= 170_000) {
-        forms.push("boolean, text, text, boolean");
-        forms.push("boolean, text, bytea, boolean");
-    }
-    forms
-        .into_iter()
-        .map(|args| {
-            format!("REVOKE EXECUTE ON FUNCTION pg_logical_emit_message({args}) FROM PUBLIC")
-        })
-        .collect()
+/// The statement that takes pg_logical_emit_message away from PUBLIC, in
+/// every form the server has (PostgreSQL 17 added one with a flush
+/// argument): one line, so that it can be printed commented out.
+pub fn revoke_emit_message() -> String {
+    "DO $$ DECLARE f regprocedure; BEGIN FOR f IN SELECT oid::regprocedure FROM pg_proc \
+     WHERE proname = 'pg_logical_emit_message' LOOP EXECUTE format('REVOKE EXECUTE ON \
+     FUNCTION %s FROM PUBLIC', f); END LOOP; END $$"
+        .to_string()
 }
 
 /// What `setup --print-sql` needs to know.
@@ -55,8 +49,6 @@ pub struct Script<'a> {
     pub publication: &'a str,
     /// The slot.
     pub slot: &'a str,
-    /// The server's version, if known (for the REVOKE forms).
-    pub server_version_num: Option<i32>,
 }
 
 /// The script a DBA runs to prepare PostgreSQL for the relay with a
@@ -65,11 +57,7 @@ pub struct Script<'a> {
 /// that keeps other roles from emitting events.
 pub fn setup_script(s: &Script<'_>) -> String {
     let role = quote_ident(s.role);
-    let revoke = revoke_emit_message(s.server_version_num)
-        .into_iter()
-        .map(|statement| format!("-- {statement};"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let revoke = format!("-- {};", revoke_emit_message());
     format!(
         "-- outbox-relay: PostgreSQL setup for table {table}, publication {publication}, slot {slot}.
 -- Run as a superuser. wal_level must be logical (ALTER SYSTEM SET wal_level = logical; then restart).
@@ -94,7 +82,8 @@ GRANT SELECT ON {table_q} TO {role};
 -- pg_logical_emit_message is executable by PUBLIC: any role that can
 -- connect can write a logical decoding message into the WAL. The relay
 -- ignores them unless message_prefix is set (the table-less outbox); if you
--- set it, run these so that only roles you GRANT EXECUTE to can emit events:
+-- set it, run this (then GRANT EXECUTE ON FUNCTION pg_logical_emit_message(...)
+-- to the roles that may emit events):
 {revoke}
 ",
         table = s.table,
@@ -134,7 +123,6 @@ mod tests {
             table,
             publication: "outbox_relay",
             slot: "outbox_relay",
-            server_version_num: Some(170_004),
         })
     }
 
@@ -148,7 +136,11 @@ mod tests {
         assert!(sql.contains("pg_create_logical_replication_slot('outbox_relay', 'pgoutput')"));
         assert_eq!(sql.matches("GRANT SELECT").count(), 1);
         assert!(!sql.contains("PASSWORD"), "no fixed password: {sql}");
-        assert_eq!(sql.matches("-- REVOKE EXECUTE").count(), 4);
+        assert_eq!(
+            sql.matches("REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC")
+                .count(),
+            1
+        );
     }
 
     #[test]

@@ -658,3 +658,64 @@ async fn a_message_the_broker_client_refuses_is_dead_lettered_and_the_stream_goe
     assert!(relay.try_status().is_none(), "{}", relay.output());
     relay.kill().unwrap();
 }
+
+#[tokio::test]
+async fn sigterm_during_start_up_or_as_a_standby_exits_within_a_second() {
+    let f = Fixture::new().await;
+    // Start-up, waiting for a broker that is not there.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let nowhere = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let waiting = f.spawn_relay(&["run"], &[("RELAY_AMQP_URL", &nowhere)]);
+    waiting
+        .wait_for_line(
+            "the broker is unreachable; retrying",
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|_| panic!("{}", waiting.output()));
+    let mut waiting = waiting;
+    let asked = Instant::now();
+    waiting.signal(Signal::SIGTERM).unwrap();
+    let status = waiting.wait(Duration::from_secs(10)).unwrap();
+    let took = asked.elapsed();
+    assert!(status.success(), "{}", waiting.output());
+    assert!(
+        took < Duration::from_secs(1),
+        "start-up took {took:?} to stop"
+    );
+
+    // A standby: one connection, one log line, and a prompt stop.
+    let mut active = f.start_relay(&[]);
+    let mut standby = f.spawn_relay(&["run"], &[("RELAY_STANDBY_POLL_MS", "200")]);
+    standby
+        .wait_for_line("waiting as a standby", Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("{}", standby.output()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sessions = |pg: &e2e::PgCluster| {
+        pg.psql(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = 'outbox-relay' AND backend_type = 'client backend'",
+        )
+        .unwrap()
+    };
+    assert_eq!(sessions(&f.pg), "1", "the standby polls on one connection");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(sessions(&f.pg), "1", "the standby polls on one connection");
+    let announced = standby
+        .lines()
+        .iter()
+        .filter(|l| l.contains("waiting as a standby"))
+        .count();
+    assert_eq!(announced, 1, "{}", standby.output());
+    let asked = Instant::now();
+    standby.signal(Signal::SIGTERM).unwrap();
+    let status = standby.wait(Duration::from_secs(10)).unwrap();
+    let took = asked.elapsed();
+    assert!(status.success(), "{}", standby.output());
+    assert!(
+        took < Duration::from_secs(1),
+        "the standby took {took:?} to stop"
+    );
+    active.kill().unwrap();
+}

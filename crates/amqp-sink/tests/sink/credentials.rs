@@ -3,12 +3,12 @@
 //! traces, which `LOG_DIRECTIVES` keeps off), and `amqps://` connects over
 //! TLS, verifying the broker's certificate.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use amqp_sink::{LinkError, Publisher, SinkError, SinkEvent};
 use e2e::amqp::{amqp_addr, BrokerScope};
+use e2e::tls::TlsFront;
 
 use super::support::{capture_logs, config_for, message, publish_confirmed, rabbitmqctl, Reader};
 
@@ -93,65 +93,6 @@ async fn the_password_never_appears_in_logs_or_errors() {
         "log lines show the password: {:?}",
         capture.leaks
     );
-}
-
-/// A TLS front for the test broker: accepts TLS with a certificate for
-/// `localhost` that no system root signed, forwards plain AMQP.
-struct TlsFront {
-    port: u16,
-    handshakes: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-    ca_pem: String,
-}
-
-impl TlsFront {
-    async fn start() -> TlsFront {
-        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-            certified.signing_key.serialize_der(),
-        ));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![certified.cert.der().clone()], key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let handshakes = Arc::new(AtomicUsize::new(0));
-        let counted = Arc::clone(&handshakes);
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let acceptor = acceptor.clone();
-                let counted = Arc::clone(&counted);
-                tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    let Ok(mut upstream) = tokio::net::TcpStream::connect(amqp_addr()).await else {
-                        return;
-                    };
-                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
-                });
-            }
-        });
-        TlsFront {
-            port,
-            handshakes,
-            task,
-            ca_pem: certified.cert.pem(),
-        }
-    }
-}
-
-impl Drop for TlsFront {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 #[tokio::test]
