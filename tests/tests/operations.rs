@@ -435,7 +435,9 @@ async fn stalled_http_clients_are_shed_within_seconds_and_never_starve_scrapes_o
     relay.kill().unwrap();
 }
 
-#[tokio::test]
+// Multi-threaded: the TLS front runs on this runtime while the test blocks
+// on the relay's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqps_verifies_the_broker_and_trusts_a_private_ca_only_when_given_its_file() {
     let f = Fixture::new().await;
     let front = e2e::tls::TlsFront::start().await;

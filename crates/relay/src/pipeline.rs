@@ -188,9 +188,14 @@ async fn connect_sink(config: &Config, ctx: &Context) -> Result<AmqpSink, RunErr
     loop {
         if !judged {
             let facts = probe::broker(config, &sink_config).await;
-            if facts.reached.is_ok() {
-                refuse_on_failures(&prereq::judge_broker(config, &facts))?;
-                judged = true;
+            match &facts.reached {
+                Ok(_) => {
+                    refuse_on_failures(&prereq::judge_broker(config, &facts))?;
+                    judged = true;
+                }
+                Err(errors) => {
+                    tracing::warn!(error = %errors.join("; "), "cannot reach the broker");
+                }
             }
         }
         if judged {
@@ -199,17 +204,15 @@ async fn connect_sink(config: &Config, ctx: &Context) -> Result<AmqpSink, RunErr
                     ctx.health.set_broker(true);
                     return Ok(sink);
                 }
+                // amqp-sink has logged each broker's failure.
                 Err(amqp_sink::SinkError::Connect(errors))
-                    if errors.iter().any(|e| !e.is_permanent()) =>
-                {
-                    tracing::warn!(error = %amqp_sink::SinkError::Connect(errors), "cannot connect to the broker");
-                }
+                    if errors.iter().any(|e| !e.is_permanent()) => {}
                 Err(e) => return Err(RunError::Broker(e.to_string())),
             }
         }
         ctx.metrics.reconnect(Side::Rabbitmq, "connect_failed");
         let delay = backoff.next_delay();
-        tracing::warn!(retry_in = ?delay, "the broker is unreachable; retrying");
+        tracing::info!(retry_in = ?delay, "the broker is unreachable; retrying");
         tokio::time::sleep(delay).await;
     }
 }
