@@ -62,6 +62,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     config::env_name(key)
                 );
             }
+            if let Err(e) = &parsed {
+                // Shown, not fatal: `config` is where one looks for it.
+                eprintln!("warning: these settings do not parse: {e}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => {

@@ -48,11 +48,14 @@ impl Input<'_> {
         }
         let len = usize::from(self.byte() % 16);
         let seed: Vec<u8> = (0..len).map(|_| self.byte()).collect();
-        let size = match kind % 5 {
+        // Huge values now and then (each costs an allocation of up to
+        // 17 MiB); mostly what the input spells.
+        let size = match kind % 24 {
             0 => 200_000,
             1 => 9 << 20,
             2 => 17 << 20,
             3 => 131_000,
+            4 => 60_000,
             _ => seed.len(),
         };
         if seed.is_empty() {
