@@ -46,23 +46,36 @@ use crate::tracker::{AckTracker, TrackerError, TxnId};
 
 /// A row's place in the stream: the transaction's commit position (a
 /// Begin's `final_lsn`; a non-transactional message's own LSN), then the
-/// row's own. The slot sends rows in this order, and again in this order
-/// after a rewind.
+/// row's own, then its rank among the rows that share that LSN (COPY writes
+/// many rows in one WAL record, and pgoutput sends each with the record's
+/// LSN). The slot sends rows in this order, and again in this order after a
+/// rewind, so a position names one row, in every session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Pos {
     /// Where the row's transaction commits.
     pub commit: Lsn,
     /// Where the row is.
     pub lsn: Lsn,
+    /// Its rank among the rows at `lsn` (0 for the first).
+    pub rank: u32,
 }
 
 impl Pos {
     /// The first position after this one.
     fn after(self) -> Pos {
         Pos {
-            commit: self.commit,
-            lsn: Lsn::from_u64(self.lsn.as_u64().saturating_add(1)),
+            rank: self.rank.saturating_add(1),
+            ..self
         }
+    }
+
+    /// The position of the row read after `previous` at (`commit`, `lsn`).
+    fn next(previous: Option<Pos>, commit: Lsn, lsn: Lsn) -> Pos {
+        let rank = match previous {
+            Some(p) if p.commit == commit && p.lsn == lsn => p.rank.saturating_add(1),
+            _ => 0,
+        };
+        Pos { commit, lsn, rank }
     }
 }
 
@@ -492,10 +505,7 @@ impl Core {
                     let txn = self
                         .txn
                         .ok_or_else(|| format!("an Insert at {lsn} outside a transaction"))?;
-                    let pos = Pos {
-                        commit: txn.commit,
-                        lsn,
-                    };
+                    let pos = Pos::next(self.last_read, txn.commit, lsn);
                     self.enqueue(mapped, txn.id, pos, Some(txn.commit_ts), false)?;
                 }
             }
@@ -503,18 +513,15 @@ impl Core {
                 if let Some(mapped) = self.mapper.logical_message(&m) {
                     match (m.transactional, self.txn) {
                         (true, Some(txn)) => {
-                            let pos = Pos {
-                                commit: txn.commit,
-                                lsn: m.lsn,
-                            };
+                            let pos = Pos::next(self.last_read, txn.commit, m.lsn);
                             self.enqueue(mapped, txn.id, pos, Some(txn.commit_ts), false)?;
                         }
                         _ => {
-                            let pos = Pos {
-                                commit: m.lsn,
-                                lsn: m.lsn,
-                            };
-                            let id = self.tracker.standalone(m.lsn);
+                            let pos = Pos::next(self.last_read, m.lsn, m.lsn);
+                            // Acked just past its start: a restart there does
+                            // not decode it again (no record starts inside it).
+                            let end = Lsn::from_u64(m.lsn.as_u64().saturating_add(1));
+                            let id = self.tracker.standalone(end);
                             self.enqueue(mapped, id, pos, None, true)?;
                         }
                     }
@@ -760,24 +767,28 @@ impl Core {
     /// The broker returned the message at `at`: dead-letter it (or drop it,
     /// by policy); a returned dead-letter copy is a broker fault.
     fn returned(&mut self, at: usize, reply: &str) -> Result<(), String> {
+        if let Some(f) = self
+            .inflight
+            .get(at)
+            .filter(|f| f.entry.copy != Copy::Event)
+        {
+            // Still in flight for the restart: the row counts as unconfirmed.
+            let why = format!(
+                "the dead-letter exchange {} routed the copy of the row at {} to no queue ({}): \
+                 bind a queue to it (dead_letter_queue)",
+                f.entry.message.exchange,
+                f.entry.pos.lsn,
+                shown(reply, 200)
+            );
+            self.restart(RestartCause::Sink, why);
+            return Ok(());
+        }
         let Some(f) = self.inflight.remove(at) else {
             return Ok(());
         };
         self.inflight_bytes -= f.entry.bytes;
         let entry = f.entry;
         let lsn = entry.pos.lsn;
-        if entry.copy != Copy::Event {
-            self.restart(
-                RestartCause::Sink,
-                format!(
-                    "the dead-letter exchange {} routed the copy of the row at {lsn} to no queue \
-                     ({}): bind a queue to it (dead_letter_queue)",
-                    entry.message.exchange,
-                    shown(reply, 200)
-                ),
-            );
-            return Ok(());
-        }
         match self.config.on_unroutable {
             UnroutablePolicy::DeadLetter => {
                 let reason = DeadLetterReason::NoRoute;
@@ -836,8 +847,18 @@ impl Core {
                 }
             },
         };
+        // Every row goes to a constant exchange: a fault over it (deleted,
+        // no permission) is the broker's setup, not one row's.
+        let constant = self.mapper.constant_exchange();
+        let of_constant = |pos: Pos| {
+            constant.is_some()
+                && self
+                    .inflight
+                    .iter()
+                    .any(|f| f.entry.pos == pos && Some(&f.entry.message.exchange) == constant)
+        };
         match culprit {
-            Some((pos, Copy::Event)) => {
+            Some((pos, Copy::Event)) if !of_constant(pos) => {
                 let reason = match fault.cause {
                     FaultCause::NoExchange(_) => DeadLetterReason::NoExchange,
                     _ => DeadLetterReason::RejectedByBroker,
@@ -898,7 +919,10 @@ impl Core {
                 let reason = std::mem::take(&mut self.drain_reason);
                 self.restart(RestartCause::Stream, reason);
             }
-            After::Stop => self.stop(Stop::Shutdown { drained }),
+            After::Stop => {
+                let drained = drained && self.pending.is_empty() && !self.sink_full;
+                self.stop(Stop::Shutdown { drained })
+            }
         }
     }
 

@@ -28,6 +28,8 @@ enum Kind {
     NoExchange,
     /// The broker closes the channel over it (reason unnamed).
     Poison,
+    /// The broker client refuses it as it is (Handed::Invalid).
+    Refused,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +89,7 @@ fn insert(row: &Row) -> LogicalMessage {
         Kind::Unbound => (Some("outbox"), "nobind", "created"),
         Kind::NoExchange => (Some("missing"), "bound", "created"),
         Kind::Poison => (Some("outbox"), "bound", "poison"),
+        Kind::Refused => (Some("outbox"), "bound", "refused"),
     };
     let values: [Option<&str>; 5] = [Some(&row.id), exchange, Some(key), Some(kind), Some("{}")];
     let mut b = vec![b'I'];
@@ -172,6 +175,8 @@ struct Broker {
     /// The link was lost or the channel closed: like amqp-sink, publishing
     /// is halted (refused) until the relay has rewound.
     halted: bool,
+    /// No queue is bound to the dead-letter exchange: copies come back.
+    dead_letters_unbound: bool,
 }
 
 fn row_id(message: &EventMessage) -> String {
@@ -230,7 +235,13 @@ impl Broker {
             self.halted = true;
             return;
         }
-        if message.exchange == "outbox.dead-letter" {
+        if message.exchange == "outbox.dead-letter" && self.dead_letters_unbound {
+            self.outcomes.push_back(Outcome::Failed {
+                seq,
+                failure: Failure::Returned("312 NO_ROUTE".into()),
+            });
+            return;
+        } else if message.exchange == "outbox.dead-letter" {
             self.dead.push((id.clone(), reason(&message)));
         } else if message.routing_key == "nobind" {
             self.outcomes.push_back(Outcome::Failed {
@@ -363,8 +374,12 @@ impl World {
         while let Some(command) = self.core.next_command() {
             match command {
                 Command::Publish { seq, message, .. } => {
+                    let refused = message.kind.as_deref() == Some("refused")
+                        && message.exchange != "outbox.dead-letter";
                     let handed = if self.broker.halted {
                         Handed::LinkDown("halted after a link failure".into())
+                    } else if refused {
+                        Handed::Invalid("a header name over 255 bytes".into())
                     } else if self.broker.full_next && !self.broker.inflight.is_empty() {
                         self.broker.full_next = false;
                         Handed::Full
@@ -479,6 +494,9 @@ impl World {
             }
             12..=15 => self.broker.process(),
             16 => self.broker.lose_link(usize::from(choice / 20)),
+            17 if choice >= 200 => {
+                self.broker.dead_letters_unbound = !self.broker.dead_letters_unbound;
+            }
             17 => self.broker.nack(),
             18 => self.broker.full_next = true,
             _ => {
@@ -492,6 +510,8 @@ impl World {
     /// Runs to the end without faults: everything is read, published and
     /// confirmed.
     fn settle(&mut self) {
+        // The operator has bound a queue to the dead-letter exchange.
+        self.broker.dead_letters_unbound = false;
         for _ in 0..200_000 {
             let moved = self.feed_frame() | self.deliver_outcome();
             if !moved {
@@ -512,18 +532,29 @@ impl World {
     }
 }
 
-fn scenario() -> impl Strategy<Value = Vec<Vec<Kind>>> {
+/// Transactions of rows; a row marked `true` shares the WAL record (and so
+/// the LSN) of the row before it, as COPY's rows do.
+fn scenario() -> impl Strategy<Value = Vec<Vec<(Kind, bool)>>> {
     let kind = prop_oneof![
         12 => Just(Kind::Good),
         1 => Just(Kind::NullRoute),
         1 => Just(Kind::Unbound),
         1 => Just(Kind::NoExchange),
         1 => Just(Kind::Poison),
+        1 => Just(Kind::Refused),
     ];
-    proptest::collection::vec(proptest::collection::vec(kind, 0..5), 1..8)
+    let row = (kind, proptest::bool::weighted(0.3));
+    proptest::collection::vec(proptest::collection::vec(row, 0..5), 1..8)
 }
 
-fn build(shape: &[Vec<Kind>]) -> Vec<Txn> {
+fn plain(shape: &[Vec<Kind>]) -> Vec<Vec<(Kind, bool)>> {
+    shape
+        .iter()
+        .map(|t| t.iter().map(|k| (*k, false)).collect())
+        .collect()
+}
+
+fn build(shape: &[Vec<(Kind, bool)>]) -> Vec<Txn> {
     let mut lsn = 10_000u64;
     let mut n = 0;
     shape
@@ -532,8 +563,11 @@ fn build(shape: &[Vec<Kind>]) -> Vec<Txn> {
             lsn += 2000;
             let rows = kinds
                 .iter()
-                .map(|kind| {
-                    lsn += 100;
+                .enumerate()
+                .map(|(i, (kind, shared))| {
+                    if !(*shared && i > 0) {
+                        lsn += 100;
+                    }
                     n += 1;
                     Row {
                         id: format!("row-{n}"),
@@ -589,6 +623,7 @@ proptest! {
                 Kind::Unbound => Some("no_route"),
                 Kind::NoExchange => Some("no_exchange"),
                 Kind::Poison => Some("rejected_by_broker"),
+                Kind::Refused => Some("refused_by_client"),
             };
             match expected {
                 None => prop_assert!(world.broker.main.contains(id), "row {id} never arrived"),
@@ -630,7 +665,7 @@ fn a_row_the_broker_keeps_refusing_is_dead_lettered_after_the_bound() {
         (Kind::NoExchange, "no_exchange"),
         (Kind::Poison, "rejected_by_broker"),
     ] {
-        let txns = build(&[vec![Kind::Good, Kind::Good, kind, Kind::Good]]);
+        let txns = build(&plain(&[vec![Kind::Good, Kind::Good, kind, Kind::Good]]));
         let mut world = World::new(txns, 8, 3);
         world.settle();
         assert_eq!(world.broker.dead.len(), 1, "{kind:?}");
@@ -645,7 +680,7 @@ fn a_row_the_broker_keeps_refusing_is_dead_lettered_after_the_bound() {
 
 #[test]
 fn rows_confirmed_before_a_rewind_are_not_published_again() {
-    let txns = build(&[vec![Kind::Good; 6]]);
+    let txns = build(&plain(&[vec![Kind::Good; 6]]));
     let mut world = World::new(txns, 8, 3);
     // Read and publish all six, let the broker take and confirm three.
     for _ in 0..10 {
@@ -666,7 +701,7 @@ fn rows_confirmed_before_a_rewind_are_not_published_again() {
 
 #[test]
 fn a_lost_stream_finishes_what_is_in_flight_before_restarting() {
-    let txns = build(&[vec![Kind::Good; 2], vec![Kind::Good; 2]]);
+    let txns = build(&plain(&[vec![Kind::Good; 2], vec![Kind::Good; 2]]));
     let mut world = World::new(txns, 8, 3);
     for _ in 0..4 {
         world.feed_frame();
@@ -688,7 +723,7 @@ fn a_lost_stream_finishes_what_is_in_flight_before_restarting() {
 
 #[test]
 fn shutdown_drains_then_stops_with_the_final_ack() {
-    let txns = build(&[vec![Kind::Good; 2]]);
+    let txns = build(&plain(&[vec![Kind::Good; 2]]));
     let mut world = World::new(txns.clone(), 8, 3);
     for _ in 0..5 {
         world.feed_frame();
@@ -700,4 +735,48 @@ fn shutdown_drains_then_stops_with_the_final_ack() {
     while world.deliver_outcome() {}
     assert_eq!(world.stopped, Some(Stop::Shutdown { drained: true }));
     assert_eq!(world.acked, txns[0].end_lsn);
+}
+
+#[test]
+fn rows_sharing_an_lsn_are_each_published_after_a_lost_stream() {
+    // COPY: three rows in one WAL record, one LSN.
+    let txns = build(&[vec![
+        (Kind::Good, false),
+        (Kind::Good, true),
+        (Kind::Good, true),
+    ]]);
+    let mut world = World::new(txns, 8, 3);
+    // Relation, Begin, the first row: published and confirmed.
+    for _ in 0..3 {
+        world.feed_frame();
+    }
+    world.broker.process();
+    while world.deliver_outcome() {}
+    // The stream breaks before the second row is read.
+    world.handle(Event::StreamLost("terminated".into()));
+    world.settle();
+    let unique: HashSet<&String> = world.broker.main.iter().collect();
+    assert_eq!(unique.len(), 3, "{:?}", world.broker.main);
+}
+
+#[test]
+fn a_dead_letter_copy_the_broker_returns_holds_the_ack_until_a_queue_is_bound() {
+    let txns = build(&plain(&[vec![Kind::Unbound], vec![Kind::Good]]));
+    let end = txns[0].end_lsn;
+    let mut world = World::new(txns, 8, 3);
+    world.broker.dead_letters_unbound = true;
+    for _ in 0..50 {
+        world.feed_frame();
+        world.broker.process();
+        world.deliver_outcome();
+    }
+    assert!(world.restarts > 0, "a returned copy rewinds");
+    assert!(
+        world.acked < end,
+        "acked {} past the row whose copy came back",
+        world.acked
+    );
+    world.settle();
+    assert_eq!(world.broker.dead.len(), 1);
+    assert!(world.acked > end);
 }

@@ -290,6 +290,7 @@ struct DeadLetter<'a> {
 pub struct Mapper {
     config: MappingConfig,
     limits: Limits,
+    constant_exchange: Option<String>,
     plans: HashMap<Oid, Plan>,
 }
 
@@ -297,10 +298,16 @@ impl Mapper {
     /// A mapper for these settings and the sink's limits.
     pub fn new(config: MappingConfig, limits: Limits) -> Mapper {
         Mapper {
+            constant_exchange: config.exchange.as_constant(),
             config,
             limits,
             plans: HashMap::new(),
         }
+    }
+
+    /// The exchange every event goes to, when it is not a per-row template.
+    pub fn constant_exchange(&self) -> Option<&String> {
+        self.constant_exchange.as_ref()
     }
 
     /// The sink's limits the mapper keeps to.

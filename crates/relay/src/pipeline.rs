@@ -350,6 +350,14 @@ async fn stream<S: Sink>(
                     RestartCause::Stream => {
                         let delay = stream_backoff.next_delay();
                         tracing::warn!(reason = %reason, acked = %acked, retry_in = ?delay, "replication stream lost; reconnecting");
+                        // A drain that timed out left messages in flight.
+                        let recovered = tokio::select! {
+                            r = sink.recover() => r,
+                            () = stopped(&mut shutdown) => break Ok(()),
+                        };
+                        if let Err(e) = recovered {
+                            break Err(RunError::Broker(e.to_string()));
+                        }
                         delay
                     }
                     RestartCause::Sink | RestartCause::Row => {

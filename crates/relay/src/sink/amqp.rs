@@ -19,6 +19,10 @@ use super::{Failure, FaultCause, Handed, LinkFault, Outcome, Seq, Sink, SinkClos
 use crate::config::Config;
 use crate::mapping::{EventMessage, HeaderValue, Limits};
 
+/// How long a rewind waits for the outcomes of the previous session's
+/// messages still on a live channel.
+const STALE_SETTLE: Duration = Duration::from_secs(30);
+
 /// The `app_id` of every message.
 pub const APP_ID: &str = "outbox-relay";
 
@@ -249,14 +253,21 @@ impl Sink for AmqpSink {
         }
         self.publisher.resume();
         let mut state = self.publisher.link_state();
+        // Messages of the dropped session may still be on a live channel
+        // (after a nack, or a drain that timed out): wait, bounded, for their
+        // outcomes, so that none of them can close the channel under the next
+        // session's first row and be blamed on it.
+        let settle = tokio::time::Instant::now() + STALE_SETTLE;
         loop {
-            if matches!(
+            let connected = matches!(
                 *state.borrow_and_update(),
                 LinkState::Connected { .. } | LinkState::Blocked { .. }
-            ) {
+            );
+            if connected && (self.inflight.is_empty() || tokio::time::Instant::now() >= settle) {
                 return Ok(());
             }
             tokio::select! {
+                () = tokio::time::sleep_until(settle), if connected => {}
                 changed = state.changed() => if changed.is_err() {
                     return Err(SinkClosed("the broker link task ended".into()));
                 },
