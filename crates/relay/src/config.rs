@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use walstream::ReplicationConfig;
 
 use crate::core::CoreConfig;
+pub use crate::core::UnroutablePolicy;
 use crate::mapping::MappingConfig;
 use crate::names::{self, NameError, TableName};
 use crate::template::{Template, TemplateError};
@@ -168,16 +169,6 @@ impl fmt::Debug for Settings {
         }
         map.finish()
     }
-}
-
-/// What to do with a message the broker returns as unroutable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum UnroutablePolicy {
-    /// Publish it to the dead-letter exchange with reason `unroutable`.
-    DeadLetter,
-    /// Count it and go on.
-    Drop,
 }
 
 /// Where events go.

@@ -39,7 +39,8 @@ use std::sync::Arc;
 
 use pgoutput::{LogicalMessage, Lsn, PgTimestamp};
 
-use crate::config::UnroutablePolicy;
+use serde::{Deserialize, Serialize};
+
 use crate::mapping::{shown, DeadLetterReason, EventMessage, Mapped, Mapper};
 use crate::sink::{Failure, FaultCause, Handed, LinkFault, Outcome, Seq};
 use crate::tracker::{AckTracker, TrackerError, TxnId};
@@ -77,6 +78,16 @@ impl Pos {
         };
         Pos { commit, lsn, rank }
     }
+}
+
+/// What to do with a message the broker returns as unroutable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnroutablePolicy {
+    /// Publish it to the dead-letter exchange with reason `unroutable`.
+    DeadLetter,
+    /// Count it and go on.
+    Drop,
 }
 
 /// The core's settings.
