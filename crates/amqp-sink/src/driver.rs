@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::BasicReturnMessage;
 use lapin::{Confirmation, Event};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -363,7 +363,12 @@ impl Driver {
 
     /// Takes in the last answers of a dead link, then fails the rest (not
     /// reported yet); returns how many failed.
-    fn fail_in_flight(&mut self, link: &Link, error: &LinkError) -> usize {
+    fn fail_in_flight(&mut self, link: &mut Link, error: LinkError) -> (usize, LinkError) {
+        // The broker's own reason for closing the channel, if one was seen:
+        // a publish that raced the close reports only "invalid channel
+        // state", which would hide a message's fault behind a link's.
+        let mut error = error;
+        let mut reason = None;
         // Take in every answer lapin has handled (and every return it
         // attached): barrier rounds until one brings nothing new. On a dead
         // channel that is the second; on a live one (close timeout) answers
@@ -380,21 +385,42 @@ impl Driver {
             }
             for (seq, result) in done {
                 // A link error leaves the message unresolved: it fails below.
-                let _ = self.apply(seq, result);
+                if let Some(e) = self.apply(seq, result) {
+                    if e.caused_by_message() {
+                        reason.get_or_insert(e);
+                    }
+                }
             }
         }
-        let failed = self.tracker.fail_unsettled(error);
+        if !error.caused_by_message() && link.connection_up() {
+            // The connection lives: only the channel closed. Its reason may
+            // wait among the connection's events.
+            while let Some(Some(event)) = link.events.next().now_or_never() {
+                if let Event::Error(e) = event {
+                    let e = LinkError::from_lapin(&link.broker, &e, self.config.heartbeat_timeout);
+                    if e.caused_by_message() {
+                        reason.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        if !error.caused_by_message() {
+            if let Some(reason) = reason {
+                error = reason;
+            }
+        }
+        let failed = self.tracker.fail_unsettled(&error);
         self.inflight.clear();
         self.unsettled = false;
-        failed
+        (failed, error)
     }
 
     /// The link failed: fail what it had in flight, report, reconnect.
     fn lost(&mut self, error: LinkError) {
-        let Some(link) = self.link.take() else {
+        let Some(mut link) = self.link.take() else {
             return;
         };
-        let failed = self.fail_in_flight(&link, &error);
+        let (failed, error) = self.fail_in_flight(&mut link, error);
         let halted = failed > 0;
         if halted {
             // Before the failures are reported: a caller that sees them and
@@ -560,8 +586,8 @@ impl Driver {
     /// The close timeout passed: fail whatever is left.
     fn abort_close(&mut self) {
         let before = self.tracker.len();
-        if let Some(link) = self.link.take() {
-            self.fail_in_flight(&link, &LinkError::Closed);
+        if let Some(mut link) = self.link.take() {
+            let _ = self.fail_in_flight(&mut link, LinkError::Closed);
             self.report();
             self.link = Some(link);
         }

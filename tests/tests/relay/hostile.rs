@@ -140,9 +140,17 @@ async fn a_row_naming_an_exchange_that_does_not_exist_is_dead_lettered_after_the
     }
     assert_eq!(firsts, [0, 1, 3, 4], "{}", relay.output());
     wait_for_slot_to_pass_everything(&f, &relay);
+    // The row is refused exactly row_attempts times; a rewind of the link
+    // itself (a publish racing the channel's close) may come on top.
+    let refused = relay
+        .lines()
+        .iter()
+        .filter(|l| l.contains("the broker refused a row"))
+        .count();
+    assert_eq!(refused, 3, "{}", relay.output());
     let rewinds = rewinds(&relay);
     assert!(
-        (1..=3).contains(&rewinds),
+        (3..=4).contains(&rewinds),
         "{rewinds} rewinds for one bad row with row_attempts = 3\n{}",
         relay.output()
     );
