@@ -32,6 +32,9 @@ pub use pg::{PgCluster, PgClusterBuilder};
 pub use proxy::{FaultProxy, ProxyMode};
 pub use relay::{relay_binary, RelayProcess};
 
+/// The project's outbox table (sql/outbox.sql), as every test loads it.
+pub const OUTBOX_SQL: &str = include_str!("../../sql/outbox.sql");
+
 /// A name no other test (in this process or another) uses at the same time:
 /// `<prefix>-<pid>-<counter>-<nanos>`. For exchanges, queues, slots (slot
 /// names take `[a-z0-9_]`: use [`unique_ident`] there).

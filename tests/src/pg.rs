@@ -253,6 +253,13 @@ impl PgCluster {
         PgClusterBuilder::default().start()
     }
 
+    /// A cluster with the project's outbox table loaded.
+    pub fn with_outbox() -> Result<PgCluster, KitError> {
+        let pg = PgCluster::start()?;
+        pg.psql(crate::OUTBOX_SQL)?;
+        Ok(pg)
+    }
+
     /// Settings first, then [`PgClusterBuilder::start`].
     pub fn builder() -> PgClusterBuilder {
         PgClusterBuilder::default()

@@ -181,6 +181,16 @@ impl RelayProcess {
         }
     }
 
+    /// Runs `outbox-relay <args>` to its end (at most a minute) with these
+    /// settings; returns whether it succeeded and everything it printed.
+    pub fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+        let mut process = RelayProcess::spawn(args, env).expect("start outbox-relay");
+        let status = process
+            .wait(std::time::Duration::from_secs(60))
+            .expect("outbox-relay exits within a minute");
+        (status.success(), process.output())
+    }
+
     /// Sends a signal (SIGTERM for a graceful stop, SIGKILL for a crash).
     pub fn signal(&self, signal: Signal) -> Result<(), KitError> {
         let pid = i32::try_from(self.child.id()).unwrap_or(i32::MAX);

@@ -10,19 +10,13 @@ use e2e::{PgCluster, RelayProcess};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::ExchangeKind;
 
-const OUTBOX_SQL: &str = include_str!("../../sql/outbox.sql");
-
 /// Runs `outbox-relay <args>` to completion; returns (success, output).
 fn relay(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-    let mut p = RelayProcess::spawn(args, env).expect("start outbox-relay");
-    let status = p.wait(Duration::from_secs(60)).expect("outbox-relay exits");
-    (status.success(), p.output())
+    RelayProcess::run_to_end(args, env)
 }
 
 fn ready_cluster() -> PgCluster {
-    let pg = PgCluster::start().expect("start cluster");
-    pg.psql(OUTBOX_SQL).expect("load sql/outbox.sql");
-    pg
+    PgCluster::with_outbox().expect("a cluster with the outbox table")
 }
 
 /// Environment for a relay against `pg` with unique broker names.
@@ -279,7 +273,7 @@ fn a_startup_connection_failure_says_its_cause_and_fix() {
         ])
         .start()
         .unwrap();
-    pg.psql(OUTBOX_SQL).unwrap();
+    pg.psql(e2e::OUTBOX_SQL).unwrap();
     pg.psql(
         "SET password_encryption = 'scram-sha-256';
          CREATE ROLE relay_pw LOGIN REPLICATION PASSWORD 'right-pw';

@@ -3,24 +3,15 @@
 //! line for each missing prerequisite; `setup` is idempotent; `status`
 //! reports the slot; `config` shows sources and never a password.
 
-use std::time::Duration;
-
 use e2e::{amqp, PgCluster, RelayProcess};
 
-const OUTBOX_SQL: &str = include_str!("../../sql/outbox.sql");
-
-/// Runs `outbox-relay <args>` to completion with these settings; returns
-/// (success, output).
+/// Runs `outbox-relay <args>` to completion; returns (success, output).
 fn relay(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-    let mut p = RelayProcess::spawn(args, env).expect("start outbox-relay");
-    let status = p.wait(Duration::from_secs(60)).expect("outbox-relay exits");
-    (status.success(), p.output())
+    RelayProcess::run_to_end(args, env)
 }
 
 fn ready_cluster() -> PgCluster {
-    let pg = PgCluster::start().expect("start cluster");
-    pg.psql(OUTBOX_SQL).expect("load sql/outbox.sql");
-    pg
+    PgCluster::with_outbox().expect("a cluster with the outbox table")
 }
 
 fn line<'a>(output: &'a str, start: &str) -> &'a str {
@@ -69,7 +60,7 @@ fn check_fails_with_the_fix_when_wal_level_is_replica() {
         .setting("wal_level", "replica")
         .start()
         .unwrap();
-    pg.psql(OUTBOX_SQL).unwrap();
+    pg.psql(e2e::OUTBOX_SQL).unwrap();
     let (ok, out) = relay(
         &["check"],
         &[

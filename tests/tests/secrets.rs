@@ -21,7 +21,7 @@ use e2e::{amqp, PgCluster, RelayProcess};
 use proptest::strategy::Strategy;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-const OUTBOX_SQL: &str = include_str!("../../sql/outbox.sql");
+use e2e::OUTBOX_SQL;
 
 /// How long a `run` that keeps retrying is left to log before it is killed.
 const RUN_FOR: Duration = Duration::from_secs(3);

@@ -5,7 +5,7 @@
 
 use e2e::PgCluster;
 
-const OUTBOX_SQL: &str = include_str!("../../sql/outbox.sql");
+use e2e::OUTBOX_SQL;
 
 #[tokio::test]
 async fn a_committed_outbox_insert_reaches_a_pgoutput_slot() {

@@ -6,7 +6,6 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use bytes::Bytes;
 use pgoutput::{decode, Begin, Commit, LogicalMessage, Lsn, PgTimestamp, Xid};
 use proptest::prelude::*;
 
@@ -14,6 +13,7 @@ use super::*;
 use crate::config::{Settings, UnroutablePolicy};
 use crate::mapping::{EventMessage, HeaderValue, Mapper};
 use crate::sink::{Failure, FaultCause, Handed, LinkFault, Outcome, Seq};
+use crate::test_support::{insert_bytes, relation_bytes};
 
 /// What a row of the model's outbox is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,22 +64,7 @@ fn relation() -> LogicalMessage {
         ("event_type", 25),
         ("payload", 3802),
     ];
-    let mut b = vec![b'R'];
-    b.extend_from_slice(&OUTBOX.to_be_bytes());
-    for s in ["public", "outbox"] {
-        b.extend_from_slice(s.as_bytes());
-        b.push(0);
-    }
-    b.push(b'd');
-    b.extend_from_slice(&u16::try_from(cols.len()).unwrap().to_be_bytes());
-    for (name, type_oid) in cols {
-        b.push(0);
-        b.extend_from_slice(name.as_bytes());
-        b.push(0);
-        b.extend_from_slice(&type_oid.to_be_bytes());
-        b.extend_from_slice(&(-1i32).to_be_bytes());
-    }
-    decode(Bytes::from(b)).unwrap()
+    decode(relation_bytes(OUTBOX, "public", "outbox", cols)).unwrap()
 }
 
 fn insert(row: &Row) -> LogicalMessage {
@@ -91,22 +76,14 @@ fn insert(row: &Row) -> LogicalMessage {
         Kind::Poison => (Some("outbox"), "bound", "poison"),
         Kind::Refused => (Some("outbox"), "bound", "refused"),
     };
-    let values: [Option<&str>; 5] = [Some(&row.id), exchange, Some(key), Some(kind), Some("{}")];
-    let mut b = vec![b'I'];
-    b.extend_from_slice(&OUTBOX.to_be_bytes());
-    b.push(b'N');
-    b.extend_from_slice(&5u16.to_be_bytes());
-    for v in values {
-        match v {
-            None => b.push(b'n'),
-            Some(v) => {
-                b.push(b't');
-                b.extend_from_slice(&u32::try_from(v.len()).unwrap().to_be_bytes());
-                b.extend_from_slice(v.as_bytes());
-            }
-        }
-    }
-    decode(Bytes::from(b)).unwrap()
+    let values: [Option<&[u8]>; 5] = [
+        Some(row.id.as_bytes()),
+        exchange.map(str::as_bytes),
+        Some(key.as_bytes()),
+        Some(kind.as_bytes()),
+        Some(b"{}"),
+    ];
+    decode(insert_bytes(OUTBOX, &values)).unwrap()
 }
 
 impl Slot {

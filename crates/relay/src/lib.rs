@@ -31,4 +31,6 @@ pub mod redact;
 pub mod sink;
 pub mod sql;
 pub mod template;
+#[cfg(test)]
+mod test_support;
 pub mod tracker;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use e2e::amqp::{self, BrokerScope, Collector};
 use e2e::{PgCluster, RelayProcess};
 
-pub const OUTBOX_SQL: &str = include_str!("../../../sql/outbox.sql");
+pub use e2e::OUTBOX_SQL;
 
 pub struct Fixture {
     pub pg: PgCluster,
