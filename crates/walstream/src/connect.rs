@@ -191,7 +191,7 @@ async fn negotiate_tls(
             reason: format!(
                 "the server does not accept TLS but sslmode={} requires it; set ssl = on (with \
                  ssl_cert_file and ssl_key_file) in postgresql.conf, or lower sslmode",
-                sslmode_name(config.sslmode())
+                config.sslmode()
             ),
             retryable: false,
         }),
@@ -199,17 +199,6 @@ async fn negotiate_tls(
             "asking the server for TLS",
             format!("answer byte {other:#04x} to SSLRequest (expected 'S' or 'N')"),
         )),
-    }
-}
-
-fn sslmode_name(mode: SslMode) -> &'static str {
-    match mode {
-        SslMode::Disable => "disable",
-        SslMode::Allow => "allow",
-        SslMode::Prefer => "prefer",
-        SslMode::Require => "require",
-        SslMode::VerifyCa => "verify-ca",
-        SslMode::VerifyFull => "verify-full",
     }
 }
 
