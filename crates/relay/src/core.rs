@@ -841,7 +841,7 @@ impl Core {
                 .map(|f| (f.entry.pos, f.entry.copy)),
             // Which message, the broker does not say: only a message alone
             // in flight is surely the one.
-            FaultCause::Message => match self.inflight.len() {
+            FaultCause::Message | FaultCause::AccessRefused => match self.inflight.len() {
                 1 => self.inflight.front().map(|f| (f.entry.pos, f.entry.copy)),
                 _ => {
                     let through = self.inflight.iter().map(|f| f.entry.pos).max();
@@ -858,11 +858,18 @@ impl Core {
                 }
             },
         };
-        // Every row goes to a constant exchange: a fault over it (deleted,
-        // no permission) is the broker's setup, not one row's.
+        // Every row goes to a constant exchange: its absence or a missing
+        // permission on it is the broker's setup, not one row's. (A message
+        // the broker refuses for what it holds stays the row's fault, on any
+        // exchange: else one row could hold the stream forever.)
         let constant = self.mapper.constant_exchange();
+        let setup_fault = matches!(
+            fault.cause,
+            FaultCause::NoExchange(_) | FaultCause::AccessRefused
+        );
         let of_constant = |pos: Pos| {
-            constant.is_some()
+            setup_fault
+                && constant.is_some()
                 && self
                     .inflight
                     .iter()

@@ -154,6 +154,8 @@ struct Broker {
     halted: bool,
     /// No queue is bound to the dead-letter exchange: copies come back.
     dead_letters_unbound: bool,
+    /// The broker user may not publish to the event exchange.
+    access_refused: bool,
 }
 
 fn row_id(message: &EventMessage) -> String {
@@ -195,6 +197,8 @@ impl Broker {
         let id = row_id(&message);
         let fault = if message.exchange == "outbox.dead-letter" {
             None
+        } else if self.access_refused {
+            Some(FaultCause::AccessRefused)
         } else if message.exchange == "missing" {
             Some(FaultCause::NoExchange("missing".into()))
         } else if message.kind.as_deref() == Some("poison") {
@@ -301,10 +305,15 @@ struct World {
 
 impl World {
     fn new(txns: Vec<Txn>, window: usize, row_attempts: u32) -> World {
+        World::with_exchange(txns, window, row_attempts, "{aggregate_type}")
+    }
+
+    /// A world whose events go to `exchange` (a template or a constant).
+    fn with_exchange(txns: Vec<Txn>, window: usize, row_attempts: u32, exchange: &str) -> World {
         // The model's rows name their exchange in aggregate_type and their
         // routing key in aggregate_id.
         let settings = Settings {
-            exchange: "{aggregate_type}".into(),
+            exchange: exchange.into(),
             routing_key: "{aggregate_id}".into(),
             timestamp_column: String::new(),
             ..Settings::default()
@@ -796,4 +805,34 @@ fn the_core_drives_a_memory_sink_through_the_seam() {
     let ids: Vec<String> = sink.published.iter().map(|(_, m)| row_id(m)).collect();
     assert_eq!(ids, ["row-1", "row-2", "row-3", "row-4", "row-5"]);
     assert!(acked >= end, "acked {acked}, expected {end}");
+}
+
+#[test]
+fn on_a_constant_exchange_a_refused_permission_waits_but_a_refused_row_is_still_set_aside() {
+    // No permission on the exchange every row goes to: the broker's setup,
+    // so the relay waits and rewinds; nothing is dead-lettered.
+    let txns = build(&plain(&[vec![Kind::Good; 3]]));
+    let mut world = World::with_exchange(txns, 8, 2, "outbox");
+    world.broker.access_refused = true;
+    for _ in 0..60 {
+        world.feed_frame();
+        world.broker.process();
+        world.deliver_outcome();
+    }
+    assert!(world.restarts > 3, "the relay rewinds while refused");
+    assert!(
+        world.row_restarts <= 1,
+        "at most one round to find the row, then it waits"
+    );
+    assert!(world.broker.dead.is_empty(), "{:?}", world.broker.dead);
+    world.broker.access_refused = false;
+    world.settle();
+    assert_eq!(world.broker.main.len(), 3);
+    // A row the broker refuses for what it holds is the row's fault even
+    // on a constant exchange: it cannot hold the stream.
+    let txns = build(&plain(&[vec![Kind::Good, Kind::Poison, Kind::Good]]));
+    let mut world = World::with_exchange(txns, 8, 2, "outbox");
+    world.settle();
+    assert_eq!(world.broker.dead.len(), 1);
+    assert_eq!(world.broker.dead[0].1, "rejected_by_broker");
 }

@@ -151,6 +151,9 @@ pub fn sink_config(config: &Config) -> Result<SinkConfig, String> {
 pub fn fault(error: &LinkError) -> LinkFault {
     let cause = match error {
         LinkError::ExchangeNotFound { exchange, .. } => FaultCause::NoExchange(exchange.clone()),
+        LinkError::ChannelClosed {
+            reply_code: 403, ..
+        } => FaultCause::AccessRefused,
         e if e.caused_by_message() => FaultCause::Message,
         _ => FaultCause::Link,
     };

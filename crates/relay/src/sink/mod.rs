@@ -74,6 +74,9 @@ pub enum FaultCause {
     NoExchange(String),
     /// A message the broker refused; which one is not known.
     Message,
+    /// The broker user may not publish to a message's exchange
+    /// (ACCESS_REFUSED); which message is not known.
+    AccessRefused,
 }
 
 /// Why a message failed.
