@@ -28,7 +28,7 @@ pub mod secrets;
 pub mod tls;
 
 pub use error::KitError;
-pub use pg::{PgCluster, PgClusterBuilder};
+pub use pg::{pinned_root, PgCluster, PgClusterBuilder, COMPAT_VERSIONS};
 pub use proxy::{FaultProxy, ProxyMode};
 pub use relay::{relay_binary, RelayProcess};
 

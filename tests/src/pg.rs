@@ -11,6 +11,17 @@
 //!
 //! A cluster is stopped (immediately) and its directory removed on drop, also
 //! when the test panics. Every command has a timeout: the kit never hangs.
+//!
+//! Versions: the default is the newest Debian PostgreSQL on the machine (or
+//! `RELAY_TEST_PG_BINDIR`); [`PgClusterBuilder::version`] picks a major
+//! version, found in `RELAY_TEST_PG<major>_BINDIR`, then Debian's
+//! /usr/lib/postgresql/<major>/bin, then the pinned builds that
+//! scripts/install-postgres.sh puts in its cache. A test never fetches one.
+//!
+//! [`PgCluster::standby`] makes a physical standby of a running cluster
+//! (from a copy of its data directory taken at a clean stop), for failover
+//! tests: streaming from a physical slot, hot_standby_feedback, and on 17+
+//! the logical slots synced (sync_replication_slots).
 
 use std::fmt::Write as _;
 use std::net::TcpListener;
@@ -98,6 +109,49 @@ fn checked_bindir(dir: &Path, what: &str) -> Result<PathBuf, KitError> {
             searched: format!("{what} ({})", dir.display()),
         })
     }
+}
+
+/// The major versions the compatibility set runs on besides the default.
+pub const COMPAT_VERSIONS: [u32; 4] = [14, 16, 17, 18];
+
+/// Where scripts/install-postgres.sh keeps the pinned builds (the same rule
+/// as the script's).
+pub fn pinned_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("OUTBOX_RELAY_PG_ROOT") {
+        return PathBuf::from(dir);
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/cache/outbox-relay/postgresql");
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    cache.join("outbox-relay/postgresql")
+}
+
+/// The server binaries of one major version.
+fn find_version(major: u32) -> Result<PathBuf, KitError> {
+    let var = format!("RELAY_TEST_PG{major}_BINDIR");
+    if let Some(dir) = std::env::var_os(&var) {
+        return checked_bindir(Path::new(&dir), &var);
+    }
+    let debian = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+    if has_server(&debian) {
+        return Ok(debian);
+    }
+    let pinned = pinned_root().join(major.to_string()).join("bin");
+    if has_server(&pinned) {
+        return Ok(pinned);
+    }
+    Err(KitError::NoPostgres {
+        searched: format!(
+            "PostgreSQL {major} in {var}, {} and {} (run scripts/install-postgres.sh to install \
+             the pinned builds of 14, 16, 17 and 18)",
+            debian.display(),
+            pinned.display()
+        ),
+    })
 }
 
 fn find_bindir() -> Result<PathBuf, KitError> {
@@ -190,6 +244,34 @@ fn template(install: &Install) -> Result<PathBuf, KitError> {
     }
 }
 
+/// A fresh directory for a cluster, owned by the server's user.
+fn new_dir(install: &Install) -> Result<tempfile::TempDir, KitError> {
+    let dir = tempfile::Builder::new()
+        .prefix("pgcluster-")
+        .tempdir()
+        .map_err(|e| KitError::io("creating a temporary directory in", "/tmp", e))?;
+    install.chown(dir.path())?;
+    Ok(dir)
+}
+
+/// `cp -a` of a data directory, as the server's user.
+fn copy_data(install: &Install, from: &Path, to: &Path) -> Result<(), KitError> {
+    let mut cp = Command::new("cp");
+    cp.arg("-a").arg(from).arg(to);
+    install.apply_user(&mut cp);
+    run(&mut cp).map(|_| ())
+}
+
+/// 17 of "postgres (PostgreSQL) 17.10"; 0 if unreadable.
+fn major_of(version: &str) -> u32 {
+    version
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.split(['.', 'b', 'r']).next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0)
+}
+
 fn free_port() -> Result<u16, KitError> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .map_err(|e| KitError::io("binding a free port on", "127.0.0.1:0", e))?;
@@ -205,6 +287,7 @@ pub struct PgClusterBuilder {
     settings: Vec<(String, String)>,
     hba: Option<Vec<String>>,
     bindir: Option<PathBuf>,
+    version: Option<u32>,
 }
 
 impl PgClusterBuilder {
@@ -229,6 +312,21 @@ impl PgClusterBuilder {
     pub fn bindir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.bindir = Some(dir.into());
         self
+    }
+
+    /// Runs this major version of PostgreSQL (14 to 18) instead of the
+    /// default; see the module's doc for where the kit finds it.
+    pub fn version(mut self, major: u32) -> Self {
+        self.version = Some(major);
+        self
+    }
+
+    /// `version(major)` when given one, the default otherwise.
+    pub fn maybe_version(self, major: Option<u32>) -> Self {
+        match major {
+            Some(m) => self.version(m),
+            None => self,
+        }
     }
 
     /// Creates the cluster and starts it.
@@ -266,18 +364,39 @@ impl PgCluster {
     }
 
     fn create(builder: PgClusterBuilder) -> Result<PgCluster, KitError> {
-        let install = Install::find(builder.bindir.as_deref())?;
+        let bindir = match (builder.bindir.as_deref(), builder.version) {
+            (Some(dir), _) => Some(dir.to_path_buf()),
+            (None, Some(major)) => Some(find_version(major)?),
+            (None, None) => None,
+        };
+        let install = Install::find(bindir.as_deref())?;
         let template = template(&install)?;
-        let dir = tempfile::Builder::new()
-            .prefix("pgcluster-")
-            .tempdir()
-            .map_err(|e| KitError::io("creating a temporary directory in", "/tmp", e))?;
-        install.chown(dir.path())?;
+        let dir = new_dir(&install)?;
+        copy_data(&install, &template, &dir.path().join("data"))?;
+        let hba = builder.hba.unwrap_or_else(|| {
+            [
+                "local all all trust",
+                "host all all 127.0.0.1/32 trust",
+                "local replication all trust",
+                "host replication all 127.0.0.1/32 trust",
+            ]
+            .iter()
+            .map(|l| l.to_string())
+            .collect()
+        });
+        PgCluster::configure_and_start(install, dir, &builder.settings, Some(hba))
+    }
+
+    /// Appends the kit's settings (its own socket directory, logical WAL)
+    /// and `settings` to the data directory's postgresql.conf, writes
+    /// pg_hba.conf when given, and starts the server on a free port.
+    fn configure_and_start(
+        install: Install,
+        dir: tempfile::TempDir,
+        settings: &[(String, String)],
+        hba: Option<Vec<String>>,
+    ) -> Result<PgCluster, KitError> {
         let data = dir.path().join("data");
-        let mut cp = Command::new("cp");
-        cp.arg("-a").arg(&template).arg(&data);
-        install.apply_user(&mut cp);
-        run(&mut cp)?;
         let sock = dir.path().join("sock");
         std::fs::create_dir(&sock).map_err(|e| KitError::io("creating", &sock, e))?;
         install.chown(&sock)?;
@@ -302,7 +421,7 @@ impl PgCluster {
         for (name, value) in defaults.iter() {
             let _ = writeln!(conf, "{name} = {value}");
         }
-        for (name, value) in &builder.settings {
+        for (name, value) in settings {
             let _ = writeln!(conf, "{name} = {value}");
         }
         append(&data.join("postgresql.conf"), &conf)?;
@@ -313,18 +432,9 @@ impl PgCluster {
             port: free_port()?,
             running: false,
         };
-        let hba = builder.hba.unwrap_or_else(|| {
-            [
-                "local all all trust",
-                "host all all 127.0.0.1/32 trust",
-                "local replication all trust",
-                "host replication all 127.0.0.1/32 trust",
-            ]
-            .iter()
-            .map(|l| l.to_string())
-            .collect()
-        });
-        cluster.write_file("pg_hba.conf", &(hba.join("\n") + "\n"))?;
+        if let Some(hba) = hba {
+            cluster.write_file("pg_hba.conf", &(hba.join("\n") + "\n"))?;
+        }
 
         // A free port can be taken between our probe and the server's bind:
         // try a few.
@@ -340,6 +450,128 @@ impl PgCluster {
             }
         }
         Err(last.unwrap_or_else(|| KitError::Timeout(Duration::ZERO, "a free port".into())))
+    }
+
+    /// A physical standby of this cluster, streaming from a physical slot
+    /// made for it: the data directory is copied at a clean stop (this
+    /// cluster is stopped for that moment and started again on its port),
+    /// without the slots, as a base backup would be. The standby runs with
+    /// hot_standby_feedback and, on PostgreSQL 17 and later, syncs the
+    /// logical slots that were created with `failover` (sync_replication_slots);
+    /// this cluster then holds logical decoding back until the standby has
+    /// the WAL (synchronized_standby_slots names the standby's slot).
+    /// Returns once the standby streams.
+    pub fn standby(&mut self) -> Result<PgCluster, KitError> {
+        let slot = crate::unique_ident("standby");
+        self.psql(&format!(
+            "SELECT pg_create_physical_replication_slot('{slot}', true)"
+        ))?;
+        if self.major() >= 17 {
+            self.append_conf(&format!("synchronized_standby_slots = '{slot}'\n"))?;
+        }
+        self.stop()?;
+        let dir = new_dir(&self.install)?;
+        let data = dir.path().join("data");
+        let copied = copy_data(&self.install, &self.data_dir(), &data);
+        self.start_again()?;
+        copied?;
+        // What pg_basebackup leaves out: the slots, the pid file, the log.
+        let slots = data.join("pg_replslot");
+        for entry in std::fs::read_dir(&slots).map_err(|e| KitError::io("reading", &slots, e))? {
+            let path = entry
+                .map_err(|e| KitError::io("reading", &slots, e))?
+                .path();
+            std::fs::remove_dir_all(&path).map_err(|e| KitError::io("removing", &path, e))?;
+        }
+        for leftover in ["postmaster.pid", "postmaster.opts"] {
+            let _ = std::fs::remove_file(data.join(leftover));
+        }
+        let signal = data.join("standby.signal");
+        std::fs::write(&signal, "").map_err(|e| KitError::io("writing", &signal, e))?;
+        self.install.chown(&signal)?;
+        let mut settings = vec![
+            (
+                "primary_conninfo".to_string(),
+                format!(
+                    "'host=127.0.0.1 port={} user=postgres dbname=postgres \
+                     application_name={slot}'",
+                    self.port
+                ),
+            ),
+            ("primary_slot_name".into(), format!("'{slot}'")),
+            ("hot_standby".into(), "on".into()),
+            ("hot_standby_feedback".into(), "on".into()),
+            ("synchronized_standby_slots".into(), "''".into()),
+        ];
+        if self.major() < 17 {
+            settings.retain(|(name, _)| name != "synchronized_standby_slots");
+        } else {
+            settings.push(("sync_replication_slots".into(), "on".into()));
+        }
+        let standby = PgCluster::configure_and_start(self.install.clone(), dir, &settings, None)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let streaming = self.psql(&format!(
+                "SELECT count(*) FROM pg_stat_replication \
+                 WHERE application_name = '{slot}' AND state = 'streaming'"
+            ))?;
+            if streaming == "1" {
+                return Ok(standby);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(KitError::Timeout(
+                    Duration::from_secs(30),
+                    format!("the standby to stream; its log:\n{}", standby.log()),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Promotes a standby to a primary (`pg_ctl promote`, waiting until it
+    /// accepts writes).
+    pub fn promote(&self) -> Result<(), KitError> {
+        self.pg_ctl(&["promote"])
+    }
+
+    /// SIGKILL of the postmaster, as a machine that dies: no shutdown, no
+    /// checkpoint; its backends exit when they notice. Returns once the
+    /// port no longer answers.
+    pub fn kill(&mut self) -> Result<(), KitError> {
+        if !self.running {
+            return Ok(());
+        }
+        let pid_file = self.data_dir().join("postmaster.pid");
+        let text = std::fs::read_to_string(&pid_file)
+            .map_err(|e| KitError::io("reading", &pid_file, e))?;
+        let pid: i32 = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or_else(|| {
+                KitError::io("parsing", &pid_file, std::io::ErrorKind::InvalidData.into())
+            })?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        self.running = false;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(self.addr()).is_ok() {
+            if std::time::Instant::now() > deadline {
+                return Err(KitError::Timeout(
+                    Duration::from_secs(20),
+                    "the killed server's port to close".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// The server's major version (14, 15, ...).
+    pub fn major(&self) -> u32 {
+        major_of(&self.install.version)
     }
 
     /// The data directory (PGDATA).

@@ -25,6 +25,15 @@ impl Fixture {
         Fixture::with_cluster(PgCluster::start().expect("start cluster")).await
     }
 
+    /// The same on a cluster of this PostgreSQL major version.
+    pub async fn on_version(major: u32) -> Fixture {
+        let pg = PgCluster::builder()
+            .version(major)
+            .start()
+            .unwrap_or_else(|e| panic!("start a PostgreSQL {major} cluster: {e}"));
+        Fixture::with_cluster(pg).await
+    }
+
     pub async fn with_cluster(pg: PgCluster) -> Fixture {
         pg.psql(OUTBOX_SQL).expect("load sql/outbox.sql");
         let scope = BrokerScope::connect().await.expect("broker reachable");

@@ -63,7 +63,12 @@ async fn concurrent_writers_with_rollbacks_lose_nothing_and_keep_per_aggregate_o
 
 #[tokio::test]
 async fn repeated_sigkill_under_load_loses_nothing() {
-    let f = Fixture::new().await;
+    sigkill_under_load(Fixture::new().await).await;
+}
+
+/// The guarantee of [`repeated_sigkill_under_load_loses_nothing`] on a fixture's cluster (run on every
+/// supported PostgreSQL version by `super::versions`).
+pub async fn sigkill_under_load(f: Fixture) {
     let mut consumer = f.consumer().await;
     let mut relay = f.start_relay(&[]);
     let load = Load::start(&f.pg.url(), 3, 10, Duration::from_millis(5), u64::MAX);
@@ -211,7 +216,12 @@ async fn postgres_restart_loses_nothing() {
 
 #[tokio::test]
 async fn idle_outbox_does_not_pin_wal() {
-    let f = Fixture::new().await;
+    idle_wal_acked(Fixture::new().await).await;
+}
+
+/// The guarantee of [`idle_outbox_does_not_pin_wal`] on a fixture's cluster (run on every
+/// supported PostgreSQL version by `super::versions`).
+pub async fn idle_wal_acked(f: Fixture) {
     let mut relay = f.start_relay(&[]);
     f.insert_events("a", 0, 10);
     // 20 MB of WAL from another table: no outbox events at all.
@@ -245,7 +255,12 @@ async fn idle_outbox_does_not_pin_wal() {
 
 #[tokio::test]
 async fn sigterm_drains_exits_zero_and_loses_nothing() {
-    let f = Fixture::new().await;
+    sigterm_drain(Fixture::new().await).await;
+}
+
+/// The guarantee of [`sigterm_drains_exits_zero_and_loses_nothing`] on a fixture's cluster (run on every
+/// supported PostgreSQL version by `super::versions`).
+pub async fn sigterm_drain(f: Fixture) {
     let mut consumer = f.consumer().await;
     let mut relay = f.start_relay(&[]);
     let load = Load::start(&f.pg.url(), 2, 10, Duration::from_millis(2), u64::MAX);
@@ -394,7 +409,12 @@ async fn debezium_style_outbox_table_works_by_configuration_alone() {
 
 #[tokio::test]
 async fn takeover_of_a_slot_created_elsewhere_starts_exactly_at_its_position() {
-    let f = Fixture::new().await;
+    takeover_at_position(Fixture::new().await).await;
+}
+
+/// The guarantee of [`takeover_of_a_slot_created_elsewhere_starts_exactly_at_its_position`] on a fixture's cluster (run on every
+/// supported PostgreSQL version by `super::versions`).
+pub async fn takeover_at_position(f: Fixture) {
     // Someone else (Debezium, say) made the publication (all operations)
     // and the slot, and acknowledged the first ten events.
     f.pg.psql("CREATE PUBLICATION dbz_publication FOR TABLE public.outbox")

@@ -5,3 +5,4 @@
 pub mod fixture;
 mod guarantees;
 mod hostile;
+mod versions;

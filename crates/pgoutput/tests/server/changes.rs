@@ -14,7 +14,14 @@ fn some(values: &[&str]) -> Vec<Option<String>> {
 
 #[tokio::test]
 async fn an_update_that_leaves_a_toasted_value_alone_reports_it_unchanged() {
-    let s = Server::start().await;
+    an_update_that_leaves_a_toasted_value_alone_reports_it_unchanged_on(None).await;
+}
+
+/// The body of [`an_update_that_leaves_a_toasted_value_alone_reports_it_unchanged`], on a chosen PostgreSQL major version.
+pub(crate) async fn an_update_that_leaves_a_toasted_value_alone_reports_it_unchanged_on(
+    version: Option<u32>,
+) {
+    let s = Server::start_on(version).await;
     // EXTERNAL storage: the big value goes out of line uncompressed.
     s.exec(
         "CREATE TABLE toasty (id int PRIMARY KEY, big text, small int); \
@@ -70,7 +77,12 @@ async fn an_update_that_leaves_a_toasted_value_alone_reports_it_unchanged() {
 
 #[tokio::test]
 async fn replica_identity_full_sends_the_whole_old_row() {
-    let s = Server::start().await;
+    replica_identity_full_sends_the_whole_old_row_on(None).await;
+}
+
+/// The body of [`replica_identity_full_sends_the_whole_old_row`], on a chosen PostgreSQL major version.
+pub(crate) async fn replica_identity_full_sends_the_whole_old_row_on(version: Option<u32>) {
+    let s = Server::start_on(version).await;
     s.exec(
         "CREATE TABLE full_rows (id int, note text); ALTER TABLE full_rows REPLICA IDENTITY FULL",
     )
@@ -112,7 +124,14 @@ async fn replica_identity_full_sends_the_whole_old_row() {
 
 #[tokio::test]
 async fn changing_a_key_sends_the_old_key_under_default_and_index_identity() {
-    let s = Server::start().await;
+    changing_a_key_sends_the_old_key_under_default_and_index_identity_on(None).await;
+}
+
+/// The body of [`changing_a_key_sends_the_old_key_under_default_and_index_identity`], on a chosen PostgreSQL major version.
+pub(crate) async fn changing_a_key_sends_the_old_key_under_default_and_index_identity_on(
+    version: Option<u32>,
+) {
+    let s = Server::start_on(version).await;
     s.exec(
         "CREATE TABLE keyed (id int PRIMARY KEY, note text); \
          CREATE TABLE by_index (a int NOT NULL, b int NOT NULL, note text); \
@@ -191,7 +210,12 @@ async fn changing_a_key_sends_the_old_key_under_default_and_index_identity() {
 
 #[tokio::test]
 async fn truncate_names_its_tables_and_options() {
-    let s = Server::start().await;
+    truncate_names_its_tables_and_options_on(None).await;
+}
+
+/// The body of [`truncate_names_its_tables_and_options`], on a chosen PostgreSQL major version.
+pub(crate) async fn truncate_names_its_tables_and_options_on(version: Option<u32>) {
+    let s = Server::start_on(version).await;
     s.exec(
         "CREATE TABLE parent (id serial PRIMARY KEY); \
          CREATE TABLE child (parent_id int REFERENCES parent); \

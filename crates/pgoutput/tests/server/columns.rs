@@ -140,7 +140,14 @@ fn check_relation(r: &Relation, expected_types: &[(String, u32, i32)]) {
 
 #[tokio::test]
 async fn every_common_column_type_decodes_in_text_and_binary_for_protocols_1_to_3() {
-    let mut s = Server::start().await;
+    every_common_column_type_decodes_in_text_and_binary_for_protocols_1_to_3_on(None).await;
+}
+
+/// The body of [`every_common_column_type_decodes_in_text_and_binary_for_protocols_1_to_3`], on a chosen PostgreSQL major version.
+pub(crate) async fn every_common_column_type_decodes_in_text_and_binary_for_protocols_1_to_3_on(
+    version: Option<u32>,
+) {
+    let mut s = Server::start_on(version).await;
     create_table(&s).await;
     let table = s.oid("every_type").await;
     let (slot, publication) = s.slot(false).await;
@@ -161,7 +168,7 @@ async fn every_common_column_type_decodes_in_text_and_binary_for_protocols_1_to_
     let send = send_forms(&s).await;
     let mut begin_seen = None;
 
-    for proto in 1..=3 {
+    for proto in 1..=s.max_proto() {
         for binary in [false, true] {
             let opts: &[(&str, &str)] = if binary { &[("binary", "true")] } else { &[] };
             let changes = s.peek(&slot, &publication, proto, opts).await;

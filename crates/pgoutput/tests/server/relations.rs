@@ -8,7 +8,14 @@ use super::{kinds, text, Server};
 
 #[tokio::test]
 async fn the_relation_cache_follows_alter_table_between_inserts() {
-    let s = Server::start().await;
+    the_relation_cache_follows_alter_table_between_inserts_on(None).await;
+}
+
+/// The body of [`the_relation_cache_follows_alter_table_between_inserts`], on a chosen PostgreSQL major version.
+pub(crate) async fn the_relation_cache_follows_alter_table_between_inserts_on(
+    version: Option<u32>,
+) {
+    let s = Server::start_on(version).await;
     s.exec("CREATE TABLE evolving (id int PRIMARY KEY, a text)")
         .await;
     let table = s.oid("evolving").await;

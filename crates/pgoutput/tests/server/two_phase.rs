@@ -11,7 +11,14 @@ use super::{assert_between, kinds, Server};
 
 #[tokio::test]
 async fn prepared_transactions_decode_with_their_gid_and_outcome() {
-    let s = Server::start().await;
+    prepared_transactions_decode_with_their_gid_and_outcome_on(None).await;
+}
+
+/// The body of [`prepared_transactions_decode_with_their_gid_and_outcome`], on a chosen PostgreSQL major version.
+pub(crate) async fn prepared_transactions_decode_with_their_gid_and_outcome_on(
+    version: Option<u32>,
+) {
+    let s = Server::start_on(version).await;
     s.exec("CREATE TABLE t (n int)").await;
     let (slot, publication) = s.slot(true).await;
 
@@ -83,7 +90,14 @@ async fn prepared_transactions_decode_with_their_gid_and_outcome() {
 
 #[tokio::test]
 async fn a_large_prepared_transaction_streams_and_ends_with_stream_prepare() {
-    let s = Server::start().await;
+    a_large_prepared_transaction_streams_and_ends_with_stream_prepare_on(None).await;
+}
+
+/// The body of [`a_large_prepared_transaction_streams_and_ends_with_stream_prepare`], on a chosen PostgreSQL major version.
+pub(crate) async fn a_large_prepared_transaction_streams_and_ends_with_stream_prepare_on(
+    version: Option<u32>,
+) {
+    let s = Server::start_on(version).await;
     s.exec("CREATE TABLE big (id int PRIMARY KEY, pad text)")
         .await;
     let (slot, publication) = s.slot(true).await;

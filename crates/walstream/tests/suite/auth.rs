@@ -15,8 +15,14 @@ const SECRET: &str = "s3cret-Pa55";
 /// A cluster where role `relay` (REPLICATION, password [`SECRET`] stored
 /// with `encryption`) must authenticate with `method` over TCP.
 fn cluster_for(method: &str, encryption: &str) -> PgCluster {
+    cluster_for_on(None, method, encryption)
+}
+
+/// [`cluster_for`] on a chosen PostgreSQL major version.
+fn cluster_for_on(version: Option<u32>, method: &str, encryption: &str) -> PgCluster {
     let relay_line = format!("host all relay 127.0.0.1/32 {method}");
     let pg = PgCluster::builder()
+        .maybe_version(version)
         .hba(&[
             "local all all trust",
             "host all postgres 127.0.0.1/32 trust",
@@ -56,13 +62,23 @@ async fn connects_as(pg: &PgCluster, role: &str, params: &str, expected: AuthMet
 
 #[tokio::test]
 async fn trust_authentication_connects() {
-    let pg = cluster_for("trust", "scram-sha-256");
+    trust_authentication_connects_on(None).await;
+}
+
+/// The body of [`trust_authentication_connects`], on a chosen PostgreSQL major version.
+pub(crate) async fn trust_authentication_connects_on(version: Option<u32>) {
+    let pg = cluster_for_on(version, "trust", "scram-sha-256");
     connects_with(&pg, AuthMethod::Trust).await;
 }
 
 /// A cluster with one role per pg_hba.conf method over TCP: `by_trust`,
 /// `by_password`, `by_md5`, `by_scram` (REPLICATION, password [`SECRET`]).
 fn cluster_of_methods() -> PgCluster {
+    cluster_of_methods_on(None)
+}
+
+/// [`cluster_of_methods`] on a chosen PostgreSQL major version.
+fn cluster_of_methods_on(version: Option<u32>) -> PgCluster {
     let methods = ["trust", "password", "md5", "scram-sha-256"];
     let role = |method: &str| format!("by_{}", method.trim_end_matches("-sha-256"));
     let mut hba = vec![
@@ -75,6 +91,7 @@ fn cluster_of_methods() -> PgCluster {
             .map(|m| format!("host all {} 127.0.0.1/32 {m}", role(m))),
     );
     let pg = PgCluster::builder()
+        .maybe_version(version)
         .hba(&hba.iter().map(String::as_str).collect::<Vec<_>>())
         .start()
         .unwrap();
@@ -176,13 +193,23 @@ async fn negation_lists_refuse_the_methods_they_name_and_allow_the_rest() {
 
 #[tokio::test]
 async fn md5_authentication_connects() {
-    let pg = cluster_for("md5", "md5");
+    md5_authentication_connects_on(None).await;
+}
+
+/// The body of [`md5_authentication_connects`], on a chosen PostgreSQL major version.
+pub(crate) async fn md5_authentication_connects_on(version: Option<u32>) {
+    let pg = cluster_for_on(version, "md5", "md5");
     connects_with(&pg, AuthMethod::Md5).await;
 }
 
 #[tokio::test]
 async fn scram_sha_256_authentication_connects_and_streams() {
-    let pg = cluster_for("scram-sha-256", "scram-sha-256");
+    scram_sha_256_authentication_connects_and_streams_on(None).await;
+}
+
+/// The body of [`scram_sha_256_authentication_connects_and_streams`], on a chosen PostgreSQL major version.
+pub(crate) async fn scram_sha_256_authentication_connects_and_streams_on(version: Option<u32>) {
+    let pg = cluster_for_on(version, "scram-sha-256", "scram-sha-256");
     connects_with(&pg, AuthMethod::ScramSha256).await;
     // Without TLS there is nothing to bind to: channel_binding=require
     // refuses rather than silently authenticating unbound.
@@ -204,7 +231,12 @@ async fn scram_sha_256_authentication_connects_and_streams() {
 
 #[tokio::test]
 async fn a_wrong_password_is_not_retryable_and_never_shown() {
-    let pg = cluster_for("scram-sha-256", "scram-sha-256");
+    a_wrong_password_is_not_retryable_and_never_shown_on(None).await;
+}
+
+/// The body of [`a_wrong_password_is_not_retryable_and_never_shown`], on a chosen PostgreSQL major version.
+pub(crate) async fn a_wrong_password_is_not_retryable_and_never_shown_on(version: Option<u32>) {
+    let pg = cluster_for_on(version, "scram-sha-256", "scram-sha-256");
     let wrong = "Wr0ng-Secret-xyz";
     let config = config(&pg.url_for("relay", Some(wrong), "postgres"));
     let err = ReplicationClient::connect(&config).await.unwrap_err();
@@ -258,7 +290,12 @@ async fn the_password_file_supplies_a_missing_password() {
 
 #[tokio::test]
 async fn unix_socket_connections_work() {
-    let pg = PgCluster::start().unwrap();
+    unix_socket_connections_work_on(None).await;
+}
+
+/// The body of [`unix_socket_connections_work`], on a chosen PostgreSQL major version.
+pub(crate) async fn unix_socket_connections_work_on(version: Option<u32>) {
+    let pg = PgCluster::builder().maybe_version(version).start().unwrap();
     let socket_dir = pg.data_dir().parent().unwrap().join("sock");
     let config = ReplicationConfig::parse_with_env(
         &format!(

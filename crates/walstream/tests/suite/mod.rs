@@ -6,3 +6,4 @@ mod slots;
 mod streaming;
 mod support;
 mod tls;
+mod versions;

@@ -11,7 +11,14 @@ use super::support::*;
 
 #[tokio::test]
 async fn an_exported_snapshot_and_the_stream_meet_without_gap_or_overlap() {
-    let pg = PgCluster::start().unwrap();
+    an_exported_snapshot_and_the_stream_meet_without_gap_or_overlap_on(None).await;
+}
+
+/// The body of [`an_exported_snapshot_and_the_stream_meet_without_gap_or_overlap`], on a chosen PostgreSQL major version.
+pub(crate) async fn an_exported_snapshot_and_the_stream_meet_without_gap_or_overlap_on(
+    version: Option<u32>,
+) {
+    let pg = PgCluster::builder().maybe_version(version).start().unwrap();
     create_outbox(&pg);
     insert_each(&pg, [1, 2, 3]);
     let config = config(&pg.url());
@@ -181,7 +188,12 @@ async fn slot_state_shows_the_slot_and_a_slot_is_reused_then_dropped() {
 
 #[tokio::test]
 async fn start_refuses_missing_foreign_and_busy_slots() {
-    let pg = PgCluster::start().unwrap();
+    start_refuses_missing_foreign_and_busy_slots_on(None).await;
+}
+
+/// The body of [`start_refuses_missing_foreign_and_busy_slots`], on a chosen PostgreSQL major version.
+pub(crate) async fn start_refuses_missing_foreign_and_busy_slots_on(version: Option<u32>) {
+    let pg = PgCluster::builder().maybe_version(version).start().unwrap();
     create_outbox(&pg);
     let config = config(&pg.url());
     let start_err = |slot: String, check: bool| {

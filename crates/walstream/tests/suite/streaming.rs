@@ -11,7 +11,15 @@ use super::support::*;
 
 #[tokio::test]
 async fn committed_transactions_arrive_as_xlogdata_and_idle_time_as_keepalives() {
-    let (pg, config, slot) = outbox_with_slot(PgCluster::builder(), "frames").await;
+    committed_transactions_arrive_as_xlogdata_and_idle_time_as_keepalives_on(None).await;
+}
+
+/// The body of [`committed_transactions_arrive_as_xlogdata_and_idle_time_as_keepalives`], on a chosen PostgreSQL major version.
+pub(crate) async fn committed_transactions_arrive_as_xlogdata_and_idle_time_as_keepalives_on(
+    version: Option<u32>,
+) {
+    let (pg, config, slot) =
+        outbox_with_slot(PgCluster::builder().maybe_version(version), "frames").await;
     insert_each(&pg, [1, 2, 3]);
     pg.psql("BEGIN; INSERT INTO outbox VALUES (99, 'never'); ROLLBACK;")
         .unwrap();
@@ -44,7 +52,15 @@ async fn committed_transactions_arrive_as_xlogdata_and_idle_time_as_keepalives()
 
 #[tokio::test]
 async fn acked_lsn_becomes_the_slots_confirmed_flush_lsn_and_never_goes_back() {
-    let (pg, config, slot) = outbox_with_slot(PgCluster::builder(), "ack").await;
+    acked_lsn_becomes_the_slots_confirmed_flush_lsn_and_never_goes_back_on(None).await;
+}
+
+/// The body of [`acked_lsn_becomes_the_slots_confirmed_flush_lsn_and_never_goes_back`], on a chosen PostgreSQL major version.
+pub(crate) async fn acked_lsn_becomes_the_slots_confirmed_flush_lsn_and_never_goes_back_on(
+    version: Option<u32>,
+) {
+    let (pg, config, slot) =
+        outbox_with_slot(PgCluster::builder().maybe_version(version), "ack").await;
     insert_each(&pg, [1, 2]);
 
     let (mut stream, acks) = start(&config, &slot).await;
@@ -63,7 +79,15 @@ async fn acked_lsn_becomes_the_slots_confirmed_flush_lsn_and_never_goes_back() {
 
 #[tokio::test]
 async fn resume_after_reconnect_starts_exactly_after_the_last_acked_transaction() {
-    let (pg, config, slot) = outbox_with_slot(PgCluster::builder(), "resume").await;
+    resume_after_reconnect_starts_exactly_after_the_last_acked_transaction_on(None).await;
+}
+
+/// The body of [`resume_after_reconnect_starts_exactly_after_the_last_acked_transaction`], on a chosen PostgreSQL major version.
+pub(crate) async fn resume_after_reconnect_starts_exactly_after_the_last_acked_transaction_on(
+    version: Option<u32>,
+) {
+    let (pg, config, slot) =
+        outbox_with_slot(PgCluster::builder().maybe_version(version), "resume").await;
     insert_each(&pg, [1, 2, 3, 4]);
 
     let (mut stream, acks) = start(&config, &slot).await;
@@ -177,7 +201,15 @@ async fn without_timely_feedback_the_server_drops_a_sleeping_consumer() {
 
 #[tokio::test]
 async fn an_idle_consumer_acking_keepalives_releases_wal_it_does_not_stream() {
-    let (pg, config, slot) = outbox_with_slot(PgCluster::builder(), "idle").await;
+    an_idle_consumer_acking_keepalives_releases_wal_it_does_not_stream_on(None).await;
+}
+
+/// The body of [`an_idle_consumer_acking_keepalives_releases_wal_it_does_not_stream`], on a chosen PostgreSQL major version.
+pub(crate) async fn an_idle_consumer_acking_keepalives_releases_wal_it_does_not_stream_on(
+    version: Option<u32>,
+) {
+    let (pg, config, slot) =
+        outbox_with_slot(PgCluster::builder().maybe_version(version), "idle").await;
     let (mut stream, acks) = start(&config, &slot).await;
 
     // WAL the slot does not publish.
@@ -193,7 +225,14 @@ async fn an_idle_consumer_acking_keepalives_releases_wal_it_does_not_stream() {
         match stream.next().await.unwrap() {
             // Nothing in flight: the keepalive's position is safe to ack.
             Frame::Keepalive(k) => acks.ack(k.wal_end),
-            Frame::XLogData(x) => panic!("unexpected data {:?}", decode(&x.data)),
+            // PostgreSQL 14 sends Begin and Commit of transactions that
+            // changed no published table (15 and later skip them): done
+            // with once committed.
+            Frame::XLogData(x) => match decode(&x.data) {
+                Msg::Begin if pg.major() == 14 => {}
+                Msg::Commit { end_lsn } if pg.major() == 14 => acks.ack(end_lsn),
+                other => panic!("unexpected data {other:?}"),
+            },
         }
         if acks.acked() >= written {
             break;
@@ -203,14 +242,22 @@ async fn an_idle_consumer_acking_keepalives_releases_wal_it_does_not_stream() {
             "keepalives never passed {written}"
         );
     }
-    assert!(acks.server_wal_end() >= written);
+    // (On 14 the ack may have passed on an empty transaction's Commit,
+    // before any keepalive told where the server's WAL ends.)
+    assert!(acks.server_wal_end() >= written || pg.major() == 14);
     wait_confirmed(&pg, &slot, written).await;
     stream.shutdown(PATIENCE).await.unwrap();
 }
 
 #[tokio::test]
 async fn shutdown_sends_the_last_ack_and_frees_the_slot() {
-    let (pg, config, slot) = outbox_with_slot(PgCluster::builder(), "shutdown").await;
+    shutdown_sends_the_last_ack_and_frees_the_slot_on(None).await;
+}
+
+/// The body of [`shutdown_sends_the_last_ack_and_frees_the_slot`], on a chosen PostgreSQL major version.
+pub(crate) async fn shutdown_sends_the_last_ack_and_frees_the_slot_on(version: Option<u32>) {
+    let (pg, config, slot) =
+        outbox_with_slot(PgCluster::builder().maybe_version(version), "shutdown").await;
     insert_each(&pg, [1]);
 
     let client = ReplicationClient::connect(&config).await.unwrap();
