@@ -289,7 +289,9 @@ pub struct ReplicationClient {
 impl ReplicationClient {
     /// Connects and authenticates (within the settings' connect_timeout).
     pub async fn connect(config: &ReplicationConfig) -> Result<ReplicationClient, Error> {
-        let established = connect::connect(config).await?;
+        let (established, config) =
+            crate::hosts::open_suitable::<connect::Established>(config).await?;
+        let config = &config;
         tracing::debug!(
             target_db = %config,
             pid = established.wire.backend_pid,

@@ -124,12 +124,6 @@ pub enum Host {
 
 impl Host {
     fn parse(s: &str) -> Result<Host, Error> {
-        if s.contains(',') {
-            return Err(Error::Config(format!(
-                "host {s:?} lists several hosts; walstream connects to one host: give the \
-                 primary's address"
-            )));
-        }
         if s.is_empty() {
             return Err(Error::Config("host is empty".into()));
         }
@@ -148,6 +142,97 @@ impl fmt::Display for Host {
             Host::Tcp(h) => f.write_str(h),
             Host::Unix(p) => write!(f, "{}", p.display()),
         }
+    }
+}
+
+/// One server of a connection string, which may list several (`host=a,b
+/// port=5432,5433`, `postgres://a:5432,b:5433/db`), tried in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The host (name, address or socket directory).
+    pub host: Host,
+    /// The address to connect to instead of resolving the host name.
+    pub hostaddr: Option<IpAddr>,
+    /// The TCP port (or the socket file's number).
+    pub port: u16,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            Host::Tcp(_) => match self.hostaddr {
+                Some(addr) => write!(f, "{} ({addr}):{}", self.host, self.port),
+                None => write!(f, "{}:{}", self.host, self.port),
+            },
+            Host::Unix(dir) => write!(f, "{}/.s.PGSQL.{}", dir.display(), self.port),
+        }
+    }
+}
+
+/// Which of several servers a connection accepts (libpq's
+/// `target_session_attrs`), judged on each server in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TargetSessionAttrs {
+    /// The first server that accepts the connection.
+    #[default]
+    Any,
+    /// One whose sessions may write (`transaction_read_only` off).
+    ReadWrite,
+    /// One whose sessions may not write.
+    ReadOnly,
+    /// A server that is not in recovery.
+    Primary,
+    /// A server in recovery (a hot standby).
+    Standby,
+    /// A standby if one answers, else any server.
+    PreferStandby,
+}
+
+impl TargetSessionAttrs {
+    /// Whether a server in this state is acceptable (`prefer-standby`'s
+    /// fallback pass aside).
+    pub fn accepts(self, in_recovery: bool, read_only: bool) -> bool {
+        match self {
+            TargetSessionAttrs::Any => true,
+            TargetSessionAttrs::ReadWrite => !read_only,
+            TargetSessionAttrs::ReadOnly => read_only,
+            TargetSessionAttrs::Primary => !in_recovery,
+            TargetSessionAttrs::Standby | TargetSessionAttrs::PreferStandby => in_recovery,
+        }
+    }
+}
+
+impl FromStr for TargetSessionAttrs {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Ok(match s {
+            "any" => TargetSessionAttrs::Any,
+            "read-write" => TargetSessionAttrs::ReadWrite,
+            "read-only" => TargetSessionAttrs::ReadOnly,
+            "primary" => TargetSessionAttrs::Primary,
+            "standby" => TargetSessionAttrs::Standby,
+            "prefer-standby" => TargetSessionAttrs::PreferStandby,
+            other => {
+                return Err(Error::Config(format!(
+                    "target_session_attrs {other:?} is not one of any, read-write, read-only, \
+                     primary, standby, prefer-standby"
+                )))
+            }
+        })
+    }
+}
+
+impl fmt::Display for TargetSessionAttrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TargetSessionAttrs::Any => "any",
+            TargetSessionAttrs::ReadWrite => "read-write",
+            TargetSessionAttrs::ReadOnly => "read-only",
+            TargetSessionAttrs::Primary => "primary",
+            TargetSessionAttrs::Standby => "standby",
+            TargetSessionAttrs::PreferStandby => "prefer-standby",
+        })
     }
 }
 
@@ -184,9 +269,9 @@ impl fmt::Debug for Password {
 ///   space (or an `&` in a URL's query).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicationConfig {
-    host: Host,
-    hostaddr: Option<IpAddr>,
-    port: u16,
+    /// Never empty; tried in order.
+    targets: Vec<Target>,
+    target_session_attrs: TargetSessionAttrs,
     user: String,
     password: Option<Password>,
     dbname: String,
@@ -226,6 +311,7 @@ struct Raw {
     keepalives_interval: Option<String>,
     keepalives_count: Option<String>,
     passfile: Option<String>,
+    target_session_attrs: Option<String>,
     /// Whether the last setting was a password written without quotes:
     /// the next word may then be the rest of a password that holds a space
     /// (or, in a URL's query, an '&'), so errors do not show it.
@@ -235,7 +321,7 @@ struct Raw {
 const KNOWN: &str = "host, hostaddr, port, user, password, dbname, sslmode, sslrootcert, \
                      channel_binding, require_auth, application_name, fallback_application_name, \
                      connect_timeout, options, keepalives, keepalives_idle, \
-                     keepalives_interval, keepalives_count, passfile";
+                     keepalives_interval, keepalives_count, passfile, target_session_attrs";
 
 impl Raw {
     /// How an error names the setting `key`.
@@ -270,6 +356,7 @@ impl Raw {
             "keepalives_interval" => &mut self.keepalives_interval,
             "keepalives_count" => &mut self.keepalives_count,
             "passfile" => &mut self.passfile,
+            "target_session_attrs" => &mut self.target_session_attrs,
             // libpq's JDBC-compatible spelling.
             "ssl" if value == "true" => &mut self.sslmode,
             "replication" => {
@@ -282,9 +369,6 @@ impl Raw {
             // Accepted when they ask for what walstream does anyway.
             "gssencmode" if value != "require" => return Ok(()),
             "sslnegotiation" if value == "postgres" => return Ok(()),
-            "target_session_attrs" if matches!(value.as_str(), "any" | "read-write") => {
-                return Ok(())
-            }
             other => {
                 return Err(Error::Config(format!(
                     "unsupported connection option {} (value not shown); walstream knows: \
@@ -326,19 +410,14 @@ impl ReplicationConfig {
 
     fn resolve(raw: Raw, env: impl Fn(&str) -> Option<String>) -> Result<ReplicationConfig, Error> {
         let pick = |given: Option<String>, var: &str| given.or_else(|| env(var));
-        let host = Host::parse(&pick(raw.host, "PGHOST").unwrap_or_else(|| "localhost".into()))?;
-        let hostaddr = pick(raw.hostaddr, "PGHOSTADDR")
-            .map(|a| {
-                a.parse::<IpAddr>().map_err(|_| {
-                    Error::Config(format!("hostaddr {a:?} is not an IPv4 or IPv6 address"))
-                })
-            })
-            .transpose()?;
-        let port = match pick(raw.port, "PGPORT") {
-            None => DEFAULT_PORT,
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
-                Error::Config(format!("port {p:?} is not a TCP port number (1-65535)"))
-            })?,
+        let targets = targets(
+            &pick(raw.host, "PGHOST").unwrap_or_else(|| "localhost".into()),
+            pick(raw.hostaddr, "PGHOSTADDR").as_deref(),
+            pick(raw.port, "PGPORT").as_deref(),
+        )?;
+        let target_session_attrs = match pick(raw.target_session_attrs, "PGTARGETSESSIONATTRS") {
+            Some(a) => a.parse()?,
+            None => TargetSessionAttrs::Any,
         };
         let user = pick(raw.user, "PGUSER")
             .or_else(|| env("USER"))
@@ -405,9 +484,8 @@ impl ReplicationConfig {
             })?,
         };
         Ok(ReplicationConfig {
-            host,
-            hostaddr,
-            port,
+            targets,
+            target_session_attrs,
             password: pick(raw.password, "PGPASSWORD").map(Password),
             user,
             dbname,
@@ -427,23 +505,52 @@ impl ReplicationConfig {
         })
     }
 
-    /// The host (name, address or socket directory).
+    /// The (first) host: name, address or socket directory.
     pub fn host(&self) -> &Host {
-        &self.host
+        &self.first().host
     }
 
-    /// The IP address to connect to instead of resolving the host name (the
-    /// host name is still what verify-full checks).
+    /// The IP address to connect to instead of resolving the (first) host
+    /// name (the host name is still what verify-full checks).
     pub fn hostaddr(&self) -> Option<IpAddr> {
-        self.hostaddr
+        self.first().hostaddr
     }
 
-    /// The TCP port (also names the Unix socket file).
+    /// The (first) host's port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.first().port
     }
 
-    /// The role to log in as.
+    /// Every server the string names, in the order they are tried.
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// Which server a connection accepts.
+    pub fn target_session_attrs(&self) -> TargetSessionAttrs {
+        self.target_session_attrs
+    }
+
+    /// The same settings for one server of the list only (`index` beyond
+    /// the list: the last).
+    pub fn for_target(&self, index: usize) -> ReplicationConfig {
+        let mut one = self.clone();
+        let target = self
+            .targets
+            .get(index)
+            .or(self.targets.last())
+            .cloned()
+            .into_iter()
+            .collect();
+        one.targets = target;
+        one
+    }
+
+    fn first(&self) -> &Target {
+        // `resolve` never builds an empty list.
+        self.targets.first().unwrap_or(&FALLBACK_TARGET)
+    }
+
     pub fn user(&self) -> &str {
         &self.user
     }
@@ -466,7 +573,8 @@ impl ReplicationConfig {
     /// [`host`](Self::host)). A service can warn once at start when this is
     /// `false`.
     pub fn is_verify_full(&self) -> bool {
-        self.sslmode == SslMode::VerifyFull && matches!(self.host, Host::Tcp(_))
+        self.sslmode == SslMode::VerifyFull
+            && self.targets.iter().all(|t| matches!(t.host, Host::Tcp(_)))
     }
 
     /// The CA file that verifies the server (or `system` for the system's
@@ -557,16 +665,74 @@ impl ReplicationConfig {
         self
     }
 
-    /// `host:port` or the socket path, for messages.
+    /// `host:port` or the socket path (each, comma-separated, for a list),
+    /// for messages.
     pub(crate) fn target(&self) -> String {
-        match &self.host {
-            Host::Tcp(_) => match self.hostaddr {
-                Some(addr) => format!("{} ({addr}):{}", self.host, self.port),
-                None => format!("{}:{}", self.host, self.port),
-            },
-            Host::Unix(dir) => format!("{}/.s.PGSQL.{}", dir.display(), self.port),
-        }
+        self.targets
+            .iter()
+            .map(Target::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     }
+}
+
+/// Never used: what [`ReplicationConfig::first`] would answer for an empty
+/// list, which `resolve` never builds.
+static FALLBACK_TARGET: Target = Target {
+    host: Host::Unix(PathBuf::new()),
+    hostaddr: None,
+    port: DEFAULT_PORT,
+};
+
+/// The servers of `host`, `hostaddr` and `port`, as libpq pairs them: each
+/// a comma-separated list; `port` and `hostaddr` hold one entry for all
+/// hosts or one per host (an empty entry: the default).
+fn targets(host: &str, hostaddr: Option<&str>, port: Option<&str>) -> Result<Vec<Target>, Error> {
+    let hosts: Vec<&str> = host.split(',').map(str::trim).collect();
+    let spread = |list: Option<&str>, what: &str| -> Result<Vec<Option<String>>, Error> {
+        let Some(list) = list else {
+            return Ok(vec![None; hosts.len()]);
+        };
+        let items: Vec<Option<String>> = list
+            .split(',')
+            .map(|p| Some(p.trim().to_string()).filter(|p| !p.is_empty()))
+            .collect();
+        match items.len() {
+            1 => Ok(vec![items.into_iter().next().flatten(); hosts.len()]),
+            n if n == hosts.len() => Ok(items),
+            n => Err(Error::Config(format!(
+                "{what} lists {n} values for {} hosts; give one for all or one per host",
+                hosts.len()
+            ))),
+        }
+    };
+    let ports = spread(port, "port")?;
+    let addrs = spread(hostaddr, "hostaddr")?;
+    hosts
+        .iter()
+        .zip(ports)
+        .zip(addrs)
+        .map(|((h, p), a)| {
+            let port = match p {
+                None => DEFAULT_PORT,
+                Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                    Error::Config(format!("port {p:?} is not a TCP port number (1-65535)"))
+                })?,
+            };
+            let hostaddr = a
+                .map(|a| {
+                    a.parse::<IpAddr>().map_err(|_| {
+                        Error::Config(format!("hostaddr {a:?} is not an IPv4 or IPv6 address"))
+                    })
+                })
+                .transpose()?;
+            Ok(Target {
+                host: Host::parse(h)?,
+                hostaddr,
+                port,
+            })
+        })
+        .collect()
 }
 
 impl FromStr for ReplicationConfig {
@@ -608,7 +774,41 @@ fn percent_decode(s: &str, what: &str) -> Result<String, Error> {
         .map_err(|_| Error::Config(format!("the URL's {what} is not UTF-8 once decoded")))
 }
 
-/// `postgres[ql]://[user[:password]@][host][:port][/dbname][?k=v&...]`
+/// One `host[:port]` of a URL (`[v6addr]:port` for IPv6).
+fn url_host_port(hostport: &str) -> Result<(String, Option<String>), Error> {
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| Error::Config("the URL's IPv6 host has no closing ']'".into()))?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or_else(|| {
+                Error::Config("unexpected text after the URL's IPv6 host".into())
+            })?),
+        };
+        (h.to_string(), port)
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (percent_decode(h, "host")?, Some(p)),
+            None => (percent_decode(hostport, "host")?, None),
+        }
+    };
+    let port = port.filter(|p| !p.is_empty());
+    if let Some(p) = port {
+        // Not shown: in a URL missing its '@', it is the password.
+        if !p.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Error::Config(
+                "the URL's port (after the host's ':') is not a number; write \
+                 postgres://user:password@host:port/dbname (the port is not shown: without \
+                 the '@' it may be a password)"
+                    .into(),
+            ));
+        }
+    }
+    Ok((host, port.map(str::to_string)))
+}
+
+/// `postgres[ql]://[user[:password]@][host][:port][,host[:port]...][/dbname][?k=v&...]`
 fn parse_url(s: &str) -> Result<Raw, Error> {
     let rest = s
         .strip_prefix("postgresql://")
@@ -653,37 +853,20 @@ fn parse_url(s: &str) -> Result<Raw, Error> {
         }
     }
     if !hostport.is_empty() {
-        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (h, after) = v6
-                .split_once(']')
-                .ok_or_else(|| Error::Config("the URL's IPv6 host has no closing ']'".into()))?;
-            let port = match after {
-                "" => None,
-                p => Some(p.strip_prefix(':').ok_or_else(|| {
-                    Error::Config("unexpected text after the URL's IPv6 host".into())
-                })?),
-            };
-            (h.to_string(), port)
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (percent_decode(h, "host")?, Some(p)),
-                None => (percent_decode(hostport, "host")?, None),
-            }
-        };
-        if !host.is_empty() {
-            raw.host = Some(host);
+        // `host[:port]`, or several separated by commas (libpq's multi-host
+        // URL): each host with its own port or none (the default).
+        let mut hosts = Vec::new();
+        let mut ports = Vec::new();
+        for one in hostport.split(',') {
+            let (host, port) = url_host_port(one)?;
+            hosts.push(host);
+            ports.push(port.unwrap_or_default());
         }
-        if let Some(p) = port.filter(|p| !p.is_empty()) {
-            // Not shown: in a URL missing its '@', it is the password.
-            if !p.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(Error::Config(
-                    "the URL's port (after the host's ':') is not a number; write \
-                     postgres://user:password@host:port/dbname (the port is not shown: without \
-                     the '@' it may be a password)"
-                        .into(),
-                ));
-            }
-            raw.port = Some(p.to_string());
+        if hosts.iter().any(|h| !h.is_empty()) {
+            raw.host = Some(hosts.join(","));
+        }
+        if ports.iter().any(|p| !p.is_empty()) {
+            raw.port = Some(ports.join(","));
         }
     }
     if let Some(db) = path.filter(|p| !p.is_empty()) {
@@ -768,6 +951,49 @@ mod tests {
     }
 
     #[test]
+    fn several_hosts_pair_with_their_ports_as_libpq_does() {
+        let c = parse("host=a,b port=5432,5433 user=u target_session_attrs=read-write");
+        let hosts: Vec<String> = c.targets().iter().map(|t| t.to_string()).collect();
+        assert_eq!(hosts, ["a:5432", "b:5433"]);
+        assert_eq!(c.target_session_attrs(), TargetSessionAttrs::ReadWrite);
+        assert_eq!(c.to_string(), "u@a:5432,b:5433/u");
+        // One port for all hosts; the first host is what host() reports.
+        let c = parse("host=a,b port=6000 user=u");
+        assert_eq!(
+            c.targets().iter().map(|t| t.port).collect::<Vec<_>>(),
+            [6000, 6000]
+        );
+        assert_eq!(c.host(), &Host::Tcp("a".into()));
+        // Each server alone, for a connection to that one.
+        let second = c.for_target(1);
+        assert_eq!(second.targets().len(), 1);
+        assert_eq!(second.host(), &Host::Tcp("b".into()));
+        // A URL's list: each host with its port or the default.
+        let c = parse("postgres://u@[::1]:5433,db2,db3:6000/shop?target_session_attrs=primary");
+        let hosts: Vec<String> = c.targets().iter().map(|t| t.to_string()).collect();
+        assert_eq!(hosts, ["[::1]:5433", "db2:5432", "db3:6000"]);
+        assert_eq!(c.target_session_attrs(), TargetSessionAttrs::Primary);
+        assert_eq!(c.dbname(), "shop");
+        for (text, attrs) in [
+            ("any", TargetSessionAttrs::Any),
+            ("read-write", TargetSessionAttrs::ReadWrite),
+            ("read-only", TargetSessionAttrs::ReadOnly),
+            ("primary", TargetSessionAttrs::Primary),
+            ("standby", TargetSessionAttrs::Standby),
+            ("prefer-standby", TargetSessionAttrs::PreferStandby),
+        ] {
+            assert_eq!(text.parse::<TargetSessionAttrs>().unwrap(), attrs);
+            assert_eq!(attrs.to_string(), text);
+        }
+        // A standby suits standby and prefer-standby; a read-only primary
+        // suits primary but not read-write.
+        assert!(TargetSessionAttrs::Standby.accepts(true, true));
+        assert!(!TargetSessionAttrs::Primary.accepts(true, true));
+        assert!(TargetSessionAttrs::Primary.accepts(false, true));
+        assert!(!TargetSessionAttrs::ReadWrite.accepts(false, true));
+    }
+
+    #[test]
     fn urls_parse_like_libpq() {
         let c = parse("postgres://relay:s%40cret@db.example:6543/shop?sslmode=verify-full&application_name=outbox");
         assert_eq!(c.host(), &Host::Tcp("db.example".into()));
@@ -826,7 +1052,9 @@ mod tests {
         assert!(err("host=h user=u replication=database").contains("set by walstream"));
         assert!(err("host=h user=u port=99999").contains("not a TCP port"));
         assert!(err("host=h user=u password='open").contains("unterminated"));
-        assert!(err("host=a,b user=u").contains("several hosts"));
+        assert!(err("host=a,b,c port=1,2 user=u").contains("2 values for 3 hosts"));
+        assert!(err("host=a,,b user=u").contains("host is empty"));
+        assert!(err("host=a user=u target_session_attrs=master").contains("read-write"));
         assert!(err("postgres://h/db").contains("no user given"));
         assert!(err("host=h user").contains("missing '='"));
         assert!(err("postgres://u@h/db?sslmode").contains("no '=value'"));

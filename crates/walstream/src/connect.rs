@@ -24,9 +24,9 @@ use tokio::net::{TcpStream, UnixStream};
 use crate::auth::{AuthMethod, AuthPolicy};
 use crate::config::{ChannelBinding, Host, ReplicationConfig, SslMode};
 use crate::error::{DbError, Error};
-use crate::pgpass;
 use crate::tls::{handshake_error, TlsSetup};
 use crate::wire::{Backend, Socket, Wire};
+use crate::{hosts, pgpass};
 
 /// An authenticated replication connection, ready for commands.
 #[derive(Debug)]
@@ -44,6 +44,29 @@ pub(crate) async fn connect(config: &ReplicationConfig) -> Result<Established, E
         Ok(Established { wire, auth })
     })
     .await
+}
+
+impl hosts::Session for Established {
+    async fn open(config: &ReplicationConfig) -> Result<Established, Error> {
+        connect(config).await
+    }
+
+    async fn state(&mut self) -> Result<hosts::ServerState, Error> {
+        let r = self
+            .wire
+            .simple_query(
+                hosts::STATE_QUERY,
+                "reading whether the server is a standby",
+            )
+            .await?;
+        let row = r.rows.first();
+        let col = |i: usize| row.and_then(|r| r.get(i)).and_then(|v| v.as_deref());
+        Ok(hosts::parse_state(col(0), col(1)))
+    }
+
+    async fn discard(self) {
+        self.wire.terminate().await;
+    }
 }
 
 /// The password to answer a request with: from the settings, else from

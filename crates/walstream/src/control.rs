@@ -13,9 +13,9 @@
 use std::time::Duration;
 
 use crate::config::{ChannelBinding, ReplicationConfig};
-use crate::connect;
 use crate::error::Error;
 use crate::guard::{self, Established, Guarded};
+use crate::{connect, hosts};
 use pgoutput::Lsn;
 
 /// Opens an ordinary (non-replication) session with the same settings as
@@ -27,8 +27,40 @@ use pgoutput::Lsn;
 /// with `CancelToken::cancel_query_raw` (over a stream the caller opens),
 /// not with `cancel_query`, which needs tokio-postgres's own socket
 /// settings.
+///
+/// With several servers in the settings, the first that suits
+/// `target_session_attrs` (see [`crate::TargetSessionAttrs`]).
 pub async fn connect_control(config: &ReplicationConfig) -> Result<tokio_postgres::Client, Error> {
-    connect::within_connect_timeout(config, open_control(config)).await
+    hosts::open_suitable::<Control>(config)
+        .await
+        .map(|(control, _)| control.0)
+}
+
+/// A control connection, as [`hosts`] tries one per server.
+struct Control(tokio_postgres::Client);
+
+impl hosts::Session for Control {
+    async fn open(config: &ReplicationConfig) -> Result<Control, Error> {
+        connect::within_connect_timeout(config, open_control(config))
+            .await
+            .map(Control)
+    }
+
+    async fn state(&mut self) -> Result<hosts::ServerState, Error> {
+        let row = self
+            .0
+            .query_one(hosts::STATE_QUERY, &[])
+            .await
+            .map_err(|e| Error::control("reading whether the server is a standby", e))?;
+        let in_recovery: Option<String> = row.get(0);
+        let read_only: Option<String> = row.get(1);
+        Ok(hosts::parse_state(
+            in_recovery.as_deref(),
+            read_only.as_deref(),
+        ))
+    }
+
+    async fn discard(self) {}
 }
 
 async fn open_control(config: &ReplicationConfig) -> Result<tokio_postgres::Client, Error> {

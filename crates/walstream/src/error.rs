@@ -293,6 +293,20 @@ pub enum Error {
         current: String,
     },
 
+    /// Several servers were named and none is both reachable and of the
+    /// kind `target_session_attrs` asks for (during a failover, say: the
+    /// old primary is down and the standby not promoted yet).
+    #[error(
+        "no PostgreSQL server suits target_session_attrs={attrs}: {tried}; retrying, as a \
+         standby being promoted becomes the primary"
+    )]
+    NoSuitableServer {
+        /// What was asked for.
+        attrs: String,
+        /// Each server and why it was passed over.
+        tried: String,
+    },
+
     /// The server ended the replication stream without an error (a clean
     /// shutdown of the server, or a walsender that was told to stop).
     #[error(
@@ -317,6 +331,7 @@ impl Error {
             | Error::Io { .. }
             | Error::ReceiveTimeout(_)
             | Error::SlotActive { .. }
+            | Error::NoSuitableServer { .. }
             | Error::StreamEnded { .. } => true,
             Error::Tls { retryable, .. } => *retryable,
             Error::Server { error, .. } => error.is_retryable(),

@@ -70,6 +70,7 @@ mod control;
 mod error;
 mod feedback;
 mod guard;
+mod hosts;
 mod pgpass;
 mod stream;
 mod tls;
@@ -84,9 +85,10 @@ pub use auth::{AuthMethod, RequireAuth};
 pub use client::{
     CreateSlotOptions, CreatedSlot, ReplicationClient, SnapshotAction, StartOptions, SystemIdentity,
 };
-pub use config::{ChannelBinding, Host, ReplicationConfig, SslMode};
+pub use config::{ChannelBinding, Host, ReplicationConfig, SslMode, Target, TargetSessionAttrs};
 pub use control::{connect_control, SlotState};
 pub use error::{DbError, Error};
 pub use feedback::AckHandle;
+pub use hosts::ServerState;
 pub use pgoutput::{Lsn, PgTimestamp};
 pub use stream::{Frame, Keepalive, ReplicationStream, XLogData};

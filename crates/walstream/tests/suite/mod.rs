@@ -2,6 +2,7 @@
 
 mod auth;
 mod faults;
+mod hosts;
 mod slots;
 mod streaming;
 mod support;
