@@ -61,6 +61,36 @@ pub struct ServerSettings {
     pub used_wal_senders: i64,
     /// `wal_sender_timeout` in milliseconds (0 = disabled).
     pub wal_sender_timeout_ms: i64,
+    /// `pg_is_in_recovery()`: the server is a standby.
+    pub in_recovery: bool,
+    /// `max_slot_wal_keep_size` in megabytes (-1 = unbounded).
+    pub max_slot_wal_keep_size_mb: i64,
+    /// `idle_replication_slot_timeout` as the server shows it
+    /// (PostgreSQL 18; "0" = off).
+    pub idle_replication_slot_timeout: Option<String>,
+    /// `synchronized_standby_slots` (PostgreSQL 17).
+    pub synchronized_standby_slots: Option<String>,
+    /// The physical slots that exist, and whether a standby streams from
+    /// each.
+    pub physical_slots: Vec<(String, bool)>,
+}
+
+impl ServerSettings {
+    /// The major version (17 of 170004).
+    pub fn major(&self) -> i32 {
+        self.version_num / 10_000
+    }
+
+    /// The names listed in `synchronized_standby_slots`.
+    pub fn standby_slots(&self) -> Vec<String> {
+        self.synchronized_standby_slots
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(|s| s.trim().trim_matches('"').to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
 }
 
 /// Reads [`ServerSettings`].
@@ -73,11 +103,21 @@ pub async fn server_settings(client: &Client) -> Result<ServerSettings, CatalogE
                     (SELECT count(*) FROM pg_replication_slots),
                     current_setting('max_wal_senders')::int8,
                     (SELECT count(*) FROM pg_stat_replication),
-                    (SELECT setting::int8 FROM pg_settings WHERE name = 'wal_sender_timeout')",
+                    (SELECT setting::int8 FROM pg_settings WHERE name = 'wal_sender_timeout'),
+                    pg_is_in_recovery(),
+                    (SELECT setting::int8 FROM pg_settings WHERE name = 'max_slot_wal_keep_size'),
+                    current_setting('idle_replication_slot_timeout', true),
+                    current_setting('synchronized_standby_slots', true),
+                    ARRAY(SELECT slot_name::text FROM pg_replication_slots
+                          WHERE slot_type = 'physical' ORDER BY 1),
+                    ARRAY(SELECT active FROM pg_replication_slots
+                          WHERE slot_type = 'physical' ORDER BY slot_name)",
             &[],
         )
         .await
         .map_err(query("reading server settings"))?;
+    let names: Vec<String> = row.get(11);
+    let active: Vec<bool> = row.get(12);
     Ok(ServerSettings {
         version_num: row.get(0),
         wal_level: row.get(1),
@@ -86,6 +126,11 @@ pub async fn server_settings(client: &Client) -> Result<ServerSettings, CatalogE
         max_wal_senders: row.get(4),
         used_wal_senders: row.get(5),
         wal_sender_timeout_ms: row.get(6),
+        in_recovery: row.get(7),
+        max_slot_wal_keep_size_mb: row.get::<_, Option<i64>>(8).unwrap_or(-1),
+        idle_replication_slot_timeout: row.get(9),
+        synchronized_standby_slots: row.get(10),
+        physical_slots: names.into_iter().zip(active).collect(),
     })
 }
 
@@ -241,12 +286,21 @@ pub async fn create_publication(
 
 /// Creates the relay's slot through SQL (for `setup`); returns where it
 /// starts.
-pub async fn create_slot(client: &Client, slot: &str) -> Result<String, CatalogError> {
+///
+/// With `failover` (PostgreSQL 17+), a failover slot: synced to standbys
+/// that run with sync_replication_slots.
+pub async fn create_slot(
+    client: &Client,
+    slot: &str,
+    failover: bool,
+) -> Result<String, CatalogError> {
+    let sql = if failover {
+        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"
+    } else {
+        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')"
+    };
     client
-        .query_one(
-            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&slot],
-        )
+        .query_one(sql, &[&slot])
         .await
         .map(|r| r.get(0))
         .map_err(query("creating the slot"))
@@ -276,6 +330,33 @@ pub struct SlotInfo {
     /// The application_name of the process that holds it (when the role
     /// may see it): `outbox-relay` for a relay.
     pub holder: Option<String>,
+    /// Whether it is a failover slot, synced to standbys (PostgreSQL 17+;
+    /// `None` before).
+    pub failover: Option<bool>,
+    /// Whether it is a standby's copy of a primary's failover slot
+    /// (PostgreSQL 17+).
+    pub synced: Option<bool>,
+    /// Why the server invalidated it (PostgreSQL 17+: `wal_removed`,
+    /// `rows_removed`, `wal_level_insufficient`, `idle_timeout`), or on 16
+    /// `conflict` for a slot invalidated by a recovery conflict.
+    pub invalidation_reason: Option<String>,
+    /// Bytes of WAL that can still be written before the slot is in danger
+    /// of losing what it needs (`None`: unbounded, or lost).
+    pub safe_wal_size: Option<i64>,
+    /// A temporary slot (dropped when its session ends).
+    pub temporary: bool,
+}
+
+impl SlotInfo {
+    /// Why the slot can no longer be used, if it cannot: the server
+    /// removed WAL or rows it needed, or invalidated it otherwise.
+    pub fn lost_because(&self) -> Option<String> {
+        if let Some(reason) = &self.invalidation_reason {
+            return Some(format!("invalidated ({reason})"));
+        }
+        (self.wal_status.as_deref() == Some("lost"))
+            .then(|| "lost required WAL (wal_status = lost)".to_string())
+    }
 }
 
 /// Reads a slot; `None` if it does not exist.
@@ -284,7 +365,11 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
         .query_opt(
             "SELECT s.plugin::text, s.slot_type, s.database::text, s.active, s.active_pid,
                     s.confirmed_flush_lsn::text, s.restart_lsn::text, s.wal_status, s.two_phase,
-                    a.application_name::text
+                    a.application_name::text,
+                    (to_jsonb(s) ->> 'failover')::bool, (to_jsonb(s) ->> 'synced')::bool,
+                    coalesce(to_jsonb(s) ->> 'invalidation_reason',
+                             CASE WHEN (to_jsonb(s) ->> 'conflicting')::bool THEN 'conflict' END),
+                    s.safe_wal_size, s.temporary
              FROM pg_replication_slots s LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid
              WHERE s.slot_name = $1",
             &[&slot],
@@ -307,6 +392,11 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
             wal_status: r.get(7),
             two_phase: r.get(8),
             holder: r.get(9),
+            failover: r.get(10),
+            synced: r.get(11),
+            invalidation_reason: r.get(12),
+            safe_wal_size: r.get(13),
+            temporary: r.get(14),
         }
     }))
 }

@@ -6,7 +6,7 @@
 
 use crate::config::Config;
 use crate::prereq::{self, Line, POSTGRES_LINES};
-use crate::{pg, probe, sink};
+use crate::{pg, probe, servers, sink};
 
 /// Every line of the preflight.
 pub async fn preflight(config: &Config) -> Vec<Line> {
@@ -51,13 +51,21 @@ pub async fn postgres_lines(config: &Config) -> Vec<Line> {
         Line::pass(
             "postgres",
             format!(
-                "connected to database {} as {} (server_version_num {})",
-                facts.database, facts.role.name, facts.server.version_num
+                "connected to database {} as {} (PostgreSQL {})",
+                facts.database,
+                facts.role.name,
+                prereq::version_text(facts.server.version_num)
             ),
         ),
         prereq::judge_tls(config),
     ];
     lines.extend(prereq::judge_postgres(config, &facts));
+    lines.extend(
+        servers::look(config)
+            .await
+            .iter()
+            .map(|view| prereq::judge_server_view(config, view)),
+    );
     lines
 }
 

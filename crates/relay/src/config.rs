@@ -94,6 +94,11 @@ pub struct Settings {
     pub standby: bool,
     /// How often a standby re-checks the slot, in milliseconds.
     pub standby_poll_ms: u64,
+    /// On PostgreSQL 17 and later, make the slot a failover slot (created
+    /// with FAILOVER, or turned on for an existing one before streaming), so
+    /// that standbys with sync_replication_slots keep a copy a promoted
+    /// standby resumes from. false leaves the slot's flag as it is.
+    pub failover_slot: bool,
     /// On SIGTERM, how long to wait for in-flight confirms, in milliseconds.
     pub shutdown_timeout_ms: u64,
     /// First reconnect delay, in milliseconds.
@@ -146,6 +151,7 @@ impl Default for Settings {
             window_bytes: 16 * 1024 * 1024,
             standby: true,
             standby_poll_ms: 2_000,
+            failover_slot: true,
             shutdown_timeout_ms: 10_000,
             backoff_initial_ms: 200,
             backoff_max_ms: 30_000,
@@ -227,6 +233,7 @@ const FIELDS: &[(&str, Kind)] = &[
     ("window_bytes", Kind::Int),
     ("standby", Kind::Bool),
     ("standby_poll_ms", Kind::Int),
+    ("failover_slot", Kind::Bool),
     ("shutdown_timeout_ms", Kind::Int),
     ("backoff_initial_ms", Kind::Int),
     ("backoff_max_ms", Kind::Int),
@@ -522,6 +529,8 @@ pub struct Config {
     pub standby: bool,
     /// How often a standby looks at the slot.
     pub standby_poll: Duration,
+    /// Make the slot a failover slot (PostgreSQL 17+).
+    pub failover_slot: bool,
     /// How long a stop waits for confirms.
     pub shutdown_timeout: Duration,
     /// Reconnect delays (every reconnect loop).
@@ -565,6 +574,29 @@ impl Config {
     }
 }
 
+/// The relay streams from the primary: with several hosts it asks for
+/// the primary (what libpq's `any` would leave to the order of the list);
+/// asking for a standby is refused, as a slot on a standby is the
+/// primary's synced copy and is never consumed.
+fn primary_only(mut pg: ReplicationConfig) -> Result<ReplicationConfig, ConfigError> {
+    use walstream::TargetSessionAttrs as Attrs;
+    match pg.target_session_attrs() {
+        Attrs::Any if pg.targets().len() > 1 => {
+            pg.set_target_session_attrs(Attrs::Primary);
+            Ok(pg)
+        }
+        Attrs::Any | Attrs::Primary | Attrs::ReadWrite => Ok(pg),
+        other => Err(ConfigError::Invalid {
+            key: "pg_url",
+            message: format!(
+                "target_session_attrs={other} would stream from a standby; the relay streams \
+                 from the primary (a standby's copy of a failover slot is never consumed): use \
+                 target_session_attrs=primary or read-write, or leave it out"
+            ),
+        }),
+    }
+}
+
 impl Settings {
     /// Parses and checks every setting once: URLs, names, templates,
     /// numbers. Each error names the setting and what would be right.
@@ -573,10 +605,10 @@ impl Settings {
         let name = |key: &'static str| move |source: NameError| ConfigError::Name { key, source };
         let pg = match self.pg_url.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(url) => Some(
+            Some(url) => Some(primary_only(
                 url.parse::<ReplicationConfig>()
                     .map_err(|e| invalid("pg_url", e.to_string()))?,
-            ),
+            )?),
         };
         let brokers = crate::redact::split_amqp_urls(self.amqp_url.as_deref().unwrap_or(""))
             .into_iter()
@@ -711,6 +743,7 @@ impl Settings {
             max_payload_bytes: size(self.max_payload_bytes),
             standby: self.standby,
             standby_poll: Duration::from_millis(self.standby_poll_ms),
+            failover_slot: self.failover_slot,
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
             backoff: BackoffConfig {
                 initial: Duration::from_millis(self.backoff_initial_ms),

@@ -28,6 +28,7 @@ pub mod pipeline;
 pub mod prereq;
 pub mod probe;
 pub mod redact;
+pub mod servers;
 pub mod sink;
 pub mod sql;
 pub mod template;

@@ -117,9 +117,40 @@ pub struct Metrics {
     pub commit_to_confirm: Histogram,
     /// Reconnects, by side and reason.
     pub reconnects: Family<ReconnectLabels, Counter>,
+    /// The slot's wal_status: 1 for the current one, 0 for the others.
+    pub slot_wal_status: Family<StatusLabels, Gauge>,
+    /// Bytes of WAL that can still be written before the slot is in
+    /// danger (`safe_wal_size`); -1 when unbounded.
+    pub slot_safe_wal_size: Gauge,
+    /// 1 when the slot is a failover slot (PostgreSQL 17+), else 0.
+    pub slot_failover: Gauge,
+}
+
+/// The values of `wal_status` in pg_replication_slots.
+pub const WAL_STATUSES: [&str; 4] = ["reserved", "extended", "unreserved", "lost"];
+
+/// Labels carrying a status.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// The status.
+    pub status: &'static str,
 }
 
 impl Metrics {
+    /// Sets the slot's series from its row in pg_replication_slots.
+    pub fn observe_slot(&self, slot: &crate::catalog::SlotInfo) {
+        for status in WAL_STATUSES {
+            let current = slot.wal_status.as_deref() == Some(status);
+            self.slot_wal_status
+                .get_or_create(&StatusLabels { status })
+                .set(i64::from(current));
+        }
+        self.slot_safe_wal_size
+            .set(slot.safe_wal_size.unwrap_or(-1));
+        self.slot_failover
+            .set(i64::from(slot.failover.unwrap_or(false)));
+    }
+
     /// Creates every series and registers it.
     pub fn new() -> (Metrics, Registry) {
         let mut registry = Registry::with_prefix("outbox_relay");
@@ -134,6 +165,9 @@ impl Metrics {
             confirmed_lsn: Gauge::default(),
             server_wal_end: Gauge::default(),
             lag_bytes: Gauge::default(),
+            slot_wal_status: Family::default(),
+            slot_safe_wal_size: Gauge::default(),
+            slot_failover: Gauge::default(),
             // 0.5 ms .. ~33 s
             commit_to_confirm: Histogram::new(exponential_buckets(0.0005, 2.0, 17)),
             reconnects: Family::default(),
@@ -189,6 +223,23 @@ impl Metrics {
             metrics.lag_bytes.clone(),
         );
         registry.register(
+            "slot_wal_status",
+            "The slot's wal_status in pg_replication_slots: 1 for the current one (reserved, \
+             extended, unreserved, lost), read every 10 s; lost means the slot was invalidated",
+            metrics.slot_wal_status.clone(),
+        );
+        registry.register(
+            "slot_safe_wal_size_bytes",
+            "Bytes of WAL that can still be written before the slot is in danger of losing \
+             what it needs (safe_wal_size); -1 when max_slot_wal_keep_size is unbounded",
+            metrics.slot_safe_wal_size.clone(),
+        );
+        registry.register(
+            "slot_failover",
+            "1 when the slot is a failover slot synced to standbys (PostgreSQL 17+), else 0",
+            metrics.slot_failover.clone(),
+        );
+        registry.register(
             "commit_to_confirm_seconds",
             "Seconds from an event's commit timestamp to the broker's confirm",
             metrics.commit_to_confirm.clone(),
@@ -210,6 +261,12 @@ impl Metrics {
                 reason: kind.into(),
             });
         }
+        for status in WAL_STATUSES {
+            let _ = metrics
+                .slot_wal_status
+                .get_or_create(&StatusLabels { status });
+        }
+        metrics.slot_safe_wal_size.set(-1);
         for side in ["postgres", "rabbitmq"] {
             let _ = metrics.reconnects.get_or_create(&ReconnectLabels {
                 side,

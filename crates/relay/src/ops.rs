@@ -142,12 +142,14 @@ pub async fn setup(config: &Config) -> Result<Vec<String>, OpsError> {
                 .unwrap_or_else(|| "?".into())
         )),
         None => {
-            let lsn = catalog::create_slot(&client, &config.slot)
+            let failover = config.failover_slot && facts.server.major() >= 17;
+            let lsn = catalog::create_slot(&client, &config.slot, failover)
                 .await
                 .map_err(|e| OpsError::catalog("creating the slot", &e))?;
             done.push(format!(
-                "created slot {} (pgoutput) at {lsn}: WAL is kept from here until the relay \
+                "created {}slot {} (pgoutput) at {lsn}: WAL is kept from here until the relay \
                  acknowledges it",
+                if failover { "failover " } else { "" },
                 config.slot
             ));
         }
@@ -176,6 +178,64 @@ pub struct SlotStatus {
     pub retained_wal_bytes: Option<u64>,
     /// `reserved`, `extended`, `unreserved` or `lost`.
     pub wal_status: Option<String>,
+    /// Bytes of WAL that can still be written before the slot is in
+    /// danger (`None`: unbounded).
+    pub safe_wal_size: Option<i64>,
+    /// Why PostgreSQL invalidated the slot, if it did.
+    pub invalidation_reason: Option<String>,
+    /// Whether it is a failover slot (PostgreSQL 17+; `None` before).
+    pub failover: Option<bool>,
+    /// Each server of a multi-host pg_url (empty for one server).
+    pub servers: Vec<ServerStatus>,
+}
+
+/// One server of a multi-host pg_url, and its copy of the slot.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerStatus {
+    /// `host:port`.
+    pub server: String,
+    /// `primary`, `standby` or `unreachable`.
+    pub role: &'static str,
+    /// The PostgreSQL version.
+    pub version: Option<String>,
+    /// On a standby (17+): whether its copy of the slot is synced and
+    /// usable after a promotion.
+    pub slot_synced: Option<bool>,
+    /// Its copy's confirmed_flush_lsn.
+    pub slot_confirmed_flush_lsn: Option<String>,
+    /// Why it could not be reached.
+    pub error: Option<String>,
+}
+
+impl ServerStatus {
+    fn of(view: &crate::servers::ServerView) -> ServerStatus {
+        match &view.seen {
+            Err(e) => ServerStatus {
+                server: view.target.clone(),
+                role: "unreachable",
+                version: None,
+                slot_synced: None,
+                slot_confirmed_flush_lsn: None,
+                error: Some(e.clone()),
+            },
+            Ok(seen) => ServerStatus {
+                server: view.target.clone(),
+                role: if seen.in_recovery {
+                    "standby"
+                } else {
+                    "primary"
+                },
+                version: Some(crate::prereq::version_text(seen.version_num)),
+                slot_synced: seen.in_recovery.then(|| seen.slot_ready()),
+                slot_confirmed_flush_lsn: seen
+                    .slot
+                    .as_ref()
+                    .and_then(|s| s.confirmed_flush_lsn)
+                    .map(|l| l.to_string()),
+                error: None,
+            },
+        }
+    }
 }
 
 /// Reads [`SlotStatus`].
@@ -198,6 +258,14 @@ pub async fn status(config: &Config) -> Result<SlotStatus, OpsError> {
         lag_bytes: slot.confirmed_flush_lsn.map(|l| wal.current.bytes_since(l)),
         retained_wal_bytes: slot.restart_lsn.map(|l| wal.current.bytes_since(l)),
         wal_status: slot.wal_status,
+        safe_wal_size: slot.safe_wal_size,
+        invalidation_reason: slot.invalidation_reason,
+        failover: slot.failover,
+        servers: crate::servers::look(config)
+            .await
+            .iter()
+            .map(ServerStatus::of)
+            .collect(),
     })
 }
 
@@ -211,10 +279,20 @@ impl SlotStatus {
             (true, None) => "yes".into(),
             _ => "no".into(),
         };
-        format!(
+        let failover = match self.failover {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "- (PostgreSQL 17+)",
+        };
+        let safe = match self.safe_wal_size {
+            Some(n) => human_bytes(u64::try_from(n).unwrap_or(0)),
+            None => "unbounded".into(),
+        };
+        let mut out = format!(
             "slot                 {}\nactive               {holder}\nconfirmed_flush_lsn  {}\n\
              restart_lsn          {}\ncurrent_wal_lsn      {}\nlag                  {}\n\
-             retained WAL         {}\nwal_status           {}\n",
+             retained WAL         {}\nwal_status           {}\nsafe_wal_size        {safe}\n\
+             failover             {failover}\n",
             self.slot,
             opt(&self.confirmed_flush_lsn),
             opt(&self.restart_lsn),
@@ -222,7 +300,28 @@ impl SlotStatus {
             bytes(self.lag_bytes),
             bytes(self.retained_wal_bytes),
             opt(&self.wal_status),
-        )
+        );
+        if let Some(reason) = &self.invalidation_reason {
+            out.push_str(&format!("invalidated          {reason}\n"));
+        }
+        for s in &self.servers {
+            let detail = match (s.role, s.slot_synced) {
+                ("standby", Some(true)) => format!(
+                    "slot synced at {}",
+                    s.slot_confirmed_flush_lsn.as_deref().unwrap_or("?")
+                ),
+                ("standby", _) => "no usable copy of the slot".into(),
+                ("unreachable", _) => s.error.clone().unwrap_or_default(),
+                _ => String::new(),
+            };
+            out.push_str(&format!(
+                "server               {} {} {} {detail}\n",
+                s.server,
+                s.role,
+                s.version.as_deref().unwrap_or(""),
+            ));
+        }
+        out
     }
 }
 

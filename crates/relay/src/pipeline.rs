@@ -122,11 +122,15 @@ async fn start(
         let mut client = ReplicationClient::connect(pg)
             .await
             .map_err(|e| postgres_error(config, &e))?;
+        let failover = config.failover_slot && facts.server.major() >= 17;
         let created = client
-            .create_slot(&config.slot, &walstream::CreateSlotOptions::new())
+            .create_slot(
+                &config.slot,
+                &walstream::CreateSlotOptions::new().failover(failover),
+            )
             .await
             .map_err(|e| postgres_error(config, &e))?;
-        tracing::info!(slot = %config.slot, lsn = %created.consistent_point(), "created the slot");
+        tracing::info!(slot = %config.slot, lsn = %created.consistent_point(), failover, "created the slot");
         client.close().await;
     }
     let sink = match config.sink {
@@ -275,6 +279,10 @@ async fn stream<S: Sink>(
     start: Lsn,
 ) -> Result<(), RunError> {
     drop(control);
+    let _watcher = AbortOnDrop(tokio::spawn(watch_slot(
+        config.clone(),
+        ctx.metrics.clone(),
+    )));
     let mut core = Core::new(mapper, config.core.clone(), start);
     tracing::info!(slot = %config.slot, lsn = %start, "streaming from the slot");
     let mut shutdown = ctx.shutdown.clone();
@@ -413,6 +421,50 @@ async fn stream<S: Sink>(
     result
 }
 
+/// How often the slot's row is read for its series.
+const SLOT_WATCH: Duration = Duration::from_secs(10);
+
+/// The application_name of the slot watcher's session.
+const SLOT_WATCH_NAME: &str = "outbox-relay slot-watch";
+
+/// Reads the slot's row every [`SLOT_WATCH`] for its series (wal_status,
+/// safe_wal_size, the failover flag), reconnecting the control connection
+/// (to whichever server is the primary now) when it breaks. Nothing here
+/// decides anything: a lost slot ends the stream, and the next
+/// START_REPLICATION says why. Its session is named `outbox-relay
+/// slot-watch` in pg_stat_activity.
+async fn watch_slot(config: Config, metrics: Metrics) {
+    let mut control: Option<tokio_postgres::Client> = None;
+    loop {
+        if control.as_ref().is_none_or(|c| c.is_closed()) {
+            control = match config.pg() {
+                Ok(pg) => pg::connect_control(pg, SLOT_WATCH_NAME).await.ok(),
+                Err(_) => None,
+            };
+        }
+        if let Some(client) = &control {
+            match catalog::slot_info(client, &config.slot).await {
+                Ok(Some(slot)) => metrics.observe_slot(&slot),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading the slot for its metrics failed");
+                    control = None;
+                }
+            }
+        }
+        tokio::time::sleep(SLOT_WATCH).await;
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What a session achieved (backoffs reset only on progress).
 #[derive(Debug, Default)]
 struct Progress {
@@ -432,9 +484,44 @@ async fn start_stream(
     if pg.application_name().is_none() {
         pg.set_application_name("outbox-relay");
     }
-    let client = ReplicationClient::connect(&pg).await?;
+    let mut client = ReplicationClient::connect(&pg).await?;
+    if config.failover_slot && client.server_major() >= 17 {
+        make_failover_slot(&mut client, &config.slot).await?;
+    }
     let options = StartOptions::new([config.publication.clone()]).messages(true);
     client.start_replication(&config.slot, start, options).await
+}
+
+/// Turns the slot into a failover slot if it is not one (a slot created
+/// before PostgreSQL 17's upgrade, by `setup` with failover_slot off, or by
+/// Debezium), while no one streams from it, before START_REPLICATION.
+/// Failing to is logged and streaming goes on: the slot works, only a
+/// failover would lose it (`check` says so).
+async fn make_failover_slot(
+    client: &mut ReplicationClient,
+    slot: &str,
+) -> Result<(), walstream::Error> {
+    let Some(state) = client.slot_state(slot).await? else {
+        // START_REPLICATION says what is wrong.
+        return Ok(());
+    };
+    if state.failover() != Some(false) || state.is_synced_on_standby() {
+        return Ok(());
+    }
+    match client.set_slot_failover(slot, true).await {
+        Ok(()) => {
+            tracing::info!(
+                slot,
+                "made the slot a failover slot: standbys with sync_replication_slots keep a copy"
+            );
+            Ok(())
+        }
+        Err(e @ walstream::Error::SlotActive { .. }) => Err(e),
+        Err(e) => {
+            tracing::warn!(slot, error = %e, "could not make the slot a failover slot; a failover would lose it");
+            Ok(())
+        }
+    }
 }
 
 /// One session: feeds the core until it asks for a restart or a stop,

@@ -12,7 +12,7 @@
 
 use std::fmt::Write as _;
 
-use crate::catalog::{PgFacts, SlotInfo};
+use crate::catalog::{PgFacts, ServerSettings, SlotInfo};
 use crate::config::{env_name, Config};
 use crate::names::quote_ident;
 use crate::probe::BrokerFacts;
@@ -139,6 +139,7 @@ pub fn failures(lines: &[Line]) -> Option<String> {
 /// The names of PostgreSQL's lines, in order (skipped together when
 /// PostgreSQL cannot be reached).
 pub const POSTGRES_LINES: &[&str] = &[
+    "server",
     "wal_level",
     "slots",
     "wal_senders",
@@ -147,6 +148,8 @@ pub const POSTGRES_LINES: &[&str] = &[
     "columns",
     "publication",
     "slot",
+    "failover",
+    "wal_retention",
     "emit_message",
 ];
 
@@ -189,6 +192,7 @@ pub fn judge_postgres(config: &Config, facts: &PgFacts) -> Vec<Line> {
     let table = &config.mapping.table;
     let mut lines = Vec::new();
     let server = &facts.server;
+    lines.push(judge_server(server));
     lines.push(if server.wal_level == "logical" {
         Line::pass("wal_level", "logical")
     } else {
@@ -297,6 +301,8 @@ pub fn judge_postgres(config: &Config, facts: &PgFacts) -> Vec<Line> {
         ),
         Some(s) => judge_slot(config, &facts.database, s),
     });
+    lines.push(judge_failover(config, server, facts.slot.as_ref()));
+    lines.push(judge_wal_retention(server));
     lines.push(judge_emit_message(config, facts.emit_message_public));
     lines
 }
@@ -425,6 +431,223 @@ fn judge_publication(config: &Config, facts: &PgFacts) -> Line {
     }
 }
 
+/// The server: its version, and that it is a primary (the relay streams
+/// from the primary; a standby's synced slot is never consumed).
+fn judge_server(server: &ServerSettings) -> Line {
+    let version = version_text(server.version_num);
+    if server.in_recovery {
+        Line::fail(
+            "server",
+            format!("PostgreSQL {version} is a standby (in recovery)"),
+            "point pg_url at the primary; with several hosts listed \
+             (postgres://a:5432,b:5432/db) the relay picks the primary itself",
+        )
+    } else {
+        Line::pass("server", format!("PostgreSQL {version}, primary"))
+    }
+}
+
+/// One server of a multi-host pg_url: the primary passes; a standby
+/// passes when its copy of the slot would let a promoted standby resume
+/// (PostgreSQL 17+: synced, not temporary, not invalidated), and warns
+/// with the settings that make it so when not.
+pub fn judge_server_view(config: &Config, view: &crate::servers::ServerView) -> Line {
+    let target = &view.target;
+    let seen = match &view.seen {
+        Err(e) => {
+            return Line::warn(
+                "host",
+                format!("{target}: unreachable ({e})"),
+                "a server that cannot be reached cannot take over; check it is up",
+            )
+        }
+        Ok(seen) => seen,
+    };
+    let version = version_text(seen.version_num);
+    if !seen.in_recovery {
+        return Line::pass("host", format!("{target}: PostgreSQL {version}, primary"));
+    }
+    let slot = &config.slot;
+    if seen.version_num < 170_000 {
+        return Line::warn(
+            "host",
+            format!(
+                "{target}: PostgreSQL {version}, standby: no slot sync before 17, so a failover \
+                 to it loses slot {slot}"
+            ),
+            "use PostgreSQL 17 or later for failover slots",
+        );
+    }
+    if seen.slot_ready() {
+        let at = seen
+            .slot
+            .as_ref()
+            .and_then(|s| s.confirmed_flush_lsn)
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "?".into());
+        return Line::pass(
+            "host",
+            format!(
+                "{target}: PostgreSQL {version}, standby; slot {slot} synced at {at} (a promotion \
+                 keeps it)"
+            ),
+        );
+    }
+    let found = match &seen.slot {
+        None => format!("has no copy of slot {slot}"),
+        Some(s) => match (&s.invalidation_reason, s.synced, s.temporary) {
+            (Some(reason), _, _) => format!("has an invalidated copy of slot {slot} ({reason})"),
+            (None, _, true) => format!(
+                "has only a temporary copy of slot {slot} (not yet synced past the primary's \
+                 position)"
+            ),
+            _ => format!("has a slot {slot} that is not a synced copy"),
+        },
+    };
+    Line::warn(
+        "host",
+        format!(
+            "{target}: PostgreSQL {version}, standby; {found}: a failover to it loses the slot"
+        ),
+        "on the standby: sync_replication_slots = on, hot_standby_feedback = on, \
+         primary_slot_name = '<its physical slot>', dbname in primary_conninfo; on the primary: \
+         the slot a failover slot (run makes it one) and synchronized_standby_slots naming the \
+         standby's physical slot",
+    )
+}
+
+/// 17.4 of 170004, 15.19 of 150019.
+pub fn version_text(version_num: i32) -> String {
+    format!("{}.{}", version_num / 10_000, version_num % 10_000)
+}
+
+/// Whether a failover keeps the slot: a failover slot (17+) and
+/// synchronized_standby_slots naming a standby's physical slot.
+fn judge_failover(config: &Config, server: &ServerSettings, slot: Option<&SlotInfo>) -> Line {
+    let major = server.major();
+    if major < 17 {
+        return Line::warn(
+            "failover",
+            format!(
+                "PostgreSQL {major} has no failover slots: after a failover the new primary has \
+                 no slot {}, and the relay stops there (the events stay in the outbox table)",
+                config.slot
+            ),
+            "use PostgreSQL 17 or later for failover slots; until then see the README's \
+             'High availability' for what to do after a failover",
+        );
+    }
+    if !config.failover_slot {
+        return Line::warn(
+            "failover",
+            "failover_slot = false: the relay leaves the slot's failover flag alone",
+            "set failover_slot = true (the default) so that standbys keep a copy of the slot",
+        );
+    }
+    let flag = match slot.and_then(|s| s.failover) {
+        Some(true) => format!("slot {} is a failover slot", config.slot),
+        Some(false) => format!(
+            "slot {} is not a failover slot yet (run turns failover on before it streams)",
+            config.slot
+        ),
+        None => format!("slot {} will be created as a failover slot", config.slot),
+    };
+    let named = server.standby_slots();
+    if named.is_empty() {
+        return Line::warn(
+            "failover",
+            format!(
+                "{flag}, but synchronized_standby_slots is empty: a standby can be promoted \
+                 without WAL the relay already published (events no longer on the new primary), \
+                 and its copy of the slot may be behind"
+            ),
+            "on the primary: ALTER SYSTEM SET synchronized_standby_slots = '<the standby's \
+             physical slot>'; SELECT pg_reload_conf(); on the standby: sync_replication_slots \
+             = on, hot_standby_feedback = on, primary_slot_name, and dbname in primary_conninfo",
+        );
+    }
+    let unknown: Vec<&String> = named
+        .iter()
+        .filter(|n| !server.physical_slots.iter().any(|(p, _)| p == *n))
+        .collect();
+    if !unknown.is_empty() {
+        return Line::warn(
+            "failover",
+            format!(
+                "{flag}; synchronized_standby_slots names {} that is not a physical slot here: \
+                 decoding waits for a standby that does not exist",
+                unknown
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "list the physical slots of the standbys that may be promoted \
+             (SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'physical')",
+        );
+    }
+    let shown: Vec<String> = named
+        .iter()
+        .map(|n| {
+            let streaming = server
+                .physical_slots
+                .iter()
+                .any(|(p, active)| p == n && *active);
+            format!(
+                "{n} ({})",
+                if streaming {
+                    "streaming"
+                } else {
+                    "no standby connected"
+                }
+            )
+        })
+        .collect();
+    Line::pass(
+        "failover",
+        format!("{flag}; synchronized_standby_slots = {}", shown.join(", ")),
+    )
+}
+
+/// How much WAL the slot may pin while the relay is down, and whether an
+/// idle slot is invalidated (PostgreSQL 18).
+fn judge_wal_retention(server: &ServerSettings) -> Line {
+    let idle = server
+        .idle_replication_slot_timeout
+        .as_deref()
+        .filter(|t| *t != "0");
+    if let Some(timeout) = idle {
+        return Line::warn(
+            "wal_retention",
+            format!(
+                "idle_replication_slot_timeout = {timeout}: a slot unused that long is \
+                 invalidated, so a relay stopped longer than that loses its slot"
+            ),
+            "set idle_replication_slot_timeout = 0 on a server that runs the relay, or keep \
+             a relay (or a standby relay) running",
+        );
+    }
+    if server.max_slot_wal_keep_size_mb < 0 {
+        Line::warn(
+            "wal_retention",
+            "max_slot_wal_keep_size = -1 (unbounded): while the relay is stopped, the slot keeps \
+             every WAL segment until the disk fills",
+            "bound it for the longest outage you accept: ALTER SYSTEM SET \
+             max_slot_wal_keep_size = '64GB'; SELECT pg_reload_conf(); beyond it PostgreSQL \
+             invalidates the slot and the relay stops with the cause (README: 'When the slot \
+             is lost')",
+        )
+    } else {
+        Line::pass(
+            "wal_retention",
+            format!(
+                "max_slot_wal_keep_size = {} MB",
+                server.max_slot_wal_keep_size_mb
+            ),
+        )
+    }
+}
+
 fn judge_slot(config: &Config, database: &str, s: &SlotInfo) -> Line {
     let name = &config.slot;
     if s.slot_type != "logical" || s.plugin.as_deref() != Some("pgoutput") {
@@ -451,11 +674,16 @@ fn judge_slot(config: &Config, database: &str, s: &SlotInfo) -> Line {
             "point pg_url at the slot's database or use another slot name",
         );
     }
-    if s.wal_status.as_deref() == Some("lost") {
+    if let Some(why) = s.lost_because() {
         return Line::fail(
             "slot",
-            format!("slot {name} has lost required WAL (wal_status = lost): events were lost"),
-            "drop and recreate the slot, and recover the missed events from the outbox table",
+            format!(
+                "slot {name} is unusable: PostgreSQL {why}; events committed after its last \
+                 acknowledged position may never be decoded"
+            ),
+            "the relay never drops or recreates a slot by itself: follow the README's \
+             'When the slot is lost' (drop and recreate the slot, then re-publish what was \
+             missed from the outbox table)",
         );
     }
     let resumes = s

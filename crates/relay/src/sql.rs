@@ -76,7 +76,10 @@ GRANT SELECT ON {table_q} TO {role};
 -- The publication the slot streams: INSERTs of the outbox table only.
 {publication_sql};
 
--- The slot: WAL is kept from here until the relay acknowledges it.
+-- The slot: WAL is kept from here until the relay acknowledges it. On
+-- PostgreSQL 17 and later the relay makes it a failover slot when it starts
+-- (failover_slot = true), so that standbys with sync_replication_slots keep
+-- a copy; see the README's High availability section.
 {slot_sql};
 
 -- pg_logical_emit_message is executable by PUBLIC: any role that can

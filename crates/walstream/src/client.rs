@@ -76,6 +76,7 @@ pub enum SnapshotAction {
 pub struct CreateSlotOptions {
     temporary: bool,
     snapshot: SnapshotAction,
+    failover: bool,
 }
 
 impl CreateSlotOptions {
@@ -93,6 +94,14 @@ impl CreateSlotOptions {
     /// What to do with the slot's initial snapshot.
     pub fn snapshot(mut self, action: SnapshotAction) -> Self {
         self.snapshot = action;
+        self
+    }
+
+    /// A failover slot (PostgreSQL 17+): standbys running with
+    /// sync_replication_slots keep a copy that a promoted standby streams
+    /// from. Refused by older servers.
+    pub fn failover(mut self, failover: bool) -> Self {
+        self.failover = failover;
         self
     }
 }
@@ -328,7 +337,7 @@ impl ReplicationClient {
     }
 
     /// The major version, e.g. 15.
-    fn server_major(&self) -> u32 {
+    pub fn server_major(&self) -> u32 {
         self.server_version()
             .and_then(|v| {
                 let digits: String = v.chars().take_while(char::is_ascii_digit).collect();
@@ -369,11 +378,22 @@ impl ReplicationClient {
         const DURING: &str = "creating a replication slot";
         check_slot_name(slot)?;
         let temporary = if options.temporary { " TEMPORARY" } else { "" };
+        if options.failover && self.server_major() < 17 {
+            return Err(Error::Config(format!(
+                "failover slots need PostgreSQL 17 or later; this server is {}",
+                self.server_version().unwrap_or("older")
+            )));
+        }
+        let failover = if options.failover {
+            ", FAILOVER true"
+        } else {
+            ""
+        };
         let snapshot = if self.server_major() >= 15 {
             match options.snapshot {
-                SnapshotAction::Export => " (SNAPSHOT 'export')",
-                SnapshotAction::Use => " (SNAPSHOT 'use')",
-                SnapshotAction::Nothing => " (SNAPSHOT 'nothing')",
+                SnapshotAction::Export => format!(" (SNAPSHOT 'export'{failover})"),
+                SnapshotAction::Use => format!(" (SNAPSHOT 'use'{failover})"),
+                SnapshotAction::Nothing => format!(" (SNAPSHOT 'nothing'{failover})"),
             }
         } else {
             match options.snapshot {
@@ -381,6 +401,7 @@ impl ReplicationClient {
                 SnapshotAction::Use => " USE_SNAPSHOT",
                 SnapshotAction::Nothing => " NOEXPORT_SNAPSHOT",
             }
+            .to_string()
         };
         let sql = format!(
             "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput{snapshot}",
@@ -406,6 +427,32 @@ impl ReplicationClient {
             snapshot_name: r.value("snapshot_name")?.map(str::to_string),
             output_plugin: r.value("output_plugin")?.map(str::to_string),
         })
+    }
+
+    /// ALTER_REPLICATION_SLOT `slot` (FAILOVER `failover`), PostgreSQL 17+:
+    /// turns a slot into a failover slot (or back). The server acquires the
+    /// slot for the moment, so it fails while another process streams from
+    /// it ([`Error::SlotActive`]).
+    pub async fn set_slot_failover(&mut self, slot: &str, failover: bool) -> Result<(), Error> {
+        check_slot_name(slot)?;
+        if self.server_major() < 17 {
+            return Err(Error::Config(format!(
+                "failover slots need PostgreSQL 17 or later; this server is {}",
+                self.server_version().unwrap_or("older")
+            )));
+        }
+        let sql = format!(
+            "ALTER_REPLICATION_SLOT {} (FAILOVER {failover})",
+            quote_ident(slot)
+        );
+        match self
+            .wire
+            .simple_query(&sql, "altering a replication slot")
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.explain(slot, e).await),
+        }
     }
 
     /// DROP_REPLICATION_SLOT; with `wait`, waits for a walsender using it to

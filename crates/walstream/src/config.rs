@@ -641,6 +641,12 @@ impl ReplicationConfig {
         self
     }
 
+    /// Sets which server of several a connection accepts.
+    pub fn set_target_session_attrs(&mut self, attrs: TargetSessionAttrs) -> &mut Self {
+        self.target_session_attrs = attrs;
+        self
+    }
+
     /// Sets the application_name.
     pub fn set_application_name(&mut self, name: impl Into<String>) -> &mut Self {
         self.application_name = Some(name.into());

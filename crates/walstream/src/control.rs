@@ -124,6 +124,9 @@ pub struct SlotState {
     confirmed_flush_lsn: Option<Lsn>,
     restart_lsn: Option<Lsn>,
     wal_status: Option<String>,
+    invalidation_reason: Option<String>,
+    synced_on_standby: bool,
+    failover: Option<bool>,
 }
 
 impl SlotState {
@@ -167,6 +170,24 @@ impl SlotState {
         self.wal_status.as_deref()
     }
 
+    /// Why the server invalidated the slot (PostgreSQL 17+:
+    /// `wal_removed`, `rows_removed`, `wal_level_insufficient`,
+    /// `idle_timeout`; on 16, `conflict` for a recovery conflict).
+    pub fn invalidation_reason(&self) -> Option<&str> {
+        self.invalidation_reason.as_deref()
+    }
+
+    /// Whether this is a failover slot (PostgreSQL 17+; `None` before).
+    pub fn failover(&self) -> Option<bool> {
+        self.failover
+    }
+
+    /// Whether the server is a standby and the slot its synced copy of the
+    /// primary's failover slot (never consumed there).
+    pub fn is_synced_on_standby(&self) -> bool {
+        self.synced_on_standby
+    }
+
     /// Refuses a slot walstream cannot stream as pgoutput for `dbname`, or
     /// that another process is streaming from.
     pub fn check_usable(&self, dbname: &str) -> Result<(), Error> {
@@ -196,10 +217,19 @@ impl SlotState {
                  {dbname:?}"
             ));
         }
-        if self.wal_status.as_deref() == Some("lost") {
+        if let Some(why) = self.lost_because() {
+            return unusable(format!(
+                "PostgreSQL invalidated it: {why}. Events committed since its last \
+                 acknowledged position may be gone from the WAL; walstream never drops or \
+                 recreates a slot by itself: drop it, create it again, and re-publish what was \
+                 missed from the table"
+            ));
+        }
+        if self.synced_on_standby {
             return unusable(
-                "it was invalidated: the WAL it needed was removed (max_slot_wal_keep_size); \
-                 drop it, create it again, and re-sync what was missed"
+                "this server is a standby and the slot is its synced copy of the primary's \
+                 failover slot, which is never consumed on a standby; connect to the primary \
+                 (list every host with target_session_attrs=primary)"
                     .into(),
             );
         }
@@ -210,6 +240,34 @@ impl SlotState {
             });
         }
         Ok(())
+    }
+}
+
+impl SlotState {
+    /// Why the slot can no longer stream, if it cannot.
+    fn lost_because(&self) -> Option<String> {
+        let reason = self.invalidation_reason.as_deref().or(
+            // PostgreSQL 16 and earlier show only the WAL status.
+            (self.wal_status.as_deref() == Some("lost")).then_some("wal_removed"),
+        )?;
+        Some(
+            match reason {
+                "wal_removed" => {
+                    "the WAL it needed was removed (the slot fell further behind than \
+                     max_slot_wal_keep_size allows)"
+                }
+                "rows_removed" | "conflict" => {
+                    "a recovery conflict: rows it needed were removed (hot_standby_feedback off, \
+                     or a standby's slot)"
+                }
+                "wal_level_insufficient" => "wal_level was lowered below logical",
+                "idle_timeout" => {
+                    "it was idle longer than idle_replication_slot_timeout (PostgreSQL 18)"
+                }
+                other => return Some(format!("invalidation reason {other}")),
+            }
+            .to_string(),
+        )
     }
 }
 
@@ -231,8 +289,13 @@ pub(crate) async fn slot_state(
     let row = client
         .query_opt(
             "SELECT slot_name::text, plugin::text, slot_type, database::text, active_pid, \
-                    confirmed_flush_lsn::text, restart_lsn::text, wal_status \
-             FROM pg_replication_slots WHERE slot_name = $1",
+                    confirmed_flush_lsn::text, restart_lsn::text, wal_status, \
+                    coalesce(to_jsonb(s) ->> 'invalidation_reason', \
+                             CASE WHEN (to_jsonb(s) ->> 'conflicting')::bool \
+                                  THEN 'conflict' END), \
+                    pg_is_in_recovery() AND coalesce((to_jsonb(s) ->> 'synced')::bool, false), \
+                    (to_jsonb(s) ->> 'failover')::bool \
+             FROM pg_replication_slots s WHERE slot_name = $1",
             &[&slot],
         )
         .await
@@ -255,6 +318,14 @@ pub(crate) async fn slot_state(
         confirmed_flush_lsn: parse_lsn(DURING, get(5)?)?,
         restart_lsn: parse_lsn(DURING, get(6)?)?,
         wal_status: get(7)?,
+        invalidation_reason: get(8)?,
+        synced_on_standby: row
+            .try_get::<_, Option<bool>>(9)
+            .map_err(|e| Error::control(DURING, e))?
+            .unwrap_or(false),
+        failover: row
+            .try_get::<_, Option<bool>>(10)
+            .map_err(|e| Error::control(DURING, e))?,
     }))
 }
 
@@ -304,6 +375,9 @@ mod tests {
             confirmed_flush_lsn: Some(Lsn::from_u64(0x100)),
             restart_lsn: Some(Lsn::from_u64(0x80)),
             wal_status: Some("reserved".into()),
+            invalidation_reason: None,
+            synced_on_standby: false,
+            failover: Some(true),
         }
     }
 
@@ -333,6 +407,28 @@ mod tests {
             ..slot()
         });
         assert!(e.to_string().contains("invalidated"), "{e}");
+        assert!(e.to_string().contains("max_slot_wal_keep_size"), "{e}");
+        assert!(!e.is_retryable());
+        for (reason, says) in [
+            ("idle_timeout", "idle_replication_slot_timeout"),
+            ("rows_removed", "recovery conflict"),
+            ("conflict", "recovery conflict"),
+            ("wal_level_insufficient", "wal_level"),
+        ] {
+            let e = refused(SlotState {
+                invalidation_reason: Some(reason.into()),
+                ..slot()
+            });
+            assert!(e.to_string().contains(says), "{reason}: {e}");
+            assert!(e.to_string().contains("never drops or recreates"), "{e}");
+            assert!(!e.is_retryable());
+        }
+        let e = refused(SlotState {
+            synced_on_standby: true,
+            ..slot()
+        });
+        assert!(e.to_string().contains("synced copy"), "{e}");
+        assert!(!e.is_retryable());
         let e = refused(SlotState {
             slot_type: "physical".into(),
             plugin: None,

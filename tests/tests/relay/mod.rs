@@ -2,6 +2,7 @@
 //! private PostgreSQL cluster and the shared RabbitMQ, each test named after
 //! the guarantee it proves.
 
+mod failover;
 pub mod fixture;
 mod guarantees;
 mod hostile;

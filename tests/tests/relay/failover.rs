@@ -1,0 +1,196 @@
+//! Failover on PostgreSQL 17 and 18: a primary and a physical standby made
+//! by the test kit (the standby syncs failover slots; the primary holds
+//! logical decoding back until the standby has the WAL, through
+//! synchronized_standby_slots); the relay streams under load through a
+//! multi-host URL; the primary is SIGKILLed and the standby promoted. The
+//! promoted server's outbox table is the truth: every row on it is
+//! delivered (no loss), every delivered event is on it (no phantom: a
+//! transaction the old primary committed but never shipped is neither),
+//! and per aggregate the first deliveries come in commit order.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use e2e::PgCluster;
+
+use super::fixture::{header, seq_of, Fixture, Load};
+
+/// Polls `sql` on `pg` until it prints `want`.
+async fn wait_for(pg: &PgCluster, sql: &str, want: &str, timeout: Duration, what: &str) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if pg.psql(sql).ok().as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {timeout:?}:\n{}",
+            pg.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// (aggregate_id, seq) of every event row on `pg`.
+fn rows_on(pg: &PgCluster) -> HashSet<(String, u64)> {
+    pg.psql("SELECT aggregate_id || ' ' || (payload->>'seq') FROM outbox")
+        .expect("read the outbox")
+        .lines()
+        .filter_map(|l| {
+            let (agg, seq) = l.split_once(' ')?;
+            Some((agg.to_string(), seq.parse().ok()?))
+        })
+        .collect()
+}
+
+async fn a_promoted_standby_loses_nothing_and_delivers_no_phantom(major: u32) {
+    let mut primary = PgCluster::builder()
+        .version(major)
+        .start()
+        .unwrap_or_else(|e| panic!("start PostgreSQL {major}: {e}"));
+    let standby = primary.standby().expect("a physical standby");
+    let standby_port = standby.port();
+    let f = Fixture::with_cluster(primary).await;
+    let hosts = format!("127.0.0.1:{},127.0.0.1:{standby_port}", f.pg.port());
+    let relay_url = format!("postgres://postgres@{hosts}/postgres");
+    let mut consumer = f.consumer().await;
+    let mut relay = f.start_relay(&[("RELAY_PG_URL", relay_url.as_str())]);
+
+    // The relay made its slot a failover slot; the standby syncs it.
+    wait_for(
+        &f.pg,
+        "SELECT failover FROM pg_replication_slots WHERE slot_name = 'outbox_relay'",
+        "t",
+        Duration::from_secs(10),
+        "the relay's slot is a failover slot",
+    )
+    .await;
+    // Writers on whichever server is the primary.
+    let writers_url =
+        format!("postgres://postgres@{hosts}/postgres?target_session_attrs=read-write");
+    let load = Load::start(&writers_url, 3, 5, Duration::from_millis(5), u64::MAX);
+    wait_for(
+        &standby,
+        "SELECT synced AND NOT temporary AND invalidation_reason IS NULL \
+         FROM pg_replication_slots WHERE slot_name = 'outbox_relay'",
+        "t",
+        Duration::from_secs(90),
+        "the standby has a synced copy of the slot",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The primary dies; the standby is promoted.
+    let mut f = f;
+    f.pg.kill().expect("SIGKILL the primary");
+    let promoted_at = Instant::now();
+    standby.promote().expect("promote the standby");
+    standby
+        .psql(
+            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) \
+             VALUES ('order', 'marker', 'created', '{\"seq\": 0}')",
+        )
+        .expect("the promoted server takes writes");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let resumed = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "nothing after the promotion:\n{}",
+            relay.output()
+        );
+        if let Some(d) = consumer.next(left).await.expect("consume") {
+            let marker = header(&d, "aggregate_id").as_deref() == Some("marker");
+            got.push(d);
+            if marker {
+                break promoted_at.elapsed();
+            }
+        }
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let written = load.stop().await;
+
+    // The truth: what the promoted server holds.
+    let truth = rows_on(&standby);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut seen: HashSet<(String, u64)> = got
+        .iter()
+        .filter_map(|d| Some((header(d, "aggregate_id")?, seq_of(&d.data))))
+        .collect();
+    while !truth.is_subset(&seen) && Instant::now() < deadline {
+        if let Some(d) = consumer
+            .next(Duration::from_secs(1))
+            .await
+            .expect("consume")
+        {
+            if let Some(agg) = header(&d, "aggregate_id") {
+                seen.insert((agg, seq_of(&d.data)));
+            }
+            got.push(d);
+        }
+    }
+    got.extend(
+        consumer
+            .drain(Duration::from_millis(700), Duration::from_secs(5))
+            .await
+            .expect("consume"),
+    );
+
+    let mut first: HashSet<(String, u64)> = HashSet::new();
+    let mut last_seq: HashMap<String, u64> = HashMap::new();
+    for d in &got {
+        let agg = header(d, "aggregate_id").expect("aggregate_id");
+        let seq = seq_of(&d.data);
+        let key = (agg.clone(), seq);
+        assert!(
+            truth.contains(&key),
+            "delivered {key:?}, which is not on the promoted server (a phantom event)"
+        );
+        if first.insert(key) {
+            if let Some(prev) = last_seq.insert(agg.clone(), seq) {
+                assert!(
+                    prev < seq,
+                    "aggregate {agg}: {seq} arrived first after {prev}"
+                );
+            }
+        }
+    }
+    let missing: Vec<&(String, u64)> = truth.difference(&first).collect();
+    assert!(
+        missing.is_empty(),
+        "{} rows on the promoted server were never delivered, e.g. {:?}\n{}",
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>(),
+        relay.output()
+    );
+    let acknowledged_lost: usize = written
+        .iter()
+        .map(|w| {
+            w.committed
+                .iter()
+                .filter(|s| !truth.contains(&(w.aggregate.clone(), **s)))
+                .count()
+        })
+        .sum();
+    println!(
+        "failover on PostgreSQL {major}: {} rows on the promoted server, all delivered; \
+         {} duplicates; first event committed after the promotion delivered {:.2} s after \
+         it; {acknowledged_lost} commits the old primary acknowledged were not on the standby \
+         (asynchronous replication) and were not delivered either",
+        truth.len(),
+        got.len() - first.len(),
+        resumed.as_secs_f64(),
+    );
+    relay.kill().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_17_a_promoted_standby_loses_nothing_and_delivers_no_phantom() {
+    a_promoted_standby_loses_nothing_and_delivers_no_phantom(17).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_18_a_promoted_standby_loses_nothing_and_delivers_no_phantom() {
+    a_promoted_standby_loses_nothing_and_delivers_no_phantom(18).await;
+}
