@@ -351,11 +351,11 @@ impl SlotInfo {
     /// Why the slot can no longer be used, if it cannot: the server
     /// removed WAL or rows it needed, or invalidated it otherwise.
     pub fn lost_because(&self) -> Option<String> {
-        if let Some(reason) = &self.invalidation_reason {
-            return Some(format!("invalidated ({reason})"));
-        }
-        (self.wal_status.as_deref() == Some("lost"))
-            .then(|| "lost required WAL (wal_status = lost)".to_string())
+        let reason = self.invalidation_reason.as_deref().or(
+            // PostgreSQL 16 and earlier show only the WAL status.
+            (self.wal_status.as_deref() == Some("lost")).then_some("wal_removed"),
+        )?;
+        Some(walstream::invalidation_cause(reason))
     }
 }
 

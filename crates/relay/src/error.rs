@@ -26,7 +26,7 @@ pub enum RunError {
     },
     /// The replication stream ended in a way no retry fixes (the slot was
     /// dropped or invalidated, wal_level changed).
-    #[error("postgres: {0}")]
+    #[error("postgres: {e}{hint}", e = .0, hint = stream_hint(.0))]
     Stream(walstream::Error),
     /// The broker refused in a way no retry fixes.
     #[error("rabbitmq: {0}")]
@@ -49,4 +49,13 @@ pub enum RunError {
     /// protocol surprise).
     #[error("{0}")]
     Internal(String),
+}
+
+/// Where the README says what to do, for a stream error that needs the
+/// operator.
+fn stream_hint(e: &walstream::Error) -> &'static str {
+    match e {
+        walstream::Error::SlotUnusable { .. } => " (README: 'When the slot is lost')",
+        _ => "",
+    }
 }

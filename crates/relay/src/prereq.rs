@@ -678,8 +678,8 @@ fn judge_slot(config: &Config, database: &str, s: &SlotInfo) -> Line {
         return Line::fail(
             "slot",
             format!(
-                "slot {name} is unusable: PostgreSQL {why}; events committed after its last \
-                 acknowledged position may never be decoded"
+                "slot {name} was invalidated by PostgreSQL: {why}; events committed after its \
+                 last acknowledged position may never be decoded"
             ),
             "the relay never drops or recreates a slot by itself: follow the README's \
              'When the slot is lost' (drop and recreate the slot, then re-publish what was \

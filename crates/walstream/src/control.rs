@@ -250,24 +250,26 @@ impl SlotState {
             // PostgreSQL 16 and earlier show only the WAL status.
             (self.wal_status.as_deref() == Some("lost")).then_some("wal_removed"),
         )?;
-        Some(
-            match reason {
-                "wal_removed" => {
-                    "the WAL it needed was removed (the slot fell further behind than \
-                     max_slot_wal_keep_size allows)"
-                }
-                "rows_removed" | "conflict" => {
-                    "a recovery conflict: rows it needed were removed (hot_standby_feedback off, \
-                     or a standby's slot)"
-                }
-                "wal_level_insufficient" => "wal_level was lowered below logical",
-                "idle_timeout" => {
-                    "it was idle longer than idle_replication_slot_timeout (PostgreSQL 18)"
-                }
-                other => return Some(format!("invalidation reason {other}")),
-            }
-            .to_string(),
-        )
+        Some(invalidation_cause(reason))
+    }
+}
+
+/// What an `invalidation_reason` of pg_replication_slots means, in words
+/// an operator can act on (`conflict` stands for PostgreSQL 16's
+/// `conflicting`).
+pub fn invalidation_cause(reason: &str) -> String {
+    match reason {
+        "wal_removed" => "the WAL it needed was removed (the slot fell further behind than \
+                          max_slot_wal_keep_size allows)"
+            .into(),
+        "rows_removed" | "conflict" => "a recovery conflict: rows it needed were removed \
+                                        (hot_standby_feedback off, or a standby's slot)"
+            .into(),
+        "wal_level_insufficient" => "wal_level was lowered below logical".into(),
+        "idle_timeout" => {
+            "it was idle longer than idle_replication_slot_timeout (PostgreSQL 18)".into()
+        }
+        other => format!("invalidation reason {other}"),
     }
 }
 

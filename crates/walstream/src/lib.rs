@@ -86,7 +86,7 @@ pub use client::{
     CreateSlotOptions, CreatedSlot, ReplicationClient, SnapshotAction, StartOptions, SystemIdentity,
 };
 pub use config::{ChannelBinding, Host, ReplicationConfig, SslMode, Target, TargetSessionAttrs};
-pub use control::{connect_control, SlotState};
+pub use control::{connect_control, invalidation_cause, SlotState};
 pub use error::{DbError, Error};
 pub use feedback::AckHandle;
 pub use hosts::ServerState;

@@ -219,3 +219,128 @@ async fn postgres_17_a_promoted_standby_loses_nothing_and_delivers_no_phantom() 
 async fn postgres_18_a_promoted_standby_loses_nothing_and_delivers_no_phantom() {
     a_promoted_standby_loses_nothing_and_delivers_no_phantom(18).await;
 }
+
+/// On 17: a slot someone else created without FAILOVER (Debezium's, say)
+/// becomes a failover slot when the relay takes it over, unless
+/// failover_slot = false; `check` judges each server of a multi-host URL
+/// (the standby without, then with, a synced copy of the slot) and
+/// `status` shows the flag and the standby's copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_17_check_and_status_judge_each_server_and_the_standbys_copy() {
+    let mut primary = PgCluster::builder().version(17).start().unwrap();
+    let standby = primary.standby().expect("a physical standby");
+    let f = Fixture::with_cluster(primary).await;
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres",
+        f.pg.port(),
+        standby.port()
+    );
+    let run = |args: &[&str], extra: &[(&str, &str)]| {
+        let mut env = f.env();
+        env.retain(|(k, _)| k != "RELAY_PG_URL");
+        env.push(("RELAY_PG_URL".into(), url.clone()));
+        for (k, v) in extra {
+            env.push((k.to_string(), v.to_string()));
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        e2e::RelayProcess::run_to_end(args, &env)
+    };
+    let failover_of = |slot: &str| {
+        f.pg.psql(&format!(
+            "SELECT failover FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ))
+        .unwrap()
+    };
+
+    // Taken over: off stays off with failover_slot = false, then on.
+    f.pg.psql("SELECT pg_create_logical_replication_slot('dbz_slot', 'pgoutput')")
+        .unwrap();
+    assert_eq!(failover_of("dbz_slot"), "f");
+    let relay = f.start_relay(&[("RELAY_SLOT", "dbz_slot"), ("RELAY_FAILOVER_SLOT", "false")]);
+    drop(relay);
+    assert_eq!(failover_of("dbz_slot"), "f");
+    let relay = f.start_relay(&[("RELAY_SLOT", "dbz_slot")]);
+    assert_eq!(failover_of("dbz_slot"), "t");
+    drop(relay);
+
+    // Before the relay made its slot: the standby has no copy.
+    let (_, out) = run(&["check"], &[]);
+    let standby_line = format!(
+        "warn  host          127.0.0.1:{}: PostgreSQL 17",
+        standby.port()
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with(&standby_line) && l.contains("has no copy of slot outbox_relay")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "ok    host          127.0.0.1:{}: PostgreSQL 17",
+            f.pg.port()
+        )),
+        "{out}"
+    );
+
+    let relay = f.start_relay(&[("RELAY_PG_URL", url.as_str())]);
+    wait_for(
+        &standby,
+        "SELECT synced AND NOT temporary AND invalidation_reason IS NULL \
+         FROM pg_replication_slots WHERE slot_name = 'outbox_relay'",
+        "t",
+        Duration::from_secs(90),
+        "the standby has a synced copy of the slot",
+    )
+    .await;
+    let (ok, out) = run(&["check"], &[]);
+    assert!(ok, "{out}");
+    let standby_ok = format!(
+        "ok    host          127.0.0.1:{}: PostgreSQL 17",
+        standby.port()
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&standby_ok) && l.contains("synced at")),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("ok    failover ")
+            && l.contains("is a failover slot")
+            && l.contains("(streaming)")),
+        "{out}"
+    );
+    let (ok, out) = run(&["status", "--json"], &[]);
+    assert!(ok, "{out}");
+    let json = out.get(out.find('{').expect("json")..).unwrap_or_default();
+    let status: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(
+        status["failover"],
+        serde_json::Value::Bool(true),
+        "{status}"
+    );
+    let servers = status["servers"].as_array().expect("servers");
+    assert_eq!(servers.len(), 2, "{status}");
+    assert_eq!(servers[0]["role"], "primary");
+    assert_eq!(servers[1]["role"], "standby");
+    assert_eq!(
+        servers[1]["slot_synced"],
+        serde_json::Value::Bool(true),
+        "{status}"
+    );
+
+    // Pointed at the standby alone, the relay refuses: its synced copy of
+    // the slot is never consumed.
+    let mut env = f.env();
+    env.retain(|(k, _)| k != "RELAY_PG_URL");
+    env.push(("RELAY_PG_URL".into(), standby.url()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (ok, out) = e2e::RelayProcess::run_to_end(&["run"], &env);
+    assert!(!ok, "{out}");
+    assert!(out.contains("is a standby (in recovery)"), "{out}");
+    assert_eq!(
+        standby
+            .psql("SELECT active FROM pg_replication_slots WHERE slot_name = 'outbox_relay'")
+            .unwrap(),
+        "f"
+    );
+    drop(relay);
+}

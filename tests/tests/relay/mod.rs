@@ -6,4 +6,5 @@ mod failover;
 pub mod fixture;
 mod guarantees;
 mod hostile;
+mod slot_loss;
 mod versions;
