@@ -122,6 +122,9 @@ async fn start(
         let mut client = ReplicationClient::connect(pg)
             .await
             .map_err(|e| postgres_error(config, &e))?;
+        if facts.publication.is_some() {
+            refuse_a_lost_slot(config, &mut client).await?;
+        }
         let failover = config.failover_slot && facts.server.major() >= 17;
         let created = client
             .create_slot(
@@ -139,6 +142,42 @@ async fn start(
     };
     let start = wait_for_slot(&control, config, standby, ctx).await?;
     Ok(Some((start, control, sink)))
+}
+
+/// The slot is missing but the publication was already there: a first
+/// start after an operator made the publication, or a slot that was lost.
+/// On a server that was promoted (or restored) since it was initialized,
+/// timeline above 1, the likely story is a failover on PostgreSQL 16 or
+/// earlier (or one whose standby had no synced copy): a new slot would
+/// start now and skip every event committed since the relay last
+/// acknowledged, so `run` refuses and says how to recover; `setup`
+/// creates the slot when the operator decides to.
+async fn refuse_a_lost_slot(
+    config: &Config,
+    client: &mut ReplicationClient,
+) -> Result<(), RunError> {
+    let system = client
+        .identify_system()
+        .await
+        .map_err(|e| postgres_error(config, &e))?;
+    if system.timeline() <= 1 {
+        return Ok(());
+    }
+    Err(RunError::Postgres {
+        problem: format!(
+            "slot {} does not exist, but publication {} does, on a server that has been \
+             promoted or restored (timeline {}): the slot was most likely lost in a failover, \
+             and a new one would start now, skipping every event committed since the relay \
+             last acknowledged",
+            config.slot,
+            config.publication,
+            system.timeline()
+        ),
+        fix: "follow the README's 'When the slot is lost' (re-publish what was missed from \
+              the outbox table), then create the slot with `outbox-relay setup`; if this is a \
+              first start, `outbox-relay setup` creates it"
+            .into(),
+    })
 }
 
 /// A non-retryable PostgreSQL error, with the cause and the fix.

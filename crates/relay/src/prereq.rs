@@ -295,7 +295,9 @@ pub fn judge_postgres(config: &Config, facts: &PgFacts) -> Vec<Line> {
         None => Line::pass(
             "slot",
             format!(
-                "{} does not exist yet: `outbox-relay setup` or `run` creates it",
+                "{} does not exist yet: `outbox-relay setup` or `run` creates it (`run` \
+                 refuses on a promoted server where the publication exists: the slot may have \
+                 been lost in a failover)",
                 config.slot
             ),
         ),

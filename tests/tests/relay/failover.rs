@@ -344,3 +344,55 @@ async fn postgres_17_check_and_status_judge_each_server_and_the_standbys_copy() 
     );
     drop(relay);
 }
+
+/// On 15 (no failover slots), a failover loses the slot: the running relay
+/// stops with the reason, and a relay started again on the promoted server
+/// refuses to create a new slot (it would start there and skip every event
+/// committed in between); `setup` creates it when the operator says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_15_a_failover_stops_the_relay_and_no_slot_is_recreated_behind_its_back() {
+    let mut primary = PgCluster::start().unwrap();
+    let standby = primary.standby().expect("a physical standby");
+    let mut f = Fixture::with_cluster(primary).await;
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres",
+        f.pg.port(),
+        standby.port()
+    );
+    let mut relay = f.start_relay(&[("RELAY_PG_URL", url.as_str())]);
+    f.insert_events("a", 0, 5);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    f.pg.kill().expect("SIGKILL the primary");
+    standby.promote().expect("promote the standby");
+    let status = relay.wait(Duration::from_secs(60)).unwrap();
+    assert!(!status.success(), "{}", relay.output());
+    assert!(
+        relay.output().contains("outbox_relay"),
+        "{}",
+        relay.output()
+    );
+
+    let mut env = f.env();
+    env.retain(|(k, _)| k != "RELAY_PG_URL");
+    env.push(("RELAY_PG_URL".into(), url.clone()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (ok, out) = e2e::RelayProcess::run_to_end(&["run"], &env);
+    assert!(!ok, "{out}");
+    assert!(out.contains("lost in a failover"), "{out}");
+    assert!(out.contains("When the slot is lost"), "{out}");
+    assert_eq!(
+        standby
+            .psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'outbox_relay'")
+            .unwrap(),
+        "0",
+        "no slot was created behind the operator's back"
+    );
+    let (ok, out) = e2e::RelayProcess::run_to_end(&["setup"], &env);
+    assert!(ok, "{out}");
+    assert_eq!(
+        standby
+            .psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'outbox_relay'")
+            .unwrap(),
+        "1"
+    );
+}
