@@ -269,8 +269,9 @@ impl fmt::Debug for Password {
 ///   space (or an `&` in a URL's query).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicationConfig {
-    /// Never empty; tried in order.
-    targets: Vec<Target>,
+    /// The first server, then the others, tried in order.
+    first: Target,
+    more: Vec<Target>,
     target_session_attrs: TargetSessionAttrs,
     user: String,
     password: Option<Password>,
@@ -483,8 +484,13 @@ impl ReplicationConfig {
                 Error::Config(format!("keepalives_count {c:?} is not a positive number"))
             })?,
         };
+        let mut targets = targets.into_iter();
+        let first = targets
+            .next()
+            .ok_or_else(|| Error::Config("no host given".into()))?;
         Ok(ReplicationConfig {
-            targets,
+            first,
+            more: targets.collect(),
             target_session_attrs,
             password: pick(raw.password, "PGPASSWORD").map(Password),
             user,
@@ -522,8 +528,8 @@ impl ReplicationConfig {
     }
 
     /// Every server the string names, in the order they are tried.
-    pub fn targets(&self) -> &[Target] {
-        &self.targets
+    pub fn targets(&self) -> Vec<&Target> {
+        std::iter::once(&self.first).chain(&self.more).collect()
     }
 
     /// Which server a connection accepts.
@@ -535,20 +541,16 @@ impl ReplicationConfig {
     /// the list: the last).
     pub fn for_target(&self, index: usize) -> ReplicationConfig {
         let mut one = self.clone();
-        let target = self
-            .targets
-            .get(index)
-            .or(self.targets.last())
-            .cloned()
-            .into_iter()
-            .collect();
-        one.targets = target;
+        let all = self.targets();
+        if let Some(target) = all.get(index).or(all.last()) {
+            one.first = (*target).clone();
+        }
+        one.more.clear();
         one
     }
 
     fn first(&self) -> &Target {
-        // `resolve` never builds an empty list.
-        self.targets.first().unwrap_or(&FALLBACK_TARGET)
+        &self.first
     }
 
     pub fn user(&self) -> &str {
@@ -574,7 +576,10 @@ impl ReplicationConfig {
     /// `false`.
     pub fn is_verify_full(&self) -> bool {
         self.sslmode == SslMode::VerifyFull
-            && self.targets.iter().all(|t| matches!(t.host, Host::Tcp(_)))
+            && self
+                .targets()
+                .iter()
+                .all(|t| matches!(t.host, Host::Tcp(_)))
     }
 
     /// The CA file that verifies the server (or `system` for the system's
@@ -674,21 +679,13 @@ impl ReplicationConfig {
     /// `host:port` or the socket path (each, comma-separated, for a list),
     /// for messages.
     pub(crate) fn target(&self) -> String {
-        self.targets
+        self.targets()
             .iter()
-            .map(Target::to_string)
+            .map(|t| t.to_string())
             .collect::<Vec<_>>()
             .join(",")
     }
 }
-
-/// Never used: what [`ReplicationConfig::first`] would answer for an empty
-/// list, which `resolve` never builds.
-static FALLBACK_TARGET: Target = Target {
-    host: Host::Unix(PathBuf::new()),
-    hostaddr: None,
-    port: DEFAULT_PORT,
-};
 
 /// The servers of `host`, `hostaddr` and `port`, as libpq pairs them: each
 /// a comma-separated list; `port` and `hostaddr` hold one entry for all
