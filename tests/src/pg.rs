@@ -462,11 +462,25 @@ impl PgCluster {
     /// the WAL (synchronized_standby_slots names the standby's slot).
     /// Returns once the standby streams.
     pub fn standby(&mut self) -> Result<PgCluster, KitError> {
+        self.standby_with(true, None)
+    }
+
+    /// [`standby`](Self::standby), with `hold_decoding` false leaving
+    /// synchronized_standby_slots empty on this cluster (17+): logical
+    /// decoding then runs ahead of the standby, as on a primary that was
+    /// not told to wait for it; and with `via`, the standby reaching this
+    /// cluster through that port on 127.0.0.1 (a [`crate::FaultProxy`], to
+    /// stall it).
+    pub fn standby_with(
+        &mut self,
+        hold_decoding: bool,
+        via: Option<u16>,
+    ) -> Result<PgCluster, KitError> {
         let slot = crate::unique_ident("standby");
         self.psql(&format!(
             "SELECT pg_create_physical_replication_slot('{slot}', true)"
         ))?;
-        if self.major() >= 17 {
+        if self.major() >= 17 && hold_decoding {
             self.append_conf(&format!("synchronized_standby_slots = '{slot}'\n"))?;
         }
         self.stop()?;
@@ -495,7 +509,7 @@ impl PgCluster {
                 format!(
                     "'host=127.0.0.1 port={} user=postgres dbname=postgres \
                      application_name={slot}'",
-                    self.port
+                    via.unwrap_or(self.port)
                 ),
             ),
             ("primary_slot_name".into(), format!("'{slot}'")),

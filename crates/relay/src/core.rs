@@ -378,6 +378,39 @@ impl Core {
         }
     }
 
+    /// The server the next session streams from has another history than
+    /// the one this core read (a promoted standby whose timeline forked
+    /// before what was read, or another cluster): positions after `start`
+    /// may name other transactions. Forgets what it remembered of positions
+    /// (rows confirmed before a rewind, rows isolated after a fault, the
+    /// broker's refusals) and resumes after `start`, which may lie before
+    /// what was acknowledged: duplicates, never a row skipped because an
+    /// older history had one at its position. Between sessions only (after
+    /// a restart, with nothing in flight).
+    pub fn rebase(&mut self, start: Lsn) {
+        self.clear_session();
+        self.tracker = AckTracker::new(start);
+        self.last_acked = start;
+        self.last_read = None;
+        self.confirmed_below = None;
+        self.alone_through = None;
+        self.refusals.clear();
+    }
+
+    /// The furthest commit position the core remembers something about
+    /// (rows confirmed before a rewind, isolated rows, refusals): a server
+    /// whose history forked before it needs a [`rebase`](Self::rebase).
+    pub fn remembered_through(&self) -> Lsn {
+        self.confirmed_below
+            .iter()
+            .chain(self.alone_through.iter())
+            .chain(self.refusals.keys())
+            .map(|p| p.commit)
+            .max()
+            .unwrap_or(Lsn::ZERO)
+            .max(self.acked())
+    }
+
     /// The LSN PostgreSQL may consider flushed.
     pub fn acked(&self) -> Lsn {
         self.tracker.acked()

@@ -151,6 +151,17 @@ impl Metrics {
             .set(i64::from(slot.failover.unwrap_or(false)));
     }
 
+    /// The slot is gone: no status, no failover flag, nothing safe.
+    pub fn forget_slot(&self) {
+        for status in WAL_STATUSES {
+            self.slot_wal_status
+                .get_or_create(&StatusLabels { status })
+                .set(0);
+        }
+        self.slot_safe_wal_size.set(-1);
+        self.slot_failover.set(0);
+    }
+
     /// Creates every series and registers it.
     pub fn new() -> (Metrics, Registry) {
         let mut registry = Registry::with_prefix("outbox_relay");

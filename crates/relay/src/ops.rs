@@ -284,9 +284,10 @@ impl SlotStatus {
             Some(false) => "no",
             None => "- (PostgreSQL 17+)",
         };
-        let safe = match self.safe_wal_size {
-            Some(n) => human_bytes(u64::try_from(n).unwrap_or(0)),
-            None => "unbounded".into(),
+        let safe = match (self.safe_wal_size, self.wal_status.as_deref()) {
+            (Some(n), _) => human_bytes(u64::try_from(n).unwrap_or(0)),
+            (None, Some("lost")) => "none (the slot is lost)".into(),
+            (None, _) => "unbounded".into(),
         };
         let mut out = format!(
             "slot                 {}\nactive               {holder}\nconfirmed_flush_lsn  {}\n\

@@ -331,12 +331,32 @@ async fn stream<S: Sink>(
     // half second.
     let mut rewind_backoff = Backoff::new(config.backoff.clone());
     let mut announced_standby = false;
+    // The server of the last session: a failover shows as a new timeline.
+    let mut last_system: Option<walstream::SystemIdentity> = None;
     let result = loop {
         if *shutdown.borrow() {
             break Ok(());
         }
-        let (mut stream, acks) = match start_stream(config, core.acked()).await {
-            Ok(started) => started,
+        let started = start_stream(
+            config,
+            core.acked(),
+            core.remembered_through(),
+            last_system.as_ref(),
+        )
+        .await;
+        let (mut stream, acks) = match started {
+            Ok(Started {
+                stream,
+                acks,
+                system,
+                rebase,
+            }) => {
+                if let Some(at) = rebase {
+                    core.rebase(at);
+                }
+                last_system = Some(system);
+                (stream, acks)
+            }
             Err(walstream::Error::SlotActive { pid, .. }) if standby => {
                 ctx.health.set_standby(true);
                 if !announced_standby {
@@ -356,6 +376,19 @@ async fn stream<S: Sink>(
                     break Ok(());
                 }
                 continue;
+            }
+            Err(walstream::Error::SlotMissing { slot }) => {
+                break Err(RunError::Postgres {
+                    problem: format!(
+                        "slot {slot} no longer exists: it was dropped, or lost in a failover \
+                         (PostgreSQL 16 and earlier, or a standby without a synced copy); the \
+                         relay never creates a slot again by itself, as a new one would skip \
+                         every event committed since the last acknowledged one"
+                    ),
+                    fix: "follow the README's 'When the slot is lost', then create the slot \
+                          with `outbox-relay setup`"
+                        .into(),
+                })
             }
             Err(e) => break Err(RunError::Stream(e)),
         };
@@ -484,7 +517,7 @@ async fn watch_slot(config: Config, metrics: Metrics) {
         if let Some(client) = &control {
             match catalog::slot_info(client, &config.slot).await {
                 Ok(Some(slot)) => metrics.observe_slot(&slot),
-                Ok(None) => {}
+                Ok(None) => metrics.forget_slot(),
                 Err(e) => {
                     tracing::debug!(error = %e, "reading the slot for its metrics failed");
                     control = None;
@@ -511,10 +544,26 @@ struct Progress {
     confirms: bool,
 }
 
+/// A session's stream, and what it found about the server.
+struct Started {
+    stream: ReplicationStream,
+    acks: walstream::AckHandle,
+    /// The server's identity (a failover shows as a new timeline).
+    system: walstream::SystemIdentity,
+    /// Where the core resumes instead of its acknowledged position, when
+    /// the server's history forked before it.
+    rebase: Option<Lsn>,
+}
+
+/// Connects (to the primary of a multi-host pg_url), makes the slot a
+/// failover slot if asked, and starts streaming after `acked`, or earlier
+/// when the server's history forked before it.
 async fn start_stream(
     config: &Config,
-    start: Lsn,
-) -> Result<(ReplicationStream, walstream::AckHandle), walstream::Error> {
+    acked: Lsn,
+    remembered: Lsn,
+    last: Option<&walstream::SystemIdentity>,
+) -> Result<Started, walstream::Error> {
     let pg = config
         .pg
         .as_ref()
@@ -524,11 +573,86 @@ async fn start_stream(
         pg.set_application_name("outbox-relay");
     }
     let mut client = ReplicationClient::connect(&pg).await?;
+    let system = client.identify_system().await?;
+    let rebase = match last {
+        Some(last) => fork_point(&mut client, last, &system, acked, remembered).await?,
+        None => None,
+    };
     if config.failover_slot && client.server_major() >= 17 {
         make_failover_slot(&mut client, &config.slot).await?;
     }
+    let start = rebase.unwrap_or(acked);
     let options = StartOptions::new([config.publication.clone()]).messages(true);
-    client.start_replication(&config.slot, start, options).await
+    let (stream, acks) = client
+        .start_replication(&config.slot, start, options)
+        .await?;
+    Ok(Started {
+        stream,
+        acks,
+        system,
+        rebase,
+    })
+}
+
+/// Whether the server's history is the one the last session read up to
+/// `acked` (and the core remembers up to `remembered`). On the same
+/// timeline, it is. After a promotion (a new timeline) it is up to the
+/// point where the old timeline ended: with synchronized_standby_slots the
+/// relay never read past it, and nothing changes; otherwise the relay
+/// published (and perhaps acknowledged) WAL the promoted server never had,
+/// and resuming after `acked` would skip what the new timeline holds there:
+/// the core resumes from the fork instead (duplicates for what was the
+/// same; what is gone is said loudly). Another cluster altogether resumes
+/// from its slot's own position.
+async fn fork_point(
+    client: &mut ReplicationClient,
+    last: &walstream::SystemIdentity,
+    now: &walstream::SystemIdentity,
+    acked: Lsn,
+    remembered: Lsn,
+) -> Result<Option<Lsn>, walstream::Error> {
+    if last.system_id() != now.system_id() {
+        tracing::warn!(
+            before = last.system_id(),
+            now = now.system_id(),
+            "the server is another PostgreSQL cluster than before (its system id changed): \
+             resuming from its slot's own position"
+        );
+        return Ok(Some(Lsn::ZERO));
+    }
+    if last.timeline() == now.timeline() {
+        return Ok(None);
+    }
+    let history = client.timeline_history(now.timeline()).await?;
+    let Some(fork) = walstream::switchpoint_of(&history, last.timeline()) else {
+        tracing::warn!(
+            before = last.timeline(),
+            now = now.timeline(),
+            "the server's timeline history does not hold the timeline streamed before: \
+             resuming from the slot's own position"
+        );
+        return Ok(Some(Lsn::ZERO));
+    };
+    if acked > fork || remembered > fork {
+        tracing::error!(
+            acked = %acked,
+            promotion = %fork,
+            "the relay had published events from WAL past the point where the promoted \
+             server's history begins: events committed there on the old primary were \
+             published but are not on this server (set synchronized_standby_slots on the \
+             primary to prevent this; see the README's High availability); resuming from \
+             the promotion point so that nothing committed on the new timeline is skipped"
+        );
+        return Ok(Some(acked.min(fork)));
+    }
+    tracing::info!(
+        before = last.timeline(),
+        now = now.timeline(),
+        promotion = %fork,
+        acked = %acked,
+        "the server was promoted (a new timeline); its history holds everything the relay read"
+    );
+    Ok(None)
 }
 
 /// Turns the slot into a failover slot if it is not one (a slot created

@@ -588,26 +588,32 @@ fn judge_failover(config: &Config, server: &ServerSettings, slot: Option<&SlotIn
              (SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'physical')",
         );
     }
-    let shown: Vec<String> = named
+    let idle: Vec<&str> = named
         .iter()
-        .map(|n| {
-            let streaming = server
+        .filter(|n| {
+            !server
                 .physical_slots
                 .iter()
-                .any(|(p, active)| p == n && *active);
-            format!(
-                "{n} ({})",
-                if streaming {
-                    "streaming"
-                } else {
-                    "no standby connected"
-                }
-            )
+                .any(|(p, active)| p == *n && *active)
         })
+        .map(String::as_str)
         .collect();
+    let listed = named.join(", ");
+    if !idle.is_empty() {
+        return Line::warn(
+            "failover",
+            format!(
+                "{flag}; synchronized_standby_slots = {listed}, but no standby streams from {}: \
+                 decoding of a failover slot waits for it, so the relay stalls until it is back",
+                idle.join(", ")
+            ),
+            "start that standby, or remove its slot from synchronized_standby_slots while it is \
+             gone (ALTER SYSTEM SET synchronized_standby_slots = '...'; SELECT pg_reload_conf())",
+        );
+    }
     Line::pass(
         "failover",
-        format!("{flag}; synchronized_standby_slots = {}", shown.join(", ")),
+        format!("{flag}; synchronized_standby_slots = {listed} (streaming)"),
     )
 }
 

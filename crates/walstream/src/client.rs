@@ -55,6 +55,51 @@ impl SystemIdentity {
     }
 }
 
+/// One line of a timeline history file: timeline `timeline` ended (a
+/// standby was promoted) at `switchpoint`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimelineSwitch {
+    /// The timeline that ended.
+    pub timeline: u32,
+    /// Where it ended: WAL after this on that timeline is not in the
+    /// history of later timelines.
+    pub switchpoint: Lsn,
+}
+
+/// Where `old` ended in `history` (a later timeline's history), if it is
+/// one of its ancestors.
+pub fn switchpoint_of(history: &[TimelineSwitch], old: u32) -> Option<Lsn> {
+    history
+        .iter()
+        .find(|s| s.timeline == old)
+        .map(|s| s.switchpoint)
+}
+
+/// Parses a timeline history file (`<timeline>\t<switchpoint>\t<reason>`
+/// per line; blank and `#` lines skipped).
+pub fn parse_timeline_history(text: &str) -> Result<Vec<TimelineSwitch>, Error> {
+    const DURING: &str = "reading a timeline history";
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|line| {
+            let mut fields = line.split_whitespace();
+            let timeline = fields
+                .next()
+                .and_then(|t| t.parse::<u32>().ok())
+                .ok_or_else(|| Error::protocol(DURING, format!("line {line:?}")))?;
+            let switchpoint = fields
+                .next()
+                .and_then(|l| l.parse::<Lsn>().ok())
+                .ok_or_else(|| Error::protocol(DURING, format!("line {line:?}")))?;
+            Ok(TimelineSwitch {
+                timeline,
+                switchpoint,
+            })
+        })
+        .collect()
+}
+
 /// What to do with the snapshot a new slot exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SnapshotAction {
@@ -369,6 +414,22 @@ impl ReplicationClient {
         })
     }
 
+    /// TIMELINE_HISTORY `timeline`: where each of its ancestors ended (empty
+    /// for timeline 1, which has none).
+    pub async fn timeline_history(&mut self, timeline: u32) -> Result<Vec<TimelineSwitch>, Error> {
+        if timeline <= 1 {
+            return Ok(Vec::new());
+        }
+        let r = self
+            .wire
+            .simple_query(
+                &format!("TIMELINE_HISTORY {timeline}"),
+                "reading a timeline history",
+            )
+            .await?;
+        parse_timeline_history(r.value("content")?.unwrap_or(""))
+    }
+
     /// CREATE_REPLICATION_SLOT `slot` LOGICAL pgoutput.
     pub async fn create_slot(
         &mut self,
@@ -637,6 +698,24 @@ fn active_pid_in(db: &DbError) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timeline_history_says_where_each_ancestor_ended() {
+        let text = "1\t0/3000158\tno recovery target specified\n\n\
+                    2\t0/5A00000\tbefore 2026-11-30 08:00:00+00\n";
+        let history = parse_timeline_history(text).unwrap();
+        assert_eq!(
+            switchpoint_of(&history, 1),
+            Some("0/3000158".parse().unwrap())
+        );
+        assert_eq!(
+            switchpoint_of(&history, 2),
+            Some("0/5A00000".parse().unwrap())
+        );
+        assert_eq!(switchpoint_of(&history, 3), None);
+        assert!(parse_timeline_history("x\t0/1").is_err());
+        assert!(parse_timeline_history("").unwrap().is_empty());
+    }
 
     #[test]
     fn start_replication_command_quotes_names_and_never_streams() {

@@ -729,6 +729,8 @@ fn targets(host: &str, hostaddr: Option<&str>, port: Option<&str>) -> Result<Vec
                     })
                 })
                 .transpose()?;
+            // An empty entry is the default host, as in libpq.
+            let h = if h.is_empty() { "localhost" } else { h };
             Ok(Target {
                 host: Host::parse(h)?,
                 hostaddr,
@@ -865,7 +867,7 @@ fn parse_url(s: &str) -> Result<Raw, Error> {
             hosts.push(host);
             ports.push(port.unwrap_or_default());
         }
-        if hosts.iter().any(|h| !h.is_empty()) {
+        if hosts.len() > 1 || hosts.iter().any(|h| !h.is_empty()) {
             raw.host = Some(hosts.join(","));
         }
         if ports.iter().any(|p| !p.is_empty()) {
@@ -977,6 +979,10 @@ mod tests {
         assert_eq!(hosts, ["[::1]:5433", "db2:5432", "db3:6000"]);
         assert_eq!(c.target_session_attrs(), TargetSessionAttrs::Primary);
         assert_eq!(c.dbname(), "shop");
+        // Empty hosts are the default host, each with its port.
+        let c = parse("postgres://u@:5433,:5434/shop");
+        let hosts: Vec<String> = c.targets().iter().map(|t| t.to_string()).collect();
+        assert_eq!(hosts, ["localhost:5433", "localhost:5434"]);
         for (text, attrs) in [
             ("any", TargetSessionAttrs::Any),
             ("read-write", TargetSessionAttrs::ReadWrite),
@@ -1056,7 +1062,10 @@ mod tests {
         assert!(err("host=h user=u port=99999").contains("not a TCP port"));
         assert!(err("host=h user=u password='open").contains("unterminated"));
         assert!(err("host=a,b,c port=1,2 user=u").contains("2 values for 3 hosts"));
-        assert!(err("host=a,,b user=u").contains("host is empty"));
+        assert_eq!(
+            parse("host=a,,b user=u").targets()[1].host,
+            Host::Tcp("localhost".into())
+        );
         assert!(err("host=a user=u target_session_attrs=master").contains("read-write"));
         assert!(err("postgres://h/db").contains("no user given"));
         assert!(err("host=h user").contains("missing '='"));

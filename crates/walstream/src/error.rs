@@ -297,8 +297,8 @@ pub enum Error {
     /// kind `target_session_attrs` asks for (during a failover, say: the
     /// old primary is down and the standby not promoted yet).
     #[error(
-        "no PostgreSQL server suits target_session_attrs={attrs}: {tried}; retrying, as a \
-         standby being promoted becomes the primary"
+        "no PostgreSQL server suits target_session_attrs={attrs}: {tried}; a server \
+         restarting, or a standby being promoted, suits a later attempt"
     )]
     NoSuitableServer {
         /// What was asked for.

@@ -83,7 +83,8 @@ mod secrecy_tests;
 
 pub use auth::{AuthMethod, RequireAuth};
 pub use client::{
-    CreateSlotOptions, CreatedSlot, ReplicationClient, SnapshotAction, StartOptions, SystemIdentity,
+    parse_timeline_history, switchpoint_of, CreateSlotOptions, CreatedSlot, ReplicationClient,
+    SnapshotAction, StartOptions, SystemIdentity, TimelineSwitch,
 };
 pub use config::{ChannelBinding, Host, ReplicationConfig, SslMode, Target, TargetSessionAttrs};
 pub use control::{connect_control, invalidation_cause, SlotState};
