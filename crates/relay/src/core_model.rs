@@ -672,11 +672,11 @@ fn a_row_the_broker_keeps_refusing_is_dead_lettered_after_the_bound() {
     }
 }
 
-#[test]
-fn rows_confirmed_before_a_rewind_are_not_published_again() {
+/// One transaction of six rows, all read and published, the first three
+/// confirmed by the broker.
+fn six_rows_three_confirmed() -> World {
     let txns = build(&plain(&[vec![Kind::Good; 6]]));
     let mut world = World::new(txns, 8, 3);
-    // Read and publish all six, let the broker take and confirm three.
     for _ in 0..10 {
         world.feed_frame();
     }
@@ -684,6 +684,12 @@ fn rows_confirmed_before_a_rewind_are_not_published_again() {
         world.broker.process();
     }
     while world.deliver_outcome() {}
+    world
+}
+
+#[test]
+fn rows_confirmed_before_a_rewind_are_not_published_again() {
+    let mut world = six_rows_three_confirmed();
     // The link dies with three in flight, none of which reached a queue.
     world.broker.lose_link(0);
     world.settle();
@@ -695,15 +701,7 @@ fn rows_confirmed_before_a_rewind_are_not_published_again() {
 
 #[test]
 fn after_a_rebase_rows_at_remembered_positions_are_published_again() {
-    let txns = build(&plain(&[vec![Kind::Good; 6]]));
-    let mut world = World::new(txns, 8, 3);
-    for _ in 0..10 {
-        world.feed_frame();
-    }
-    for _ in 0..3 {
-        world.broker.process();
-    }
-    while world.deliver_outcome() {}
+    let mut world = six_rows_three_confirmed();
     // A failover to a history that forked before these rows: the core must
     // not skip what the new server holds at the positions it remembers.
     world.rebase_next = Some(Lsn::ZERO);

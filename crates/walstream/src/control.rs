@@ -262,8 +262,12 @@ pub fn invalidation_cause(reason: &str) -> String {
         "wal_removed" => "the WAL it needed was removed (the slot fell further behind than \
                           max_slot_wal_keep_size allows)"
             .into(),
-        "rows_removed" | "conflict" => "a recovery conflict: rows it needed were removed \
-                                        (hot_standby_feedback off, or a standby's slot)"
+        "rows_removed" => "a recovery conflict: rows it needed were removed \
+                           (hot_standby_feedback off, or a standby's slot)"
+            .into(),
+        // PostgreSQL 16's `conflicting` does not say which.
+        "conflict" => "a recovery conflict (rows it needed were removed) or wal_level lowered \
+                       below logical"
             .into(),
         "wal_level_insufficient" => "wal_level was lowered below logical".into(),
         "idle_timeout" => {

@@ -31,6 +31,20 @@ async fn wait_for(pg: &PgCluster, sql: &str, want: &str, timeout: Duration, what
     }
 }
 
+/// Waits until the standby holds a copy of the relay's slot that a
+/// promotion keeps: synced, not temporary, not invalidated.
+async fn wait_for_synced_copy(standby: &PgCluster) {
+    wait_for(
+        standby,
+        "SELECT synced AND NOT temporary AND invalidation_reason IS NULL \
+         FROM pg_replication_slots WHERE slot_name = 'outbox_relay'",
+        "t",
+        Duration::from_secs(90),
+        "the standby has a synced copy of the slot",
+    )
+    .await;
+}
+
 /// (aggregate_id, seq) of every event row on `pg`.
 fn rows_on(pg: &PgCluster) -> HashSet<(String, u64)> {
     pg.psql("SELECT aggregate_id || ' ' || (payload->>'seq') FROM outbox")
@@ -97,15 +111,7 @@ async fn a_promoted_standby_loses_nothing_and_delivers_no_phantom(major: u32, ho
     let writers_url =
         format!("postgres://postgres@{hosts}/postgres?target_session_attrs=read-write");
     let load = Load::start(&writers_url, 3, 5, Duration::from_millis(5), u64::MAX);
-    wait_for(
-        &standby,
-        "SELECT synced AND NOT temporary AND invalidation_reason IS NULL \
-         FROM pg_replication_slots WHERE slot_name = 'outbox_relay'",
-        "t",
-        Duration::from_secs(90),
-        "the standby has a synced copy of the slot",
-    )
-    .await;
+    wait_for_synced_copy(&standby).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // The primary dies; the standby is promoted.
@@ -275,14 +281,9 @@ async fn postgres_17_check_and_status_judge_each_server_and_the_standbys_copy() 
         standby.port()
     );
     let run = |args: &[&str], extra: &[(&str, &str)]| {
-        let mut env = f.env();
-        env.retain(|(k, _)| k != "RELAY_PG_URL");
-        env.push(("RELAY_PG_URL".into(), url.clone()));
-        for (k, v) in extra {
-            env.push((k.to_string(), v.to_string()));
-        }
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        e2e::RelayProcess::run_to_end(args, &env)
+        let mut env: Vec<(&str, &str)> = vec![("RELAY_PG_URL", url.as_str())];
+        env.extend_from_slice(extra);
+        f.run_to_end(args, &env)
     };
     let failover_of = |slot: &str| {
         f.pg.psql(&format!(
@@ -321,15 +322,7 @@ async fn postgres_17_check_and_status_judge_each_server_and_the_standbys_copy() 
     );
 
     let relay = f.start_relay(&[("RELAY_PG_URL", url.as_str())]);
-    wait_for(
-        &standby,
-        "SELECT synced AND NOT temporary AND invalidation_reason IS NULL \
-         FROM pg_replication_slots WHERE slot_name = 'outbox_relay'",
-        "t",
-        Duration::from_secs(90),
-        "the standby has a synced copy of the slot",
-    )
-    .await;
+    wait_for_synced_copy(&standby).await;
     let (ok, out) = run(&["check"], &[]);
     assert!(ok, "{out}");
     let standby_ok = format!(
@@ -368,11 +361,8 @@ async fn postgres_17_check_and_status_judge_each_server_and_the_standbys_copy() 
 
     // Pointed at the standby alone, the relay refuses: its synced copy of
     // the slot is never consumed.
-    let mut env = f.env();
-    env.retain(|(k, _)| k != "RELAY_PG_URL");
-    env.push(("RELAY_PG_URL".into(), standby.url()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let (ok, out) = e2e::RelayProcess::run_to_end(&["run"], &env);
+    let standby_url = standby.url();
+    let (ok, out) = f.run_to_end(&["run"], &[("RELAY_PG_URL", standby_url.as_str())]);
     assert!(!ok, "{out}");
     assert!(out.contains("is a standby (in recovery)"), "{out}");
     assert_eq!(
@@ -410,11 +400,7 @@ async fn postgres_15_a_failover_stops_the_relay_and_no_slot_is_recreated_behind_
     assert!(out.contains("When the slot is lost"), "{out}");
     assert!(!out.contains("pg_create_logical_replication_slot"), "{out}");
 
-    let mut env = f.env();
-    env.retain(|(k, _)| k != "RELAY_PG_URL");
-    env.push(("RELAY_PG_URL".into(), url.clone()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let (ok, out) = e2e::RelayProcess::run_to_end(&["run"], &env);
+    let (ok, out) = f.run_to_end(&["run"], &[("RELAY_PG_URL", url.as_str())]);
     assert!(!ok, "{out}");
     assert!(out.contains("lost in a failover"), "{out}");
     assert!(out.contains("When the slot is lost"), "{out}");
@@ -425,7 +411,7 @@ async fn postgres_15_a_failover_stops_the_relay_and_no_slot_is_recreated_behind_
         "0",
         "no slot was created behind the operator's back"
     );
-    let (ok, out) = e2e::RelayProcess::run_to_end(&["setup"], &env);
+    let (ok, out) = f.run_to_end(&["setup"], &[("RELAY_PG_URL", url.as_str())]);
     assert!(ok, "{out}");
     assert_eq!(
         standby

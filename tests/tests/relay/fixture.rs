@@ -86,6 +86,17 @@ impl Fixture {
         relay
     }
 
+    /// Runs a command of the relay (`check`, `setup`, a `run` that is
+    /// expected to stop) to its end with the fixture's environment plus
+    /// `extra`; whether it succeeded and its output.
+    pub fn run_to_end(&self, args: &[&str], extra: &[(&str, &str)]) -> (bool, String) {
+        let mut process = self.spawn_relay(args, extra);
+        let status = process
+            .wait(Duration::from_secs(60))
+            .expect("outbox-relay exits within a minute");
+        (status.success(), process.output())
+    }
+
     /// Spawns the relay without waiting.
     pub fn spawn_relay(&self, args: &[&str], extra: &[(&str, &str)]) -> RelayProcess {
         let mut env = self.env();

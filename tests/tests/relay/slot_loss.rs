@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use e2e::{PgCluster, RelayProcess};
+use e2e::PgCluster;
 use nix::sys::signal::Signal;
 
 use super::fixture::Fixture;
@@ -22,16 +22,27 @@ async fn slot_made_by_a_relay(f: &Fixture) {
     assert!(relay.wait(Duration::from_secs(20)).unwrap().success());
 }
 
+/// Writes WAL past a 1 MB max_slot_wal_keep_size, in new segments, and
+/// checkpoints: the server removes what a lagging slot needs.
+fn write_past_the_slots_limit(pg: &PgCluster) {
+    for _ in 0..3 {
+        pg.psql(
+            "CREATE TABLE IF NOT EXISTS filler (b text); \
+             INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 20000); \
+             SELECT pg_switch_wal(); CHECKPOINT;",
+        )
+        .unwrap();
+    }
+}
+
 /// Runs the relay on the invalidated slot and `check`: both say why and
 /// what to do; the slot is left as it is.
 fn refused_loudly(f: &Fixture, says: &str) {
-    let env = f.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let (ok, out) = RelayProcess::run_to_end(&["run"], &env);
+    let (ok, out) = f.run_to_end(&["run"], &[]);
     assert!(!ok, "run must exit non-zero on a lost slot:\n{out}");
     assert!(out.contains(says), "the cause ({says}) is named:\n{out}");
     assert!(out.contains("When the slot is lost"), "{out}");
-    let (ok, out) = RelayProcess::run_to_end(&["check"], &env);
+    let (ok, out) = f.run_to_end(&["check"], &[]);
     assert!(!ok, "{out}");
     let slot_line = out
         .lines()
@@ -56,14 +67,7 @@ async fn wal_removed(major: u32) {
         .unwrap();
     let f = Fixture::with_cluster(pg).await;
     slot_made_by_a_relay(&f).await;
-    for _ in 0..3 {
-        f.pg.psql(
-            "CREATE TABLE IF NOT EXISTS filler (b text); \
-             INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 20000); \
-             SELECT pg_switch_wal(); CHECKPOINT;",
-        )
-        .unwrap();
-    }
+    write_past_the_slots_limit(&f.pg);
     assert_eq!(
         f.pg.psql("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'outbox_relay'")
             .unwrap(),
@@ -116,14 +120,7 @@ async fn a_slot_invalidated_while_streaming_stops_the_relay_with_the_cause() {
     let f = Fixture::with_cluster(pg).await;
     let mut relay = f.start_relay(&[]);
     relay.signal(Signal::SIGSTOP).unwrap();
-    for _ in 0..3 {
-        f.pg.psql(
-            "CREATE TABLE IF NOT EXISTS filler (b text); \
-             INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 20000); \
-             SELECT pg_switch_wal(); CHECKPOINT;",
-        )
-        .unwrap();
-    }
+    write_past_the_slots_limit(&f.pg);
     relay.signal(Signal::SIGCONT).unwrap();
     let status = relay.wait(Duration::from_secs(60)).unwrap();
     let out = relay.output();
