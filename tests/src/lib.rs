@@ -6,6 +6,8 @@
 //!   restarted on the same data.
 //! - [`amqp`]: the shared RabbitMQ on 127.0.0.1:5672, with unique names per
 //!   test, a collecting consumer and cleanup of what a test declared.
+//! - [`RabbitNode`]: a private RabbitMQ node that a test may kill, restart
+//!   or stop, never the shared broker.
 //! - [`FaultProxy`]: a TCP proxy that cuts, stalls or delays a link, so that a
 //!   test fails the broker or the Postgres link without touching the shared
 //!   services.
@@ -23,6 +25,7 @@ pub mod amqp;
 mod error;
 mod pg;
 mod proxy;
+mod rabbit;
 mod relay;
 pub mod secrets;
 pub mod tls;
@@ -30,6 +33,7 @@ pub mod tls;
 pub use error::KitError;
 pub use pg::{pinned_root, PgCluster, PgClusterBuilder, COMPAT_VERSIONS};
 pub use proxy::{FaultProxy, ProxyMode};
+pub use rabbit::RabbitNode;
 pub use relay::{relay_binary, RelayProcess};
 
 /// The project's outbox table (sql/outbox.sql), as every test loads it.

@@ -272,7 +272,7 @@ fn major_of(version: &str) -> u32 {
         .unwrap_or(0)
 }
 
-fn free_port() -> Result<u16, KitError> {
+pub(crate) fn free_port() -> Result<u16, KitError> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .map_err(|e| KitError::io("binding a free port on", "127.0.0.1:0", e))?;
     listener

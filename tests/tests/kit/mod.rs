@@ -3,4 +3,5 @@
 mod broker;
 mod pg_cluster;
 mod proxy;
+mod rabbit_node;
 mod relay_binary;

@@ -508,9 +508,10 @@ async fn a_dropped_slot_stops_the_relay_with_the_reason_instead_of_retrying() {
     assert!(!status.success(), "{}", relay.output());
     let output = relay.output();
     assert!(
-        output.contains("\"outbox_relay\" does not exist"),
+        output.contains("slot outbox_relay no longer exists"),
         "{output}"
     );
+    assert!(output.contains("When the slot is lost"), "{output}");
 }
 
 #[tokio::test]
