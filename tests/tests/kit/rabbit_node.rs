@@ -33,8 +33,10 @@ async fn a_private_node_boots_dies_restarts_on_its_data_and_is_gone_after_drop()
         .await
         .expect("connect to the private node");
     let channel = conn.create_channel().await.unwrap();
-    let mut durable = lapin::options::QueueDeclareOptions::default();
-    durable.durable = true;
+    let durable = lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     channel
         .queue_declare("kit-durable".into(), durable, Default::default())
         .await
