@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::relay::fixture::Fixture;
 
 /// GET `path` from `addr` with HTTP/1.1; returns (status, body).
-async fn http_get(addr: &str, path: &str) -> (u16, String) {
+pub(crate) async fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream
         .write_all(
@@ -51,7 +51,7 @@ async fn http_get(addr: &str, path: &str) -> (u16, String) {
 }
 
 /// The metrics address the relay logged (it binds port 0 in tests).
-fn metrics_addr(relay: &e2e::RelayProcess) -> String {
+pub(crate) fn metrics_addr(relay: &e2e::RelayProcess) -> String {
     let line = relay
         .wait_for_line("metrics on /metrics", Duration::from_secs(30))
         .unwrap();

@@ -8,6 +8,9 @@
 //! together do not reconnect in lockstep. After `breaker_after` consecutive
 //! failed attempts the breaker is open: the publisher fails fast instead of
 //! queueing, while attempts go on at the capped pace. One success closes it.
+//! While it waits after brokers refused connections, the driver also
+//! probes their TCP ports and connects as soon as one answers: a breaker
+//! sheds load, it must not keep the relay away from a broker that is back.
 
 use std::time::Duration;
 
@@ -137,6 +140,13 @@ impl Retry {
         self.failures = self.failures.saturating_add(1);
         self.next = (self.next + 1) % self.brokers;
         self.backoff.delay(self.failures)
+    }
+
+    /// The next attempt goes to broker `index` (one found answering).
+    pub(crate) fn try_next(&mut self, index: usize) {
+        if index < self.brokers {
+            self.next = index;
+        }
     }
 
     /// An attempt succeeded: the breaker closes.

@@ -37,6 +37,11 @@ use crate::tracker::Tracker;
 use crate::window::{Release, Window};
 
 type Connecting = Pin<Box<dyn Future<Output = Result<Link, LinkError>> + Send>>;
+type Probing = Pin<Box<dyn Future<Output = usize> + Send>>;
+
+/// How often a broker that refused connections is probed (a TCP connect,
+/// nothing more) while the driver waits out its backoff.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Commands handled per wake-up before looking at confirms and events again.
 const COMMAND_BATCH: usize = 256;
@@ -47,6 +52,9 @@ pub(crate) struct Driver {
     link: Option<Link>,
     connecting: Option<Connecting>,
     retry_at: Option<Instant>,
+    /// While waiting to retry after brokers refused connections: which
+    /// broker's port opens first (see [`probe`]).
+    probing: Option<Probing>,
     blocked: bool,
     inflight: InFlight,
     tracker: Tracker,
@@ -87,6 +95,7 @@ impl Driver {
             link: Some(link),
             connecting: None,
             retry_at: None,
+            probing: None,
             blocked,
             inflight: InFlight::new(),
             tracker: Tracker::default(),
@@ -123,6 +132,7 @@ impl Driver {
             let accepting = self.accepting();
             let connecting = self.connecting.is_some();
             let retry_at = self.retry_at;
+            let probing = self.probing.is_some() && retry_at.is_some();
             let ready = self.inflight.ready();
             tokio::select! {
                 biased;
@@ -138,6 +148,15 @@ impl Driver {
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(far_future)),
                     if retry_at.is_some() => {
                     self.retry_at = None;
+                    self.probing = None;
+                    self.start_connecting();
+                }
+                broker = next_probe(&mut self.probing), if probing => {
+                    // A broker that was down answers again: connect now
+                    // rather than at the end of a grown backoff.
+                    self.probing = None;
+                    self.retry_at = None;
+                    self.retry.try_next(broker);
                     self.start_connecting();
                 }
             }
@@ -537,6 +556,10 @@ impl Driver {
                 self.state.send_replace(LinkState::Connected { broker });
             }
             Err(error) => {
+                let refused = matches!(
+                    error,
+                    LinkError::Unreachable { .. } | LinkError::ConnectTimeout { .. }
+                );
                 let delay = jittered(self.retry.failed(), fastrand::f64());
                 let attempts = self.retry.failures();
                 if error.is_permanent() {
@@ -567,6 +590,12 @@ impl Driver {
                     });
                 }
                 if self.closing.is_none() {
+                    // Refused at the TCP level (a node down or booting):
+                    // watch the ports, so that the link is back within a
+                    // probe of the broker answering, whatever the backoff.
+                    // A broker that answers and then fails the handshake
+                    // waits out the backoff.
+                    self.probing = refused.then(|| probe(&self.config));
                     self.retry_at = Some(Instant::now() + delay);
                 }
             }
@@ -635,6 +664,36 @@ async fn next_event(link: &mut Option<Link>) -> Option<Event> {
 async fn next_attempt(connecting: &mut Option<Connecting>) -> Result<Link, LinkError> {
     match connecting {
         Some(attempt) => attempt.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves with the index of the first broker whose TCP port accepts a
+/// connection, trying them all every [`PROBE_EVERY`]; never if none has
+/// an address. The probe opens and closes a socket: no AMQP handshake, no
+/// load on a broker that is booting.
+fn probe(config: &SinkConfig) -> Probing {
+    let targets: Vec<(String, u16)> = config
+        .brokers
+        .iter()
+        .map(|b| (b.host().to_string(), b.port()))
+        .collect();
+    Box::pin(async move {
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            for (index, (host, port)) in targets.iter().enumerate() {
+                let connect = tokio::net::TcpStream::connect((host.as_str(), *port));
+                if let Ok(Ok(_)) = tokio::time::timeout(PROBE_EVERY, connect).await {
+                    return index;
+                }
+            }
+        }
+    })
+}
+
+async fn next_probe(probing: &mut Option<Probing>) -> usize {
+    match probing {
+        Some(probe) => probe.await,
         None => std::future::pending().await,
     }
 }
