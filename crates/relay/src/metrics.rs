@@ -124,6 +124,9 @@ pub struct Metrics {
     pub slot_safe_wal_size: Gauge,
     /// 1 when the slot is a failover slot (PostgreSQL 17+), else 0.
     pub slot_failover: Gauge,
+    /// 1 while the broker blocks publishing (connection.blocked: a memory
+    /// or disk alarm), else 0.
+    pub broker_blocked: Gauge,
 }
 
 /// The values of `wal_status` in pg_replication_slots.
@@ -179,6 +182,7 @@ impl Metrics {
             slot_wal_status: Family::default(),
             slot_safe_wal_size: Gauge::default(),
             slot_failover: Gauge::default(),
+            broker_blocked: Gauge::default(),
             // 0.5 ms .. ~33 s
             commit_to_confirm: Histogram::new(exponential_buckets(0.0005, 2.0, 17)),
             reconnects: Family::default(),
@@ -249,6 +253,12 @@ impl Metrics {
             "slot_failover",
             "1 when the slot is a failover slot synced to standbys (PostgreSQL 17+), else 0",
             metrics.slot_failover.clone(),
+        );
+        registry.register(
+            "broker_blocked",
+            "1 while the broker blocks publishing (connection.blocked: a memory or disk alarm); \
+             nothing is published or acknowledged meanwhile",
+            metrics.broker_blocked.clone(),
         );
         registry.register(
             "commit_to_confirm_seconds",

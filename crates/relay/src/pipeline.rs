@@ -758,9 +758,18 @@ async fn drive<S: Sink>(
                 match &outcome {
                     Outcome::LinkLost(_) => {
                         ctx.health.set_broker(false);
+                        metrics.broker_blocked.set(0);
                         metrics.reconnect(Side::Rabbitmq, "connection_lost");
                     }
                     Outcome::LinkRestored { .. } => ctx.health.set_broker(true),
+                    Outcome::Blocked(reason) => {
+                        metrics.broker_blocked.set(1);
+                        tracing::warn!(reason = %reason, "the broker blocks publishing (a memory or disk alarm): nothing is published or acknowledged until it lifts");
+                    }
+                    Outcome::Unblocked => {
+                        metrics.broker_blocked.set(0);
+                        tracing::info!("the broker lifted its block: publishing again");
+                    }
                     _ => {}
                 }
                 core.handle(Event::Outcome(outcome));

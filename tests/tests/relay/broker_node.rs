@@ -19,6 +19,82 @@ use lapin::types::FieldTable;
 use super::fixture::{committed_count, header, seq_of, verify, Fixture, Load};
 use crate::operations::{http_get, metrics_addr};
 
+/// A durable topic exchange and a durable queue bound to every key, on
+/// the node: (exchange, queue).
+async fn durable_topology(node: &RabbitNode) -> (String, String) {
+    let exchange = e2e::unique_name("node-x");
+    let queue = e2e::unique_name("node-q");
+    let conn = e2e::amqp::connect_to(&node.url()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.exchange_declare(
+        exchange.as_str().into(),
+        lapin::ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        queue.as_str().into(),
+        exchange.as_str().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let _ = conn.close(200, "declared".into()).await;
+    (exchange, queue)
+}
+
+/// Consumes the node's queue until every committed event of `written`
+/// arrived (or two minutes pass), acking each.
+async fn everything_in(
+    node: &RabbitNode,
+    queue: &str,
+    written: &[super::fixture::Written],
+) -> Vec<lapin::message::Delivery> {
+    let conn = e2e::amqp::connect_to(&node.url()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "check".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let wanted = committed_count(written);
+    let mut got = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.len() < wanted && Instant::now() < deadline {
+        if let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await
+        {
+            d.ack(BasicAckOptions::default()).await.unwrap();
+            if let Some(agg) = header(&d, "aggregate_id") {
+                seen.insert((agg, seq_of(&d.data)));
+            }
+            got.push(d);
+        }
+    }
+    got
+}
+
 /// `outbox_relay_events_confirmed_total` as the relay reports it.
 async fn confirmed(addr: &str) -> u64 {
     let (_, body) = http_get(addr, "/metrics").await;
@@ -49,43 +125,7 @@ async fn back_within(addr: &str, before: u64) -> Duration {
 async fn a_broker_node_killed_or_stopped_under_load_loses_nothing_and_is_used_again_within_two_seconds(
 ) {
     let mut node = RabbitNode::start().expect("a private RabbitMQ node");
-    let exchange = e2e::unique_name("node-x");
-    let queue = e2e::unique_name("node-q");
-    {
-        let conn = e2e::amqp::connect_to(&node.url()).await.unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        ch.exchange_declare(
-            exchange.as_str().into(),
-            lapin::ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        ch.queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        ch.queue_bind(
-            queue.as_str().into(),
-            exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        let _ = conn.close(200, "declared".into()).await;
-    }
+    let (exchange, queue) = durable_topology(&node).await;
     let f = Fixture::new().await;
     let url = node.url();
     let mut relay = f.start_relay(&[
@@ -118,37 +158,8 @@ async fn a_broker_node_killed_or_stopped_under_load_loses_nothing_and_is_used_ag
     let written = load.stop().await;
 
     // Everything committed is in the durable queue on the node.
-    let conn = e2e::amqp::connect_to(&node.url()).await.unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let mut consumer = ch
-        .basic_consume(
-            queue.as_str().into(),
-            "check".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let got = everything_in(&node, &queue, &written).await;
     let wanted = committed_count(&written);
-    let mut got = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while seen.len() < wanted && Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_secs(5), consumer.next()).await {
-            Ok(Some(Ok(d))) => {
-                d.ack(BasicAckOptions::default()).await.unwrap();
-                if let Some(agg) = header(&d, "aggregate_id") {
-                    seen.insert((agg, seq_of(&d.data)));
-                }
-                got.push(d);
-            }
-            _ => {
-                if relay.try_status().is_some() {
-                    break;
-                }
-            }
-        }
-    }
     let verdict = verify(&got, &written);
     println!(
         "broker node: {verdict:?} of {wanted} committed; publishing again {:.2} s after a \
@@ -165,6 +176,77 @@ async fn a_broker_node_killed_or_stopped_under_load_loses_nothing_and_is_used_ag
         after_stop < Duration::from_secs(2),
         "publishing resumed {after_stop:?} after start_app:\n{}",
         relay.output()
+    );
+    relay.kill().unwrap();
+}
+
+/// A gauge of the relay's /metrics.
+async fn gauge(addr: &str, name: &str) -> Option<i64> {
+    let (_, body) = http_get(addr, "/metrics").await;
+    body.lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// A memory alarm on the node under load: publishing pauses (a metric and
+/// a log line say so), the slot does not move, nothing is lost, and
+/// publishing resumes when the alarm clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_alarm_pauses_publishing_without_moving_the_slot_and_loses_nothing() {
+    let node = RabbitNode::start().expect("a private RabbitMQ node");
+    let (exchange, queue) = durable_topology(&node).await;
+    let f = Fixture::new().await;
+    let url = node.url();
+    let mut relay = f.start_relay(&[
+        ("RELAY_AMQP_URL", url.as_str()),
+        ("RELAY_EXCHANGE", exchange.as_str()),
+    ]);
+    let addr = metrics_addr(&relay);
+    let load = Load::start(&f.pg.url(), 2, 5, Duration::from_millis(5), u64::MAX);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    node.ctl(&["set_vm_memory_high_watermark", "0"])
+        .expect("raise the memory alarm");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gauge(&addr, "outbox_relay_broker_blocked").await != Some(1) {
+        assert!(
+            Instant::now() < deadline,
+            "the blocked state never showed:\n{}",
+            relay.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(relay.output().contains("the broker blocks publishing"));
+    // Blocked: no confirm, and the slot stays where it is.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = f.confirmed_flush("outbox_relay");
+    let confirms = confirmed(&addr).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        f.confirmed_flush("outbox_relay"),
+        held,
+        "the slot moved while blocked"
+    );
+    assert_eq!(confirmed(&addr).await, confirms, "confirms while blocked");
+    assert!(
+        relay.try_status().is_none(),
+        "the relay must wait, not exit"
+    );
+
+    node.ctl(&["set_vm_memory_high_watermark", "0.4"])
+        .expect("clear the alarm");
+    let resumed = back_within(&addr, confirms).await;
+    assert_eq!(gauge(&addr, "outbox_relay_broker_blocked").await, Some(0));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let written = load.stop().await;
+    let got = everything_in(&node, &queue, &written).await;
+    let verdict = verify(&got, &written);
+    println!(
+        "memory alarm: {verdict:?} of {} committed; publishing again {:.2} s after the alarm \
+         cleared",
+        committed_count(&written),
+        resumed.as_secs_f64()
     );
     relay.kill().unwrap();
 }
