@@ -8,4 +8,5 @@ pub mod fixture;
 mod guarantees;
 mod hostile;
 mod slot_loss;
+mod streams;
 mod versions;
