@@ -33,7 +33,7 @@ pub mod tls;
 pub use error::KitError;
 pub use pg::{pinned_root, PgCluster, PgClusterBuilder, COMPAT_VERSIONS};
 pub use proxy::{FaultProxy, ProxyMode};
-pub use rabbit::RabbitNode;
+pub use rabbit::{RabbitCluster, RabbitNode};
 pub use relay::{relay_binary, RelayProcess};
 
 /// The project's outbox table (sql/outbox.sql), as every test loads it.

@@ -320,3 +320,59 @@ impl Drop for RabbitNode {
         }
     }
 }
+
+/// Private nodes joined into one cluster (`stop_app`, `join_cluster`,
+/// `start_app`): boot in parallel, about as long as one node.
+#[derive(Debug)]
+pub struct RabbitCluster {
+    nodes: Vec<RabbitNode>,
+}
+
+impl RabbitCluster {
+    /// Starts `size` nodes and joins them to the first.
+    pub fn start(size: usize) -> Result<RabbitCluster, KitError> {
+        let mut nodes = (0..size)
+            .map(|_| RabbitNode::create())
+            .collect::<Result<Vec<_>, _>>()?;
+        for node in &mut nodes {
+            node.spawn()?;
+        }
+        for node in &mut nodes {
+            node.wait_until_up(BOOT)?;
+        }
+        let first = nodes
+            .first()
+            .map(|n| n.name().to_string())
+            .unwrap_or_default();
+        for node in nodes.iter_mut().skip(1) {
+            node.ctl(&["stop_app"])?;
+            node.ctl(&["join_cluster", &first])?;
+            node.start_app()?;
+        }
+        Ok(RabbitCluster { nodes })
+    }
+
+    /// The nodes, the first one the others joined.
+    pub fn nodes(&self) -> &[RabbitNode] {
+        &self.nodes
+    }
+
+    /// One node, to kill, restart or stop.
+    pub fn node_mut(&mut self, index: usize) -> Option<&mut RabbitNode> {
+        self.nodes.get_mut(index)
+    }
+
+    /// Every node's URL, comma-separated (as `amqp_url` takes them).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RabbitNode::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The index of the node listening on `port`.
+    pub fn index_of_port(&self, port: u16) -> Option<usize> {
+        self.nodes.iter().position(|n| n.port() == port)
+    }
+}

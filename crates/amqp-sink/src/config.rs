@@ -109,6 +109,8 @@ pub struct DeadLetterConfig {
     pub exchange: String,
     /// The queue bound to it (`outbox.dead-letter` by default).
     pub queue: String,
+    /// The queue's type.
+    pub queue_type: QueueType,
 }
 
 impl Default for DeadLetterConfig {
@@ -116,7 +118,34 @@ impl Default for DeadLetterConfig {
         DeadLetterConfig {
             exchange: "outbox.dead-letter".into(),
             queue: "outbox.dead-letter".into(),
+            queue_type: QueueType::Classic,
         }
+    }
+}
+
+/// The type of a queue the sink declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueType {
+    /// A classic queue: it lives on one node, and while that node is down
+    /// it cannot be used or declared from another.
+    #[default]
+    Classic,
+    /// A quorum queue (`x-queue-type = quorum`): replicated, usable while a
+    /// majority of its nodes is up. For clusters.
+    Quorum,
+}
+
+impl QueueType {
+    /// The declaration's arguments.
+    pub fn arguments(self) -> lapin::types::FieldTable {
+        let mut arguments = lapin::types::FieldTable::default();
+        if self == QueueType::Quorum {
+            arguments.insert(
+                "x-queue-type".into(),
+                lapin::types::AMQPValue::LongString("quorum".into()),
+            );
+        }
+        arguments
     }
 }
 

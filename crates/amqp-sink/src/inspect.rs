@@ -109,8 +109,13 @@ impl Inspector {
     }
 
     /// Looks at queue `name`; with `compare`, also whether a durable queue
-    /// without arguments (the sink's declaration) would be accepted.
-    pub async fn queue(&self, name: &str, compare: bool) -> Result<Found, LinkError> {
+    /// of `queue_type` (the sink's declaration) would be accepted.
+    pub async fn queue(
+        &self,
+        name: &str,
+        compare: bool,
+        queue_type: crate::QueueType,
+    ) -> Result<Found, LinkError> {
         let Ok(short) = ShortString::try_new(name) else {
             return Ok(Found::Differs("the name is longer than 255 bytes".into()));
         };
@@ -123,7 +128,7 @@ impl Inspector {
                     ..Default::default()
                 };
                 let result = channel
-                    .queue_declare(short, options, FieldTable::default())
+                    .queue_declare(short, options, queue_type.arguments())
                     .await
                     .map(drop);
                 let _ = channel.close(200, "inspected".into()).await;

@@ -56,7 +56,8 @@ mod window;
 pub use backoff::{Backoff, BackoffConfig};
 pub use broker::BrokerUrl;
 pub use config::{
-    DeadLetterConfig, ExchangeConfig, ExchangeType, SinkConfig, DEFAULT_FRAME_MAX, MIN_FRAME_MAX,
+    DeadLetterConfig, ExchangeConfig, ExchangeType, QueueType, SinkConfig, DEFAULT_FRAME_MAX,
+    MIN_FRAME_MAX,
 };
 pub use error::{ConfigError, LinkError, MessageError, PublishError, SinkError};
 pub use inspect::{Found, Inspector};

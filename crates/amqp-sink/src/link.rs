@@ -188,14 +188,23 @@ async fn declare_topology(
             channel.exchange_declare(dlx.clone(), ExchangeKind::Fanout, declare, no_args());
         check(declared.await, broker, &what, passive)?;
 
-        let what = format!("dead-letter queue '{}' (durable)", dead_letter.queue);
+        let what = format!(
+            "dead-letter queue '{}' (durable{})",
+            dead_letter.queue,
+            if dead_letter.queue_type == crate::QueueType::Quorum {
+                ", quorum"
+            } else {
+                ""
+            }
+        );
         let declare = QueueDeclareOptions {
             passive,
             durable: true,
             ..Default::default()
         };
         let dlq = name(&dead_letter.queue)?;
-        let declared = channel.queue_declare(dlq.clone(), declare, no_args());
+        let declared =
+            channel.queue_declare(dlq.clone(), declare, dead_letter.queue_type.arguments());
         check(declared.await.map(drop), broker, &what, passive)?;
 
         if !passive {

@@ -56,6 +56,10 @@ pub struct Settings {
     pub dead_letter_exchange: String,
     /// Queue bound to the dead-letter exchange (declared if missing).
     pub dead_letter_queue: String,
+    /// Its type: `classic` (default) or `quorum` (replicated: a cluster
+    /// keeps dead-lettering, and the relay keeps connecting, while the node
+    /// a classic queue lives on is down).
+    pub dead_letter_queue_type: QueueKind,
     /// What to do with a message the broker returns as unroutable:
     /// `dead-letter` (default) or `drop` (counted, the broker's plain
     /// semantics).
@@ -137,6 +141,7 @@ impl Default for Settings {
             declare_exchange: true,
             dead_letter_exchange: "outbox.dead-letter".into(),
             dead_letter_queue: "outbox.dead-letter".into(),
+            dead_letter_queue_type: QueueKind::Classic,
             on_unroutable: UnroutablePolicy::DeadLetter,
             id_column: "id".into(),
             payload_column: "payload".into(),
@@ -187,6 +192,25 @@ pub enum SinkKind {
     Null,
 }
 
+/// The type of a queue the relay declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    /// A classic queue, on one node.
+    Classic,
+    /// A quorum queue, replicated across a cluster.
+    Quorum,
+}
+
+impl From<QueueKind> for amqp_sink::QueueType {
+    fn from(kind: QueueKind) -> Self {
+        match kind {
+            QueueKind::Classic => amqp_sink::QueueType::Classic,
+            QueueKind::Quorum => amqp_sink::QueueType::Quorum,
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -219,6 +243,7 @@ const FIELDS: &[(&str, Kind)] = &[
     ("declare_exchange", Kind::Bool),
     ("dead_letter_exchange", Kind::Str),
     ("dead_letter_queue", Kind::Str),
+    ("dead_letter_queue_type", Kind::Str),
     ("on_unroutable", Kind::Str),
     ("id_column", Kind::Str),
     ("payload_column", Kind::Str),
@@ -521,6 +546,8 @@ pub struct Config {
     pub declare_exchange: bool,
     /// The dead-letter queue.
     pub dead_letter_queue: String,
+    /// Its type.
+    pub dead_letter_queue_type: amqp_sink::QueueType,
     /// The core's window and policies.
     pub core: CoreConfig,
     /// The largest body.
@@ -734,6 +761,7 @@ impl Settings {
             },
             declare_exchange: self.declare_exchange,
             dead_letter_queue: self.dead_letter_queue.clone(),
+            dead_letter_queue_type: self.dead_letter_queue_type.into(),
             core: CoreConfig {
                 window_messages: size(self.window_messages),
                 window_bytes: size(self.window_bytes),

@@ -81,7 +81,11 @@ pub async fn broker(config: &Config, sink: &SinkConfig) -> BrokerFacts {
         .await
         .map_err(text);
     let dead_letter_queue = inspector
-        .queue(&config.dead_letter_queue, compare)
+        .queue(
+            &config.dead_letter_queue,
+            compare,
+            config.dead_letter_queue_type,
+        )
         .await
         .map_err(text);
     let reached = Ok(inspector.broker().to_string());

@@ -59,3 +59,21 @@ async fn a_private_node_boots_dies_restarts_on_its_data_and_is_gone_after_drop()
     std::thread::sleep(Duration::from_millis(500));
     assert!(!alive(pid), "dropped, the node is gone");
 }
+
+#[tokio::test]
+async fn three_private_nodes_form_one_cluster() {
+    let cluster = e2e::RabbitCluster::start(3).expect("a three-node cluster");
+    let status = cluster.nodes()[2]
+        .ctl(&["cluster_status", "--formatter", "json"])
+        .unwrap();
+    for node in cluster.nodes() {
+        assert!(status.contains(node.name()), "{status}");
+    }
+    let running: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(
+        running["running_nodes"].as_array().map(Vec::len),
+        Some(3),
+        "{status}"
+    );
+    assert!(cluster.urls().split(',').count() == 3);
+}

@@ -57,6 +57,7 @@ async fn the_exchange_and_the_dead_letter_topology_are_declared_and_dead_letters
     config.dead_letter = Some(DeadLetterConfig {
         exchange: dlx.clone(),
         queue: dlq.clone(),
+        ..Default::default()
     });
     let (mut publisher, outcomes) = Publisher::connect(config).await.unwrap();
     let reader = Reader::spawn(outcomes);

@@ -113,6 +113,7 @@ pub fn sink_config(config: &Config) -> Result<SinkConfig, String> {
     sink.dead_letter = Some(DeadLetterConfig {
         exchange: config.mapping.dead_letter_exchange.clone(),
         queue: config.dead_letter_queue.clone(),
+        queue_type: config.dead_letter_queue_type,
     });
     sink.passive = !config.declare_exchange;
     // The core bounds the window; the sink's own is as large, with room
