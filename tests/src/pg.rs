@@ -187,7 +187,7 @@ fn find_bindir() -> Result<PathBuf, KitError> {
 
 /// Run a command to completion; a non-zero exit is an error carrying its
 /// output.
-fn run(cmd: &mut Command) -> Result<Output, KitError> {
+pub(crate) fn run(cmd: &mut Command) -> Result<Output, KitError> {
     let described = format!("{cmd:?}");
     let out = cmd
         .output()

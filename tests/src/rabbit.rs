@@ -240,16 +240,7 @@ impl RabbitNode {
     /// SIGKILL of the node's BEAM: no shutdown at all. Returns once the
     /// AMQP port no longer answers.
     pub fn kill(&mut self) -> Result<(), KitError> {
-        if let Some(pid) = self.os_pid() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill_now();
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", self.amqp_port)).is_ok() {
             if Instant::now() > deadline {
@@ -263,6 +254,21 @@ impl RabbitNode {
         Ok(())
     }
 
+    /// SIGKILL of the BEAM (by the PID it wrote) and of the server
+    /// process, without waiting.
+    fn kill_now(&mut self) {
+        if let Some(pid) = self.os_pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Starts a killed node again on the same data and ports, and waits
     /// until it accepts connections.
     pub fn start_again(&mut self) -> Result<(), KitError> {
@@ -274,23 +280,7 @@ impl RabbitNode {
     pub fn ctl(&self, args: &[&str]) -> Result<String, KitError> {
         let mut cmd = self.user.command(CTL);
         cmd.arg("-n").arg(&self.name).args(args);
-        let described = format!("rabbitmqctl -n {} {}", self.name, args.join(" "));
-        let out = cmd
-            .output()
-            .map_err(|e| KitError::io("running", PathBuf::from(CTL), e))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).to_string())
-        } else {
-            Err(KitError::Command {
-                command: described,
-                status: out.status.to_string(),
-                output: format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stderr),
-                    String::from_utf8_lossy(&out.stdout)
-                ),
-            })
-        }
+        crate::pg::run(&mut cmd).map(|out| String::from_utf8_lossy(&out.stdout).to_string())
     }
 
     /// A clean stop of the broker application (the Erlang node stays up).
@@ -308,16 +298,7 @@ impl RabbitNode {
 impl Drop for RabbitNode {
     fn drop(&mut self) {
         // Best effort: the node must not outlive the test.
-        if let Some(pid) = self.os_pid() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill_now();
     }
 }
 
