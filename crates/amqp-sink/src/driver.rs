@@ -668,10 +668,13 @@ async fn next_attempt(connecting: &mut Option<Connecting>) -> Result<Link, LinkE
     }
 }
 
-/// Resolves with the index of the first broker whose TCP port accepts a
-/// connection, trying them all every [`PROBE_EVERY`]; never if none has
-/// an address. The probe opens and closes a socket: no AMQP handshake, no
-/// load on a broker that is booting.
+/// Resolves with the index of the first broker whose TCP port was closed
+/// and then accepts a connection, looking at them all every
+/// [`PROBE_EVERY`]. A port that accepts from the start (a broker that
+/// answers TCP but fails the handshake, or hangs) never resolves it, so
+/// the probe cannot turn a failing broker into a retry loop. The probe
+/// opens and closes a socket: no AMQP handshake, no load on a broker that
+/// is booting.
 fn probe(config: &SinkConfig) -> Probing {
     let targets: Vec<(String, u16)> = config
         .brokers
@@ -679,14 +682,18 @@ fn probe(config: &SinkConfig) -> Probing {
         .map(|b| (b.host().to_string(), b.port()))
         .collect();
     Box::pin(async move {
+        let mut was_closed = vec![false; targets.len()];
         loop {
-            tokio::time::sleep(PROBE_EVERY).await;
             for (index, (host, port)) in targets.iter().enumerate() {
                 let connect = tokio::net::TcpStream::connect((host.as_str(), *port));
-                if let Ok(Ok(_)) = tokio::time::timeout(PROBE_EVERY, connect).await {
-                    return index;
+                let open = matches!(tokio::time::timeout(PROBE_EVERY, connect).await, Ok(Ok(_)));
+                match was_closed.get_mut(index) {
+                    Some(closed) if open && *closed => return index,
+                    Some(closed) if !open => *closed = true,
+                    _ => {}
                 }
             }
+            tokio::time::sleep(PROBE_EVERY).await;
         }
     })
 }
