@@ -213,6 +213,18 @@ impl RabbitNode {
         text.get(start..).unwrap_or(&text).to_string()
     }
 
+    /// The last 6 KiB of the node's log file.
+    pub fn log_tail(&self) -> String {
+        let mut all = String::new();
+        if let Ok(dir) = std::fs::read_dir(self.dir.path().join("log")) {
+            for entry in dir.flatten() {
+                all.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        let start = all.len().saturating_sub(6144);
+        all.get(start..).unwrap_or(&all).to_string()
+    }
+
     /// The node's name (`kit-...@localhost`).
     pub fn name(&self) -> &str {
         &self.name
@@ -293,6 +305,59 @@ impl RabbitNode {
         self.ctl(&["start_app"])?;
         self.wait_until_up(BOOT)
     }
+
+    /// A clean stop of the whole node (`rabbitmqctl stop`): waits until
+    /// the server process has exited. [`start_again`](Self::start_again)
+    /// boots it on the same data.
+    pub fn stop(&mut self) -> Result<(), KitError> {
+        // The node may halt before it answers the tool, which then reports
+        // a failed distribution: what counts is that the process exits.
+        let asked = self.ctl(&["stop"]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        if let Some(mut child) = self.child.take() {
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(KitError::Timeout(
+                        Duration::from_secs(60),
+                        format!(
+                            "node {} to exit after rabbitmqctl stop: {asked:?}",
+                            self.name
+                        ),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// Cuts this node from `peers` (node names) at the Erlang
+    /// distribution level, as a network partition would: the node holds a
+    /// wrong cookie for each peer, so no connection between them passes the
+    /// handshake either way, and the ones it has are dropped; each side
+    /// sees the other go down. The CLI tools (the shared cookie) and AMQP
+    /// clients are not cut. [`heal`](Self::heal) undoes it.
+    pub fn isolate_from(&self, peers: &[&str]) -> Result<(), KitError> {
+        let expr = format!(
+            "[begin erlang:set_cookie(P, 'kit-partitioned'), erlang:disconnect_node(P) end \
+              || P <- [{}]], ok.",
+            atoms(peers)
+        );
+        self.ctl(&["eval", &expr]).map(|_| ())
+    }
+
+    /// Ends [`isolate_from`](Self::isolate_from): the shared cookie again
+    /// for every peer, and a ping to each.
+    pub fn heal(&self, peers: &[&str]) -> Result<(), KitError> {
+        let expr = format!(
+            "[begin erlang:set_cookie(P, erlang:get_cookie()), net_adm:ping(P) end \
+              || P <- [{}]], ok.",
+            atoms(peers)
+        );
+        self.ctl(&["eval", &expr]).map(|_| ())
+    }
 }
 
 impl Drop for RabbitNode {
@@ -330,7 +395,80 @@ impl RabbitCluster {
             node.ctl(&["join_cluster", &first])?;
             node.start_app()?;
         }
-        Ok(RabbitCluster { nodes })
+        let cluster = RabbitCluster { nodes };
+        cluster.wait_until_whole(BOOT)?;
+        Ok(cluster)
+    }
+
+    /// Waits until every node of the cluster runs and no partition is
+    /// recorded, as the first node sees it.
+    pub fn wait_until_whole(&self, timeout: Duration) -> Result<(), KitError> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        loop {
+            if let Some(first) = self.nodes.first() {
+                if let Ok(status) = first.ctl(&["cluster_status", "--formatter", "json"]) {
+                    let running = running_nodes(&status);
+                    let partitioned = status.contains("\"partitions\":{}")
+                        || status.contains("\"partitions\":[]");
+                    if partitioned && self.nodes.iter().all(|n| running.contains(&n.name)) {
+                        return Ok(());
+                    }
+                    last = status;
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(KitError::Timeout(
+                    timeout,
+                    format!("every node of the cluster to run again: {last}"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Cuts node `index` from the others (see
+    /// [`RabbitNode::isolate_from`]); under `pause_minority` it pauses.
+    pub fn isolate(&self, index: usize) -> Result<(), KitError> {
+        let (node, peers) = self.node_and_peers(index)?;
+        node.isolate_from(&peers)
+    }
+
+    /// Ends the cut of node `index`.
+    pub fn heal(&self, index: usize) -> Result<(), KitError> {
+        let (node, peers) = self.node_and_peers(index)?;
+        node.heal(&peers)
+    }
+
+    fn node_and_peers(&self, index: usize) -> Result<(&RabbitNode, Vec<&str>), KitError> {
+        let node = self.nodes.get(index).ok_or_else(|| KitError::Command {
+            command: format!("cutting node {index}"),
+            status: "no such node".into(),
+            output: String::new(),
+        })?;
+        let peers = self
+            .nodes
+            .iter()
+            .filter(|n| n.name != node.name)
+            .map(RabbitNode::name)
+            .collect();
+        Ok((node, peers))
+    }
+
+    /// Stops every node cleanly, one after the other, then boots them all
+    /// again on their data (in parallel: each waits for its peers' tables)
+    /// and waits until the cluster is whole.
+    pub fn restart(&mut self) -> Result<(), KitError> {
+        for node in &mut self.nodes {
+            node.stop()?;
+        }
+        for node in &mut self.nodes {
+            node.spawn()?;
+        }
+        for node in &mut self.nodes {
+            node.wait_until_up(BOOT)?;
+        }
+        self.wait_until_whole(BOOT)
     }
 
     /// The nodes, the first one the others joined.
@@ -356,4 +494,27 @@ impl RabbitCluster {
     pub fn index_of_port(&self, port: u16) -> Option<usize> {
         self.nodes.iter().position(|n| n.port() == port)
     }
+}
+
+/// The `running_nodes` of `rabbitmqctl cluster_status --formatter json`.
+fn running_nodes(status: &str) -> Vec<String> {
+    serde_json::from_str::<serde_json::Value>(status)
+        .ok()
+        .and_then(|v| {
+            v.get("running_nodes").and_then(|r| r.as_array()).map(|r| {
+                r.iter()
+                    .filter_map(|n| n.as_str().map(str::to_string))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Node names as a list of Erlang atoms.
+fn atoms(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -13,6 +13,11 @@
 //! caller calls `resume` (so nothing overtakes the re-publication of the
 //! failed ones). Reconnecting starts at once on the next broker, then
 //! backs off (see `backoff.rs`).
+//!
+//! A nack retires the channel that carried it: the driver takes no new
+//! message until everything in flight on that channel has its answer, then
+//! opens a fresh channel on the same connection (see
+//! [`Link::fresh_channel`] for the broker behaviour this guards against).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -38,6 +43,7 @@ use crate::window::{Release, Window};
 
 type Connecting = Pin<Box<dyn Future<Output = Result<Link, LinkError>> + Send>>;
 type Probing = Pin<Box<dyn Future<Output = usize> + Send>>;
+type Renewing = Pin<Box<dyn Future<Output = Result<lapin::Channel, LinkError>> + Send>>;
 
 /// How often a broker that refused connections is probed (a TCP connect,
 /// nothing more) while the driver waits out its backoff.
@@ -56,6 +62,10 @@ pub(crate) struct Driver {
     /// broker's port opens first (see [`probe`]).
     probing: Option<Probing>,
     blocked: bool,
+    /// A nack was seen on the current channel: it is replaced once nothing
+    /// is in flight on it.
+    renew: bool,
+    renewing: Option<Renewing>,
     inflight: InFlight,
     tracker: Tracker,
     /// Resolutions seen but not yet settled by a barrier.
@@ -97,6 +107,8 @@ impl Driver {
             retry_at: None,
             probing: None,
             blocked,
+            renew: false,
+            renewing: None,
             inflight: InFlight::new(),
             tracker: Tracker::default(),
             unsettled: false,
@@ -125,7 +137,9 @@ impl Driver {
             if self.closing.is_some() && !self.commands_open && self.tracker.is_empty() {
                 break;
             }
+            self.maybe_renew();
             let closing = self.closing.is_some();
+            let renewing = self.renewing.is_some();
             let deadline = self.closing.unwrap_or_else(far_future);
             let link_up = self.link.is_some();
             let confirms = !self.inflight.is_empty() || self.unsettled;
@@ -140,6 +154,10 @@ impl Driver {
                 _ = tokio::time::sleep_until(deadline), if closing => self.abort_close(),
                 event = next_event(&mut self.link), if link_up => self.on_event(event),
                 _ = ready.woken(), if confirms => self.round(),
+                renewed = next_renewal(&mut self.renewing), if renewing => {
+                    self.renewing = None;
+                    self.on_renewed(renewed);
+                }
                 command = self.commands.recv(), if accepting => self.on_commands(command),
                 result = next_attempt(&mut self.connecting), if connecting => {
                     self.connecting = None;
@@ -173,7 +191,31 @@ impl Driver {
         if self.halted() || (self.closing.is_some() && self.link.is_none()) {
             return true;
         }
-        self.link.is_some() && !self.blocked
+        self.link.is_some() && !self.blocked && !self.renew
+    }
+
+    /// After a nack, once every message on the channel has its answer:
+    /// starts opening the channel that replaces it.
+    fn maybe_renew(&mut self) {
+        if !self.renew || self.renewing.is_some() || !self.tracker.is_empty() {
+            return;
+        }
+        if let Some(link) = &self.link {
+            self.renewing = Some(Box::pin(link.fresh_channel(&self.config)));
+        }
+    }
+
+    fn on_renewed(&mut self, result: Result<lapin::Channel, LinkError>) {
+        self.renew = false;
+        match result {
+            Ok(channel) => {
+                if let Some(link) = &mut self.link {
+                    link.replace_channel(channel);
+                    tracing::info!(broker = %link.broker, "publishing on a fresh channel after a nack");
+                }
+            }
+            Err(error) => self.lost(error),
+        }
     }
 
     fn halted(&self) -> bool {
@@ -313,6 +355,7 @@ impl Driver {
             Ok(Confirmation::Nack(returned)) => {
                 let failure = returned.and_then(|m| self.match_return(&m).err());
                 self.tracker.resolve(seq, false);
+                self.renew = true;
                 failure
             }
             Ok(Confirmation::NotRequested) => Some(LinkError::Other {
@@ -439,6 +482,9 @@ impl Driver {
         let Some(mut link) = self.link.take() else {
             return;
         };
+        // The next link brings its own channel.
+        self.renew = false;
+        self.renewing = None;
         let (failed, error) = self.fail_in_flight(&mut link, error);
         let halted = failed > 0;
         if halted {
@@ -657,6 +703,13 @@ impl Driver {
 async fn next_event(link: &mut Option<Link>) -> Option<Event> {
     match link {
         Some(link) => link.events.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_renewal(renewing: &mut Option<Renewing>) -> Result<lapin::Channel, LinkError> {
+    match renewing {
+        Some(renewal) => renewal.await,
         None => std::future::pending().await,
     }
 }

@@ -22,7 +22,7 @@ use crate::error::LinkError;
 
 /// A live connection and its publishing channel.
 pub(crate) struct Link {
-    pub(crate) connection: Connection,
+    pub(crate) connection: Arc<Connection>,
     pub(crate) channel: Arc<Channel>,
     pub(crate) events: Pin<Box<dyn Stream<Item = Event> + Send>>,
     /// The broker, redacted.
@@ -53,6 +53,55 @@ impl Link {
     /// Whether the publishing channel is still open.
     pub(crate) fn channel_up(&self) -> bool {
         self.channel.status().connected()
+    }
+
+    /// Opens a new confirm-mode publishing channel on this connection,
+    /// within the connect timeout; [`replace_channel`](Self::replace_channel)
+    /// puts it in place.
+    ///
+    /// After a nack the channel that carried it is not trusted again: a
+    /// RabbitMQ channel can keep the leader of a quorum queue that was on a
+    /// node that died (seen with 3.10: every later publish on that channel
+    /// is nacked, for as long as the channel lives, while a new channel on
+    /// the same connection is confirmed at once).
+    pub(crate) fn fresh_channel(
+        &self,
+        config: &SinkConfig,
+    ) -> impl std::future::Future<Output = Result<Channel, LinkError>> + Send + 'static {
+        let connection = Arc::clone(&self.connection);
+        let broker = self.broker.clone();
+        let heartbeat = config.heartbeat_timeout;
+        let timeout = config.connect_timeout;
+        async move {
+            let lost = |e: lapin::Error| LinkError::from_lapin(&broker, &e, heartbeat);
+            let open = async {
+                let channel = connection.create_channel().await.map_err(lost)?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await
+                    .map_err(lost)?;
+                Ok(channel)
+            };
+            match tokio::time::timeout(timeout, open).await {
+                Ok(result) => result,
+                Err(_) => Err(LinkError::ConnectTimeout {
+                    broker: broker.clone(),
+                    timeout,
+                }),
+            }
+        }
+    }
+
+    /// Publishes on `channel` from now on; the old channel (nothing in
+    /// flight on it any more) is closed in the background.
+    pub(crate) fn replace_channel(&mut self, channel: Channel) {
+        let old = std::mem::replace(&mut self.channel, Arc::new(channel));
+        tokio::spawn(async move {
+            if old.status().connected() {
+                let wait = std::time::Duration::from_secs(2);
+                let _ = tokio::time::timeout(wait, old.close(200, "renewed".into())).await;
+            }
+        });
     }
 
     /// Closes the channel and the connection, without waiting long for a
@@ -100,7 +149,7 @@ async fn connect_inner(config: &SinkConfig, broker: &BrokerUrl) -> Result<Link, 
         .map_err(lost)?;
     let frame_max = connection.configuration().frame_max();
     Ok(Link {
-        connection,
+        connection: Arc::new(connection),
         channel: Arc::new(channel),
         events,
         broker: redacted,

@@ -61,7 +61,7 @@ async fn a_private_node_boots_dies_restarts_on_its_data_and_is_gone_after_drop()
 }
 
 #[tokio::test]
-async fn three_private_nodes_form_one_cluster() {
+async fn three_private_nodes_form_one_cluster_and_a_cut_node_pauses_until_healed() {
     let cluster = e2e::RabbitCluster::start(3).expect("a three-node cluster");
     let status = cluster.nodes()[2]
         .ctl(&["cluster_status", "--formatter", "json"])
@@ -76,4 +76,25 @@ async fn three_private_nodes_form_one_cluster() {
         "{status}"
     );
     assert!(cluster.urls().split(',').count() == 3);
+
+    // A node cut from its peers is in the minority and pauses; healed, it
+    // runs again and the cluster is whole.
+    let port = cluster.nodes()[2].port();
+    cluster.isolate(2).expect("cut node 2 from its peers");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while answers(port) {
+        assert!(std::time::Instant::now() < deadline, "node 2 did not pause");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.heal(2).expect("heal");
+    cluster
+        .wait_until_whole(Duration::from_secs(120))
+        .expect("whole again");
+    let mut cluster = cluster;
+    cluster
+        .node_mut(2)
+        .unwrap()
+        .wait_until_up(Duration::from_secs(60))
+        .unwrap();
+    assert!(answers(port));
 }

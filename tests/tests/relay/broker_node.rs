@@ -60,14 +60,14 @@ async fn durable_topology(node: &RabbitNode) -> (String, String) {
     (exchange, queue)
 }
 
-/// Consumes the node's queue until every committed event of `written`
-/// arrived (or two minutes pass), acking each.
-async fn everything_in(
-    node: &RabbitNode,
+/// Consumes the queue on the broker at `url` until every committed event
+/// of `written` arrived (or two minutes pass), acking each.
+pub(super) async fn everything_in(
+    url: &str,
     queue: &str,
     written: &[super::fixture::Written],
 ) -> Vec<lapin::message::Delivery> {
-    let conn = e2e::amqp::connect_to(&node.url()).await.unwrap();
+    let conn = e2e::amqp::connect_to(url).await.unwrap();
     let ch = conn.create_channel().await.unwrap();
     let mut consumer = ch
         .basic_consume(
@@ -96,7 +96,7 @@ async fn everything_in(
 }
 
 /// `outbox_relay_events_confirmed_total` as the relay reports it.
-async fn confirmed(addr: &str) -> u64 {
+pub(super) async fn confirmed(addr: &str) -> u64 {
     let (_, body) = http_get(addr, "/metrics").await;
     body.lines()
         .find(|l| l.starts_with("outbox_relay_events_confirmed_total "))
@@ -107,7 +107,7 @@ async fn confirmed(addr: &str) -> u64 {
 
 /// Seconds from the broker answering again until the relay's first new
 /// confirm.
-async fn back_within(addr: &str, before: u64) -> Duration {
+pub(super) async fn back_within(addr: &str, before: u64) -> Duration {
     let answered = Instant::now();
     loop {
         if confirmed(addr).await > before {
@@ -158,7 +158,7 @@ async fn a_broker_node_killed_or_stopped_under_load_loses_nothing_and_is_used_ag
     let written = load.stop().await;
 
     // Everything committed is in the durable queue on the node.
-    let got = everything_in(&node, &queue, &written).await;
+    let got = everything_in(&node.url(), &queue, &written).await;
     let wanted = committed_count(&written);
     let verdict = verify(&got, &written);
     println!(
@@ -240,7 +240,7 @@ async fn a_memory_alarm_pauses_publishing_without_moving_the_slot_and_loses_noth
     assert_eq!(gauge(&addr, "outbox_relay_broker_blocked").await, Some(0));
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let written = load.stop().await;
-    let got = everything_in(&node, &queue, &written).await;
+    let got = everything_in(&node.url(), &queue, &written).await;
     let verdict = verify(&got, &written);
     println!(
         "memory alarm: {verdict:?} of {} committed; publishing again {:.2} s after the alarm \

@@ -2,6 +2,7 @@
 //! private PostgreSQL cluster and the shared RabbitMQ, each test named after
 //! the guarantee it proves.
 
+mod broker_cluster;
 mod broker_node;
 mod failover;
 pub mod fixture;
