@@ -115,7 +115,12 @@ pub struct BrokerScope {
 impl BrokerScope {
     /// Connects to the test broker.
     pub async fn connect() -> Result<BrokerScope, KitError> {
-        let connection = connect().await?;
+        BrokerScope::connect_to(&amqp_url()).await
+    }
+
+    /// Connects to the broker at `url` (a private node, say).
+    pub async fn connect_to(url: &str) -> Result<BrokerScope, KitError> {
+        let connection = connect_to(url).await?;
         let channel = connection.create_channel().await.map_err(amqp_err)?;
         Ok(BrokerScope {
             connection,

@@ -46,10 +46,21 @@ pub async fn broker(
     n: u64,
     window: usize,
 ) -> anyhow::Result<BrokerCeiling> {
+    broker_at(&e2e::amqp::amqp_url(), exchange, queue, n, window).await
+}
+
+/// [`broker`] on the broker at `url` (publisher and consumer both).
+pub async fn broker_at(
+    url: &str,
+    exchange: &str,
+    queue: &str,
+    n: u64,
+    window: usize,
+) -> anyhow::Result<BrokerCeiling> {
     let origin = Instant::now();
     let tally = Tally::new(origin, 0, usize::try_from(n)?);
-    let consumer = Consumer::start(queue, tally.clone()).await?;
-    let (connection, channel) = publish::confirming_channel("the broker ceiling").await?;
+    let consumer = Consumer::start_at(url, queue, tally.clone()).await?;
+    let (connection, channel) = publish::confirming_channel_at(url, "the broker ceiling").await?;
     let exchange: ShortString = exchange.into();
     let started = Instant::now();
     let mut pending = VecDeque::with_capacity(window);

@@ -147,7 +147,14 @@ pub struct Consumer {
 impl Consumer {
     /// Consumes `queue`, recording into `tally`.
     pub async fn start(queue: &str, tally: Arc<Tally>) -> anyhow::Result<Consumer> {
-        let connection = e2e::amqp::connect().await.context("consumer connection")?;
+        Consumer::start_at(&e2e::amqp::amqp_url(), queue, tally).await
+    }
+
+    /// [`start`](Self::start) on the broker at `url`.
+    pub async fn start_at(url: &str, queue: &str, tally: Arc<Tally>) -> anyhow::Result<Consumer> {
+        let connection = e2e::amqp::connect_to(url)
+            .await
+            .context("consumer connection")?;
         let channel = connection.create_channel().await?;
         channel.basic_qos(4000, BasicQosOptions::default()).await?;
         let mut deliveries = channel

@@ -3,7 +3,7 @@
 //! one machine (issue 8).
 //!
 //! `cargo run --release -p relay-bench -- [--quick] [--json FILE]
-//! [--smoke] [--with-debezium]`. It starts its own Postgres cluster with
+//! [--smoke] [--with-debezium] [--quorum-cluster]`. It starts its own Postgres cluster with
 //! the test kit, uses the RabbitMQ on 127.0.0.1:5672 (or
 //! RELAY_TEST_AMQP_URL), runs the real `outbox-relay` binary, and prints
 //! one table (figure | outbox-relay | ceiling or peer | ratio), the
@@ -78,6 +78,11 @@ struct Args {
     /// target/relay-bench/venv on first use; needs Java 17).
     #[arg(long)]
     with_debezium: bool,
+    /// Also drain into a quorum queue on a private three-node RabbitMQ
+    /// cluster (the test kit boots it: about 20 s on two cores, three more
+    /// Erlang VMs competing for them).
+    #[arg(long)]
+    quorum_cluster: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -117,7 +122,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(secs) = args.latency_secs {
         plan.latency_phase = std::time::Duration::from_secs(secs.max(1));
     }
-    let results = runtime.block_on(phases::run(plan, args.with_debezium))?;
+    let results = runtime.block_on(phases::run(plan, args.with_debezium, args.quorum_cluster))?;
     let machine = report::Machine::read(&results.postgres_version, load_at_start);
     let rows = report::rows(&results);
     let targets = report::targets(&results);

@@ -29,6 +29,10 @@ const RELAY_SLOT: &str = "bench_relay";
 const RECV_SLOT: &str = "bench_recvlogical";
 /// The relay's second drain of the same backlog (into a non-durable queue).
 const TRANSIENT_SLOT: &str = "bench_relay_transient";
+/// The relay's drain of the same backlog into a quorum queue.
+const QUORUM_SLOT: &str = "bench_relay_quorum";
+/// The same into a quorum queue on a private three-node cluster.
+const QUORUM_CLUSTER_SLOT: &str = "bench_relay_quorum_cluster";
 const DBZ_NULL_SLOT: &str = "bench_debezium_null";
 /// The relay with the null sink: slot, decode, map, track, ack; no broker.
 const NULL_SLOT: &str = "bench_relay_null";
@@ -68,7 +72,7 @@ pub struct PgCost {
 
 /// A snapshot to measure a [`PgCost`] from.
 struct PgMark {
-    broker_cpu: Option<f64>,
+    broker_cpu: Option<std::collections::HashMap<u32, f64>>,
     machine: (u64, u64),
     cpu: std::collections::HashMap<u32, f64>,
     lsn: String,
@@ -83,6 +87,23 @@ pub struct Transient {
     /// The bare lapin loop into the non-durable queue.
     pub broker: BrokerCeiling,
     /// The relay into the non-durable queue (a slot of its own).
+    pub drain: Drain,
+}
+
+/// The same backlog drained into a quorum queue (x-queue-type=quorum), by
+/// a bare lapin loop and by the relay (dead-letter queue quorum too): a
+/// confirm then means a majority of the queue's members wrote the message.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Quorum {
+    /// Nodes of the broker: 1 (the shared broker) or 3 (a private cluster
+    /// the bench starts with the test kit).
+    pub nodes: usize,
+    /// Seconds to boot and join the private cluster (0 on the shared
+    /// broker).
+    pub boot_secs: f64,
+    /// The bare lapin loop into the quorum queue.
+    pub broker: BrokerCeiling,
+    /// The relay into the quorum queue (a slot of its own).
     pub drain: Drain,
 }
 
@@ -220,6 +241,8 @@ pub struct Results {
     pub drain: Drain,
     /// 2 again, with RabbitMQ off its disk: what bounds the drain.
     pub transient: Transient,
+    pub quorum: Quorum,
+    pub quorum_cluster: Option<Quorum>,
     /// 5b, if asked for.
     pub debezium: Option<Debezium>,
     /// 5a.
@@ -244,7 +267,7 @@ fn say(what: &str) {
 }
 
 /// Runs every phase of `plan`.
-pub async fn run(plan: Plan, with_debezium: bool) -> anyhow::Result<Results> {
+pub async fn run(plan: Plan, with_debezium: bool, quorum_cluster: bool) -> anyhow::Result<Results> {
     say("starting the Postgres cluster");
     let pg = tokio::task::block_in_place(|| {
         PgCluster::builder()
@@ -260,7 +283,7 @@ pub async fn run(plan: Plan, with_debezium: bool) -> anyhow::Result<Results> {
         .await
         .context("connecting to RabbitMQ")?;
     let bench = Bench { pg, scope, plan };
-    bench.run(with_debezium).await
+    bench.run(with_debezium, quorum_cluster).await
 }
 
 impl Bench {
@@ -292,8 +315,11 @@ impl Bench {
             )
             .await?;
         let wal_bytes: f64 = row.get(0);
-        let broker_cpu = match (mark.broker_cpu, crate::procfs::broker_cpu()) {
-            (Some(before), Some(after)) => Some(per_100k(after - before, events)),
+        let broker_cpu = match (&mark.broker_cpu, crate::procfs::broker_cpu()) {
+            (Some(before), Some(after)) => Some(per_100k(
+                crate::procfs::cluster_cpu_since(before, &after),
+                events,
+            )),
             _ => None,
         };
         let (busy, total) = crate::procfs::machine_ticks()?;
@@ -309,7 +335,7 @@ impl Bench {
         })
     }
 
-    async fn run(self, with_debezium: bool) -> anyhow::Result<Results> {
+    async fn run(self, with_debezium: bool, quorum_cluster: bool) -> anyhow::Result<Results> {
         let plan = self.plan.clone();
         let client = self.client().await?;
         client
@@ -321,7 +347,10 @@ impl Bench {
                 "CREATE PUBLICATION {PUBLICATION} FOR TABLE public.outbox WITH (publish = 'insert')"
             ))
             .await?;
-        let mut slots = vec![RELAY_SLOT, RECV_SLOT, TRANSIENT_SLOT, NULL_SLOT];
+        let mut slots = vec![RELAY_SLOT, RECV_SLOT, TRANSIENT_SLOT, NULL_SLOT, QUORUM_SLOT];
+        if quorum_cluster {
+            slots.push(QUORUM_CLUSTER_SLOT);
+        }
         if with_debezium {
             slots.extend([DBZ_NULL_SLOT, DBZ_AMQP_SLOT]);
         }
@@ -445,6 +474,33 @@ impl Bench {
             drain: transient_drain,
         };
 
+        // 2c: the same two into a quorum queue, on the shared broker.
+        say("quorum queue, one node: bare lapin loop, then the relay on the same backlog");
+        let quorum = self
+            .quorum(&self.scope, &e2e::amqp::amqp_url(), None, QUORUM_SLOT, 0.0)
+            .await?;
+
+        // 2d: and on a private three-node cluster, if asked.
+        let quorum_cluster = if quorum_cluster {
+            say("quorum queue, three-node cluster: booting three private RabbitMQ nodes");
+            let booting = Instant::now();
+            let cluster = tokio::task::block_in_place(|| e2e::RabbitCluster::start(3))
+                .context("starting a three-node RabbitMQ cluster")?;
+            let boot_secs = booting.elapsed().as_secs_f64();
+            say(&format!("  whole in {boot_secs:.1} s"));
+            let first = cluster.nodes()[0].url();
+            let scope = BrokerScope::connect_to(&first)
+                .await
+                .context("connecting to the cluster's first node")?;
+            let urls = cluster.urls();
+            Some(
+                self.quorum(&scope, &first, Some(&urls), QUORUM_CLUSTER_SLOT, boot_secs)
+                    .await?,
+            )
+        } else {
+            None
+        };
+
         // 5b: Debezium on the same backlog.
         let debezium = if with_debezium {
             Some(self.debezium().await)
@@ -471,6 +527,8 @@ impl Bench {
             null,
             drain,
             transient,
+            quorum,
+            quorum_cluster,
             debezium,
             poller,
             latency,
@@ -578,6 +636,57 @@ impl Bench {
         })
     }
 
+    /// A durable topic exchange bound to a quorum queue, declared in
+    /// `scope`. Returns (exchange, queue).
+    async fn quorum_topic_with_queue(scope: &BrokerScope) -> anyhow::Result<(String, String)> {
+        let exchange = e2e::unique_name("bench-quorum-x");
+        let queue = e2e::unique_name("bench-quorum-q");
+        scope
+            .declare_exchange(&exchange, lapin::ExchangeKind::Topic)
+            .await?;
+        let mut arguments = lapin::types::FieldTable::default();
+        arguments.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
+        scope.declare_queue_with(&queue, true, arguments).await?;
+        scope.bind(&queue, &exchange, "#").await?;
+        Ok((exchange, queue))
+    }
+
+    /// The bare lapin loop and then the relay, each into a quorum queue of
+    /// its own on the broker at `url`; the relay is given `relay_urls`
+    /// (every node of a cluster) or `url`.
+    async fn quorum(
+        &self,
+        scope: &BrokerScope,
+        url: &str,
+        relay_urls: Option<&str>,
+        slot: &str,
+        boot_secs: f64,
+    ) -> anyhow::Result<Quorum> {
+        let (exchange, queue) = Self::quorum_topic_with_queue(scope).await?;
+        let broker =
+            ceiling::broker_at(url, &exchange, &queue, self.plan.broker_messages, 1024).await?;
+        say(&format!("  bare lapin {:.0} msg/s", broker.events_per_s));
+        let (exchange, queue) = Self::quorum_topic_with_queue(scope).await?;
+        let extra = [
+            ("RELAY_AMQP_URL", relay_urls.unwrap_or(url)),
+            ("RELAY_DEAD_LETTER_QUEUE_TYPE", "quorum"),
+        ];
+        let drain = self.drain_with(slot, &exchange, &queue, url, &extra).await?;
+        say(&format!(
+            "  relay {:.0} events/s (CPU {:.2} s per 100k)",
+            drain.events_per_s, drain.cpu_s_per_100k
+        ));
+        Ok(Quorum {
+            nodes: if relay_urls.is_some() { 3 } else { 1 },
+            boot_secs,
+            broker,
+            drain,
+        })
+    }
+
     async fn drain(&self) -> anyhow::Result<Drain> {
         let (exchange, queue) = self.scope.topic_with_queue("bench-relay").await?;
         self.drain_into(RELAY_SLOT, &exchange, &queue).await
@@ -601,13 +710,27 @@ impl Bench {
     /// The relay on `slot` drains the backlog into `exchange`, read from
     /// `queue`.
     async fn drain_into(&self, slot: &str, exchange: &str, queue: &str) -> anyhow::Result<Drain> {
+        self.drain_with(slot, exchange, queue, &e2e::amqp::amqp_url(), &[])
+            .await
+    }
+
+    /// [`drain_into`](Self::drain_into), consuming on the broker at `url`,
+    /// the relay started with `extra` settings.
+    async fn drain_with(
+        &self,
+        slot: &str,
+        exchange: &str,
+        queue: &str,
+        url: &str,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Drain> {
         let n = self.plan.backlog_rows;
         let origin = Instant::now();
         let tally = Tally::new(origin, 0, usize::try_from(n)?);
-        let consumer = Consumer::start(queue, tally.clone()).await?;
+        let consumer = Consumer::start_at(url, queue, tally.clone()).await?;
         let client = self.client().await?;
         let mark = self.pg_mark(&client).await?;
-        let mut relay = Relay::spawn(&self.target_on(slot, exchange))?;
+        let mut relay = Relay::spawn_with(&self.target_on(slot, exchange), extra)?;
         let started = relay.spawned.saturating_duration_since(origin);
         self.wait_relay(&tally, &mut relay, "backlog drain").await?;
         let usage = relay.usage()?;

@@ -83,11 +83,13 @@ pub fn cluster_cpu_since(
         .sum()
 }
 
-/// CPU seconds of the local RabbitMQ (every `beam.smp` process: the Erlang
-/// VM it runs in), or None if there is none on this machine.
-pub fn broker_cpu() -> Option<f64> {
+/// CPU seconds of each local RabbitMQ VM (every live `beam.smp` process,
+/// by PID), or None if there is none on this machine. Compare two with
+/// [`cluster_cpu_since`]: per PID, so that a VM that ended in between (the
+/// bench's private cluster, say) cannot make the figure negative.
+pub fn broker_cpu() -> Option<std::collections::HashMap<u32, f64>> {
     let tck = clock_ticks_per_sec();
-    let mut total = None;
+    let mut total: Option<std::collections::HashMap<u32, f64>> = None;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let name = entry.file_name();
         let Some(pid) = name
@@ -99,9 +101,15 @@ pub fn broker_cpu() -> Option<f64> {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        if stat.contains("(beam.smp)") {
-            if let Some(ticks) = cpu_ticks(&stat) {
-                *total.get_or_insert(0.0) += crate::stats::count_f64(ticks) / tck;
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+        if stat.contains("(beam.smp)") && !zombie {
+            if let (Some(ticks), Ok(pid)) = (cpu_ticks(&stat), pid.parse::<u32>()) {
+                total
+                    .get_or_insert_with(Default::default)
+                    .insert(pid, crate::stats::count_f64(ticks) / tck);
             }
         }
     }

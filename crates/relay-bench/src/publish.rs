@@ -18,7 +18,12 @@ pub const OPTIONS: BasicPublishOptions = BasicPublishOptions {
 /// A connection of its own with one channel in confirm mode; `what` names
 /// the publisher in errors.
 pub async fn confirming_channel(what: &str) -> anyhow::Result<(Connection, Channel)> {
-    let connection = e2e::amqp::connect()
+    confirming_channel_at(&e2e::amqp::amqp_url(), what).await
+}
+
+/// [`confirming_channel`] on the broker at `url`.
+pub async fn confirming_channel_at(url: &str, what: &str) -> anyhow::Result<(Connection, Channel)> {
+    let connection = e2e::amqp::connect_to(url)
         .await
         .with_context(|| format!("{what}: connecting to RabbitMQ"))?;
     let channel = connection.create_channel().await?;

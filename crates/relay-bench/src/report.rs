@@ -186,6 +186,29 @@ pub fn rows(r: &Results) -> Vec<Row> {
             100.0 * r.transient.drain.events_per_s / r.transient.broker.events_per_s.max(1.0)
         ),
     ));
+    for q in std::iter::once(&r.quorum).chain(r.quorum_cluster.as_ref()) {
+        let place = if q.nodes == 1 {
+            "one node".to_string()
+        } else {
+            format!("a private {}-node cluster, booted in {:.0} s", q.nodes, q.boot_secs)
+        };
+        rows.push(row(
+            format!(
+                "2{} the same drain into a quorum queue ({place}) vs bare lapin into one (events/s)",
+                if q.nodes == 1 { "c" } else { "d" }
+            ),
+            format!(
+                "{} (CPU {:.2} s per 100k)",
+                thousands(q.drain.events_per_s),
+                q.drain.cpu_s_per_100k
+            ),
+            thousands(q.broker.events_per_s),
+            format!(
+                "{:.0}%",
+                100.0 * q.drain.events_per_s / q.broker.events_per_s.max(1.0)
+            ),
+        ));
+    }
     for l in &r.latency {
         let (p50, p99, max) = match &l.end_to_end {
             Some(p) => (p.p50_ms, p.p99_ms, p.max_ms),
@@ -486,6 +509,8 @@ pub fn json(
         "broker_ceiling_events_per_s": r.broker.events_per_s,
         "transient_drain_events_per_s": r.transient.drain.events_per_s,
         "transient_broker_events_per_s": r.transient.broker.events_per_s,
+        "quorum": r.quorum,
+        "quorum_cluster": r.quorum_cluster,
         "wal_read_ceiling_rows_per_s": r.wal.rows_per_s,
         "relay_null_events_per_s": r.null.events_per_s,
         "relay_null_ratio_to_debezium_null": r.debezium.as_ref().and_then(|d| d.null.as_ref()).map(|d| r.null.events_per_s / d.steady_events_per_s),
