@@ -10,10 +10,25 @@ use crate::relay::fixture::Fixture;
 
 /// GET `path` from `addr` with HTTP/1.1; returns (status, body).
 pub(crate) async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let (status, _, body) = http_get_with(addr, path, None).await;
+    (status, body)
+}
+
+/// GET `path` with an `Accept` header if given; returns (status, the
+/// Content-Type, body).
+pub(crate) async fn http_get_with(
+    addr: &str,
+    path: &str,
+    accept: Option<&str>,
+) -> (u16, String, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
     stream
         .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n")
+                .as_bytes(),
         )
         .await
         .unwrap();
@@ -24,6 +39,17 @@ pub(crate) async fn http_get(addr: &str, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
+    let content_type = response
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
     let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
@@ -47,7 +73,7 @@ pub(crate) async fn http_get(addr: &str, path: &str) -> (u16, String) {
     } else {
         body
     };
-    (status, body)
+    (status, content_type, body)
 }
 
 /// The metrics address the relay logged (it binds port 0 in tests).
@@ -109,9 +135,9 @@ async fn metrics_parse_as_prometheus_text_with_every_listed_series_and_health_is
         "outbox_relay_inflight_bytes",
         "outbox_relay_replication_lag_bytes",
         "outbox_relay_build_info",
-        "# TYPE outbox_relay_events_dead_lettered counter",
-        "# TYPE outbox_relay_events_ignored counter",
-        "# TYPE outbox_relay_reconnects counter",
+        "# TYPE outbox_relay_events_dead_lettered_total counter",
+        "# TYPE outbox_relay_events_ignored_total counter",
+        "# TYPE outbox_relay_reconnects_total counter",
     ] {
         assert!(text.contains(series), "{series} missing:\n{text}");
     }
@@ -124,6 +150,114 @@ async fn metrics_parse_as_prometheus_text_with_every_listed_series_and_health_is
     assert_eq!(status, 200, "{body}");
     let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(ready["ready"], true);
+    relay.kill().unwrap();
+}
+
+/// One sample's value in Prometheus text.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+}
+
+/// `promtool check metrics` on `text`: (passed, what it said).
+fn promtool_check_metrics(text: &str) -> (bool, String) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; .ci/run installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[tokio::test]
+async fn metrics_answer_prometheus_text_unless_openmetrics_is_asked_pass_promtool_and_add_up() {
+    let f = Fixture::new().await;
+    // An exchange no queue is bound to: every event comes back and its
+    // dead-letter copy goes instead.
+    let nowhere = e2e::unique_name("relay-nowhere");
+    f.scope
+        .declare_exchange(&nowhere, lapin::ExchangeKind::Topic)
+        .await
+        .unwrap();
+    let mut relay = f.start_relay(&[("RELAY_EXCHANGE", nowhere.as_str())]);
+    let addr = metrics_addr(&relay);
+    let mut dead = f.scope.consume(&f.dead_letter_queue).await.unwrap();
+    f.insert_events("u", 0, 5);
+    dead.collect(5, Duration::from_secs(30)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (status, content_type, text) = http_get_with(&addr, "/metrics", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(!text.contains("# EOF"), "{text}");
+    let (passed, said) = promtool_check_metrics(&text);
+    assert!(passed, "promtool check metrics:\n{said}\n{text}");
+    let (_, plain_type, _) = http_get_with(&addr, "/metrics", Some("text/plain")).await;
+    assert_eq!(plain_type, content_type);
+    // What Prometheus 2.x asks for.
+    let (_, om_type, om) = http_get_with(
+        &addr,
+        "/metrics",
+        Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+    )
+    .await;
+    assert!(
+        om_type.starts_with("application/openmetrics-text"),
+        "{om_type}"
+    );
+    assert!(om.trim_end().ends_with("# EOF"), "{om}");
+    assert!(om.contains("# TYPE outbox_relay_events_published counter"));
+
+    // The counters add up: each event was published, returned, and its
+    // dead-letter copy published and confirmed.
+    let published = sample(&text, "outbox_relay_events_published_total");
+    let confirmed = sample(&text, "outbox_relay_events_confirmed_total");
+    let returned = sample(
+        &text,
+        "outbox_relay_events_not_confirmed_total{outcome=\"returned\"}",
+    );
+    let rewound = sample(
+        &text,
+        "outbox_relay_events_not_confirmed_total{outcome=\"rewound\"}",
+    );
+    let inflight = sample(&text, "outbox_relay_inflight_messages");
+    assert_eq!((published, confirmed, returned), (10.0, 5.0, 5.0), "{text}");
+    assert_eq!(published, confirmed + returned + rewound + inflight);
+    assert_eq!(
+        sample(
+            &text,
+            "outbox_relay_events_dead_lettered_total{reason=\"no_route\"}"
+        ),
+        5.0
+    );
+    // The process, the standby state, the last confirm, the lag in time.
+    assert!(sample(&text, "process_resident_memory_bytes") > 1_000_000.0);
+    assert!(sample(&text, "process_open_fds") > 3.0);
+    assert!(sample(&text, "process_cpu_seconds_total") > 0.0);
+    assert!(sample(&text, "process_start_time_seconds") > 1.7e9);
+    assert_eq!(sample(&text, "outbox_relay_standby"), 0.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let last = sample(&text, "outbox_relay_last_confirm_timestamp_seconds");
+    assert!(now - last < 30.0 && last <= now + 1.0, "{last} vs {now}");
+    assert_eq!(sample(&text, "outbox_relay_replication_lag_seconds"), 0.0);
     relay.kill().unwrap();
 }
 

@@ -347,7 +347,13 @@ impl Bench {
                 "CREATE PUBLICATION {PUBLICATION} FOR TABLE public.outbox WITH (publish = 'insert')"
             ))
             .await?;
-        let mut slots = vec![RELAY_SLOT, RECV_SLOT, TRANSIENT_SLOT, NULL_SLOT, QUORUM_SLOT];
+        let mut slots = vec![
+            RELAY_SLOT,
+            RECV_SLOT,
+            TRANSIENT_SLOT,
+            NULL_SLOT,
+            QUORUM_SLOT,
+        ];
         if quorum_cluster {
             slots.push(QUORUM_CLUSTER_SLOT);
         }
@@ -674,7 +680,9 @@ impl Bench {
             ("RELAY_AMQP_URL", relay_urls.unwrap_or(url)),
             ("RELAY_DEAD_LETTER_QUEUE_TYPE", "quorum"),
         ];
-        let drain = self.drain_with(slot, &exchange, &queue, url, &extra).await?;
+        let drain = self
+            .drain_with(slot, &exchange, &queue, url, &extra)
+            .await?;
         say(&format!(
             "  relay {:.0} events/s (CPU {:.2} s per 100k)",
             drain.events_per_s, drain.cpu_s_per_100k

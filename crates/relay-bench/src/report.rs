@@ -190,7 +190,10 @@ pub fn rows(r: &Results) -> Vec<Row> {
         let place = if q.nodes == 1 {
             "one node".to_string()
         } else {
-            format!("a private {}-node cluster, booted in {:.0} s", q.nodes, q.boot_secs)
+            format!(
+                "a private {}-node cluster, booted in {:.0} s",
+                q.nodes, q.boot_secs
+            )
         };
         rows.push(row(
             format!(

@@ -230,6 +230,12 @@ pub enum Note {
     },
     /// After a rewind, rows confirmed before it were not published again.
     Skipped(u64),
+    /// The broker returned a message (no queue took it): its confirm will
+    /// not count.
+    Returned,
+    /// A rewind or a stop dropped this many messages in flight: their
+    /// outcomes are no longer awaited (the slot sends their rows again).
+    Rewound(usize),
 }
 
 /// Counts the core keeps for gauges.
@@ -243,6 +249,8 @@ pub struct Stats {
     pub pending: usize,
     /// Transactions read and not yet acked.
     pub open_transactions: usize,
+    /// The commit time of the oldest event waiting or in flight.
+    pub oldest_unconfirmed_commit: Option<PgTimestamp>,
 }
 
 /// Where the session is.
@@ -445,6 +453,13 @@ impl Core {
             inflight_bytes: self.inflight_bytes,
             pending: self.pending.len(),
             open_transactions: self.tracker.pending_transactions(),
+            oldest_unconfirmed_commit: self
+                .inflight
+                .front()
+                .and_then(|f| f.entry.commit_ts)
+                .into_iter()
+                .chain(self.pending.front().and_then(|e| e.commit_ts))
+                .min(),
         }
     }
 
@@ -830,6 +845,7 @@ impl Core {
         let Some(f) = self.inflight.remove(at) else {
             return Ok(());
         };
+        self.notes.push_back(Note::Returned);
         self.inflight_bytes -= f.entry.bytes;
         let entry = f.entry;
         let lsn = entry.pos.lsn;
@@ -1000,6 +1016,9 @@ impl Core {
     }
 
     fn clear_session(&mut self) {
+        if !self.inflight.is_empty() {
+            self.notes.push_back(Note::Rewound(self.inflight.len()));
+        }
         self.pending.clear();
         self.inflight.clear();
         self.inflight_bytes = 0;

@@ -303,6 +303,10 @@ struct World {
     stopped: Option<Stop>,
     /// Rows committed, by id.
     rows: HashMap<String, (Kind, Lsn)>,
+    /// The counters the metrics keep: messages the sink accepted, and the
+    /// outcomes the core noted (confirmed, returned, rewound).
+    accepted: usize,
+    settled: usize,
 }
 
 impl World {
@@ -347,6 +351,8 @@ impl World {
             rebase_next: None,
             stopped: None,
             rows,
+            accepted: 0,
+            settled: 0,
         };
         world.slot.start(Lsn::ZERO);
         world.handle(Event::StreamStarted);
@@ -374,6 +380,7 @@ impl World {
                         Handed::Full
                     } else {
                         self.broker.inflight.push_back((seq, (*message).clone()));
+                        self.accepted += 1;
                         Handed::Accepted
                     };
                     self.core.handle(Event::Handed { seq, handed });
@@ -409,9 +416,20 @@ impl World {
         }
         // What the core learned was confirmed.
         while let Some(note) = self.core.next_note() {
-            let _ = note;
+            match note {
+                Note::Confirmed { .. } | Note::Returned => self.settled += 1,
+                Note::Rewound(n) => self.settled += n,
+                _ => {}
+            }
         }
         let stats = self.core.stats();
+        // The counters' relation the README states: published = confirmed
+        // + not confirmed (returned, rewound) + in flight.
+        assert_eq!(
+            self.accepted,
+            self.settled + stats.inflight_messages,
+            "published != confirmed + returned + rewound + in flight"
+        );
         assert!(
             stats.inflight_messages <= self.window,
             "{} in flight with a window of {}",

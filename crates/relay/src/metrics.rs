@@ -4,7 +4,9 @@
 //! [`Metrics`] holds every series (prometheus-client does the exposition:
 //! no hand-formatted text); [`Health`] holds the two readiness facts
 //! (streaming from the slot, connected to the broker). [`serve`] exposes
-//! `/metrics` (OpenMetrics text, which Prometheus reads), `/healthz`
+//! `/metrics` (the Prometheus text format 0.0.4, or OpenMetrics when the
+//! scraper asks for it: see `exposition.rs`; the process's own figures
+//! come from `process.rs`), `/healthz`
 //! (process alive) and `/readyz` (streaming and broker connected; 503
 //! otherwise), both JSON, on `metrics_addr`.
 //!
@@ -127,6 +129,26 @@ pub struct Metrics {
     /// 1 while the broker blocks publishing (connection.blocked: a memory
     /// or disk alarm), else 0.
     pub broker_blocked: Gauge,
+    /// Messages handed to the broker whose confirm will not come: returned
+    /// (no queue took them), or still in flight when a rewind or a stop
+    /// dropped them (the slot sends their rows again).
+    pub not_confirmed: Family<OutcomeLabels, Counter>,
+    /// 1 while this relay waits as a standby for the slot another relay
+    /// holds, else 0.
+    pub standby: Gauge,
+    /// When the broker last confirmed a message (seconds since the UNIX
+    /// epoch), 0 before the first.
+    pub last_confirm: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Seconds the oldest event the relay holds unconfirmed has waited
+    /// since its commit; 0 when nothing waits.
+    pub lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+/// Labels of `outbox_relay_events_not_confirmed`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `returned` or `rewound`.
+    pub outcome: &'static str,
 }
 
 /// The values of `wal_status` in pg_replication_slots.
@@ -165,10 +187,17 @@ impl Metrics {
         self.slot_failover.set(0);
     }
 
-    /// Creates every series and registers it.
+    /// Creates every series and registers it: the relay's own under
+    /// `outbox_relay_`, the process's under the standard `process_` names.
     pub fn new() -> (Metrics, Registry) {
-        let mut registry = Registry::with_prefix("outbox_relay");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(crate::process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("outbox_relay");
         let metrics = Metrics {
+            not_confirmed: Family::default(),
+            standby: Gauge::default(),
+            last_confirm: Gauge::default(),
+            lag_seconds: Gauge::default(),
             published: Counter::default(),
             confirmed: Counter::default(),
             dead_lettered: Family::default(),
@@ -261,6 +290,32 @@ impl Metrics {
             metrics.broker_blocked.clone(),
         );
         registry.register(
+            "events_not_confirmed",
+            "Messages handed to the broker whose confirm will not come, by outcome: returned (no \
+             queue took it; its dead-letter copy is published instead) or rewound (in flight when \
+             a rewind or a stop dropped it; the slot sends its row again). published = confirmed \
+             + not_confirmed + inflight_messages",
+            metrics.not_confirmed.clone(),
+        );
+        registry.register(
+            "standby",
+            "1 while this relay waits as a standby for the slot another relay holds, else 0",
+            metrics.standby.clone(),
+        );
+        registry.register(
+            "last_confirm_timestamp_seconds",
+            "When the broker last confirmed a message, seconds since the UNIX epoch (0 before the \
+             first)",
+            metrics.last_confirm.clone(),
+        );
+        registry.register(
+            "replication_lag_seconds",
+            "Seconds the oldest event the relay holds unconfirmed has waited since its commit; 0 \
+             when nothing waits (a walsender still decoding a large transaction shows in \
+             replication_lag_bytes only)",
+            metrics.lag_seconds.clone(),
+        );
+        registry.register(
             "commit_to_confirm_seconds",
             "Seconds from an event's commit timestamp to the broker's confirm",
             metrics.commit_to_confirm.clone(),
@@ -288,6 +343,11 @@ impl Metrics {
                 .get_or_create(&StatusLabels { status });
         }
         metrics.slot_safe_wal_size.set(-1);
+        for outcome in ["returned", "rewound"] {
+            let _ = metrics
+                .not_confirmed
+                .get_or_create(&OutcomeLabels { outcome });
+        }
         for side in ["postgres", "rabbitmq"] {
             let _ = metrics.reconnects.get_or_create(&ReconnectLabels {
                 side,
@@ -301,7 +361,7 @@ impl Metrics {
             })
             .set(1);
         registry.register("build_info", "The relay's version (always 1)", build);
-        (metrics, registry)
+        (metrics, root)
     }
 
     /// Counts a reconnect.
@@ -619,16 +679,23 @@ async fn serve_connection(stream: TcpStream, mut c: Connection) {
     c.open.remove(c.id);
 }
 
-async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
+async fn metrics_handler(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::exposition::negotiate(accept);
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         Ok(()) => (
             StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
+            [(header::CONTENT_TYPE, format.content_type())],
+            match format {
+                crate::exposition::Format::OpenMetrics => body,
+                crate::exposition::Format::Prometheus => {
+                    crate::exposition::to_prometheus_text(&body)
+                }
+            },
         ),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -808,6 +875,16 @@ mod tests {
             "outbox_relay_commit_to_confirm_seconds_bucket",
             "outbox_relay_reconnects_total{side=\"rabbitmq\",reason=\"connection_lost\"} 1",
             "outbox_relay_build_info{version=",
+            "outbox_relay_events_not_confirmed_total{outcome=\"returned\"} 0",
+            "outbox_relay_events_not_confirmed_total{outcome=\"rewound\"} 0",
+            "outbox_relay_standby 0",
+            "outbox_relay_last_confirm_timestamp_seconds 0",
+            "outbox_relay_replication_lag_seconds 0",
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_max_fds ",
+            "process_start_time_seconds ",
         ] {
             assert!(text.contains(series), "{series} missing from:\n{text}");
         }

@@ -29,7 +29,7 @@ use crate::config::{Config, SinkKind};
 use crate::core::{Command, Core, Event, Note, Restart, RestartCause, Stop};
 use crate::error::RunError;
 use crate::mapping::{shown, Mapper};
-use crate::metrics::{Health, Metrics, Side};
+use crate::metrics::{Health, Metrics, OutcomeLabels, Side};
 use crate::prereq::{self, Verdict};
 use crate::sink::amqp::{self, AmqpSink};
 use crate::sink::{Handed, NullSink, Outcome, Sink};
@@ -293,14 +293,14 @@ async fn wait_for_slot(
                     tracing::info!(slot = %config.slot, pid, holder = slot.holder.as_deref().unwrap_or("?"), "the slot is held by another process; waiting as a standby");
                     announced = true;
                 }
-                ctx.health.set_standby(true);
+                set_standby(ctx, true);
                 tokio::time::sleep(config.standby_poll).await;
             }
             _ => {
                 if announced {
                     tracing::info!(slot = %config.slot, "the slot is free; taking over");
                 }
-                ctx.health.set_standby(false);
+                set_standby(ctx, false);
                 return Ok(slot.confirmed_flush_lsn.unwrap_or(Lsn::ZERO));
             }
         }
@@ -358,7 +358,7 @@ async fn stream<S: Sink>(
                 (stream, acks)
             }
             Err(walstream::Error::SlotActive { pid, .. }) if standby => {
-                ctx.health.set_standby(true);
+                set_standby(ctx, true);
                 if !announced_standby {
                     tracing::info!(slot = %config.slot, pid, "the slot is held by another process; waiting as a standby");
                     announced_standby = true;
@@ -393,7 +393,7 @@ async fn stream<S: Sink>(
             Err(e) => break Err(RunError::Stream(e)),
         };
         announced_standby = false;
-        ctx.health.set_standby(false);
+        set_standby(ctx, false);
         ctx.health.set_streaming(true);
         acks.ack(core.acked());
         core.handle(Event::StreamStarted);
@@ -805,6 +805,7 @@ async fn drive<S: Sink>(
 fn observe(core: &mut Core, ctx: &Context, progress: &mut Progress) {
     let metrics = &ctx.metrics;
     let mut now = None;
+    let mut confirmed_now = false;
     while let Some(note) = core.next_note() {
         match note {
             Note::Transaction => {
@@ -813,6 +814,7 @@ fn observe(core: &mut Core, ctx: &Context, progress: &mut Progress) {
             Note::Ignored(kind) => metrics.ignore(kind),
             Note::Confirmed { commit_ts } => {
                 progress.confirms = true;
+                confirmed_now = true;
                 metrics.confirmed.inc();
                 if let Some(ts) = commit_ts {
                     let now = *now.get_or_insert_with(SystemTime::now);
@@ -841,15 +843,50 @@ fn observe(core: &mut Core, ctx: &Context, progress: &mut Progress) {
                     "rows confirmed before the rewind were not published again"
                 );
             }
+            Note::Returned => {
+                metrics
+                    .not_confirmed
+                    .get_or_create(&OutcomeLabels {
+                        outcome: "returned",
+                    })
+                    .inc();
+            }
+            Note::Rewound(n) => {
+                metrics
+                    .not_confirmed
+                    .get_or_create(&OutcomeLabels { outcome: "rewound" })
+                    .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+            }
+        }
+    }
+    if confirmed_now {
+        let now = *now.get_or_insert_with(SystemTime::now);
+        if let Ok(since_epoch) = now.duration_since(std::time::UNIX_EPOCH) {
+            metrics.last_confirm.set(since_epoch.as_secs_f64());
         }
     }
     let stats = core.stats();
+    let waited = stats
+        .oldest_unconfirmed_commit
+        .and_then(|ts| {
+            now.get_or_insert_with(SystemTime::now)
+                .duration_since(ts.to_system_time())
+                .ok()
+        })
+        .unwrap_or_default();
+    metrics.lag_seconds.set(waited.as_secs_f64());
     metrics
         .inflight_messages
         .set(i64::try_from(stats.inflight_messages).unwrap_or(i64::MAX));
     metrics
         .inflight_bytes
         .set(i64::try_from(stats.inflight_bytes).unwrap_or(i64::MAX));
+}
+
+/// Waiting as a standby (or not): for /readyz's JSON and the metric.
+fn set_standby(ctx: &Context, on: bool) {
+    ctx.health.set_standby(on);
+    ctx.metrics.standby.set(i64::from(on));
 }
 
 fn stream_reason(e: &walstream::Error) -> &'static str {
