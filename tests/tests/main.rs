@@ -5,6 +5,7 @@
 
 mod agree;
 mod kit;
+mod logs;
 mod operations;
 mod ops;
 mod relay;

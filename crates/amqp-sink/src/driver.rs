@@ -37,6 +37,7 @@ use crate::inflight::{barrier, InFlight};
 use crate::link::{self, Link};
 use crate::message::fingerprint;
 use crate::outcome::{Delivered, FailureReason, Seq, SinkEvent};
+use crate::repeats::{Repeats, Report};
 use crate::shared::{Command, LinkState, Shared};
 use crate::tracker::Tracker;
 use crate::window::{Release, Window};
@@ -62,6 +63,8 @@ pub(crate) struct Driver {
     /// broker's port opens first (see [`probe`]).
     probing: Option<Probing>,
     blocked: bool,
+    /// Failed connection attempts, for one log line per distinct failure.
+    repeats: Repeats,
     /// A nack was seen on the current channel: it is replaced once nothing
     /// is in flight on it.
     renew: bool,
@@ -107,6 +110,7 @@ impl Driver {
             retry_at: None,
             probing: None,
             blocked,
+            repeats: Repeats::new(),
             renew: false,
             renewing: None,
             inflight: InFlight::new(),
@@ -569,7 +573,12 @@ impl Driver {
         let Some(broker) = self.config.brokers.get(self.retry.broker()).cloned() else {
             return;
         };
-        tracing::info!(broker = %broker, attempt = self.retry.failures() + 1, "connecting to the broker");
+        let attempt = self.retry.failures() + 1;
+        if attempt == 1 {
+            tracing::info!(broker = %broker, "connecting to the broker");
+        } else {
+            tracing::debug!(broker = %broker, attempt, "connecting to the broker");
+        }
         let config = Arc::clone(&self.config);
         self.connecting = Some(Box::pin(
             async move { link::connect(&config, &broker).await },
@@ -591,7 +600,12 @@ impl Driver {
                     .frame_max
                     .store(link.frame_max, Ordering::Release);
                 let broker = link.broker.clone();
-                tracing::info!(%broker, "connected to the broker");
+                match self.repeats.recovered() {
+                    Some(failed) => {
+                        tracing::info!(%broker, failed_attempts = failed, "connected to the broker")
+                    }
+                    None => tracing::info!(%broker, "connected to the broker"),
+                }
                 self.link = Some(link);
                 self.emit(
                     SinkEvent::Connected {
@@ -608,10 +622,25 @@ impl Driver {
                 );
                 let delay = jittered(self.retry.failed(), fastrand::f64());
                 let attempts = self.retry.failures();
-                if error.is_permanent() {
-                    tracing::error!(%error, attempts, retry_in = ?delay, "cannot connect to the broker");
-                } else {
-                    tracing::warn!(%error, attempts, retry_in = ?delay, "cannot connect to the broker");
+                match (
+                    self.repeats.failed(&error.to_string()),
+                    error.is_permanent(),
+                ) {
+                    (Report::New, true) => {
+                        tracing::error!(%error, retry_in = ?delay, "cannot connect to the broker");
+                    }
+                    (Report::New, false) => {
+                        tracing::warn!(%error, retry_in = ?delay, "cannot connect to the broker");
+                    }
+                    (Report::Again { attempts }, true) => {
+                        tracing::error!(%error, attempts, retry_in = ?delay, "still cannot connect to the broker");
+                    }
+                    (Report::Again { attempts }, false) => {
+                        tracing::warn!(%error, attempts, retry_in = ?delay, "still cannot connect to the broker");
+                    }
+                    (Report::Quiet, _) => {
+                        tracing::debug!(%error, attempts, retry_in = ?delay, "cannot connect to the broker");
+                    }
                 }
                 if self.retry.breaker_open() {
                     *self

@@ -35,8 +35,8 @@
 //! (lapin futures, ordering, the return barrier), `link` (one connection),
 //! `backoff` (reconnect policy), `driver` (the task tying them together),
 //! `shared` (what the handle and the driver share), `inspect` (a preflight
-//! look at the broker),
-//! `publisher` (the handle), `error`.
+//! look at the broker), `repeats` (which failures of a retry loop get a
+//! log line), `publisher` (the handle), `error`.
 
 mod backoff;
 mod broker;
@@ -49,6 +49,7 @@ mod link;
 mod message;
 mod outcome;
 mod publisher;
+mod repeats;
 mod shared;
 mod tracker;
 mod window;
@@ -66,6 +67,7 @@ pub use message::{
 };
 pub use outcome::{FailureReason, Outcomes, Seq, SinkEvent};
 pub use publisher::Publisher;
+pub use repeats::{Repeats, Report};
 pub use shared::LinkState;
 
 /// `tracing` filter directives that keep credentials out of the logs:

@@ -78,7 +78,9 @@ impl Publisher {
             match link::connect(&config, broker).await {
                 Ok(link) => break link,
                 Err(error) => {
-                    tracing::warn!(broker = %broker, %error, "cannot connect to the broker");
+                    // The caller has every broker's error and decides what
+                    // to log.
+                    tracing::debug!(broker = %broker, %error, "cannot connect to the broker");
                     errors.push(error);
                     retry.failed();
                     if errors.len() >= config.brokers.len() {

@@ -359,6 +359,45 @@ impl SlotInfo {
     }
 }
 
+/// The walsender that streams a slot, as pg_stat_replication shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct WalSender {
+    /// The walsender's backend PID (pg_replication_slots.active_pid).
+    pub pid: i32,
+    /// The client's application_name (`outbox-relay` for a relay).
+    pub application_name: Option<String>,
+    /// The client's address (`None` over a Unix socket, or when the role
+    /// may not see it).
+    pub client_addr: Option<String>,
+    /// `streaming`, `catchup`, `startup`, `backup` or `stopping`.
+    pub state: Option<String>,
+    /// How long the server last measured between writing WAL and the
+    /// client acknowledging it (flush_lag, else replay_lag), seconds;
+    /// `None` once the client has caught up and nothing new was written.
+    pub lag_seconds: Option<f64>,
+}
+
+/// The walsender with this PID; `None` if it is gone (or invisible to the
+/// role).
+pub async fn walsender(client: &Client, pid: i32) -> Result<Option<WalSender>, CatalogError> {
+    let row = client
+        .query_opt(
+            "SELECT pid, application_name::text, host(client_addr), state::text,
+                    extract(epoch FROM coalesce(flush_lag, replay_lag))::float8
+             FROM pg_stat_replication WHERE pid = $1",
+            &[&pid],
+        )
+        .await
+        .map_err(query("reading pg_stat_replication"))?;
+    Ok(row.map(|r| WalSender {
+        pid: r.get(0),
+        application_name: r.get(1),
+        client_addr: r.get(2),
+        state: r.get(3),
+        lag_seconds: r.get(4),
+    }))
+}
+
 /// Reads a slot; `None` if it does not exist.
 pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, CatalogError> {
     let row = client

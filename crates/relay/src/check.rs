@@ -33,7 +33,10 @@ pub async fn postgres_lines(config: &Config) -> Vec<Line> {
         Err(e) => {
             let (problem, fix) = prereq::connection_failure(config, &e);
             let line = Line::fail("postgres", problem, fix);
-            return skip_rest(vec![line], "postgres is unreachable");
+            return skip_rest(
+                vec![line],
+                "no session with postgres (see the postgres line)",
+            );
         }
     };
     let facts = match probe::postgres(&client, config).await {

@@ -18,15 +18,53 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
+/// The log format once logging is set up (a fatal error is written in it).
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let status_json = matches!(cli.command, Command::Status { json: true });
+    let asked_format = cli.global.log_format;
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let error = format!("{e:#}");
+            if status_json {
+                // A script reads stdout: it gets an object either way.
+                println!("{}", serde_json::json!({ "error": error }));
+            }
+            fatal(&error, asked_format);
             ExitCode::FAILURE
         }
     }
+}
+
+/// The line that says why the command failed: a log record in JSON when
+/// the logs are JSON (also when the settings that would say so failed to
+/// load and only `--log-format json` or RELAY_LOG_FORMAT=json did), else
+/// `error: ...` on stderr.
+fn fatal(error: &str, asked: Option<LogFormatArg>) {
+    let json = match LOG_FORMAT.get() {
+        Some(format) => *format == LogFormat::Json,
+        None => match asked {
+            Some(LogFormatArg::Json) => true,
+            Some(LogFormatArg::Text) => false,
+            None => std::env::var("RELAY_LOG_FORMAT")
+                .is_ok_and(|v| v.trim().eq_ignore_ascii_case("json")),
+        },
+    };
+    if !json {
+        eprintln!("error: {error}");
+        return;
+    }
+    if LOG_FORMAT.get().is_none() {
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    tracing::error!(target: "outbox_relay", error, "the command failed");
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -332,6 +370,7 @@ fn init_logging(cli: &Cli, resolved: &Resolved) {
     let filter = log_filter(std::env::var("RELAY_LOG").ok().as_deref());
     // Colours only on a terminal: log files and shippers get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = LOG_FORMAT.set(format);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(&filter.directives))
         .with_ansi(ansi)

@@ -164,8 +164,15 @@ pub struct SlotStatus {
     pub slot: String,
     /// Whether a process streams from it.
     pub active: bool,
-    /// That process.
+    /// The walsender that streams it (the server's backend, not the
+    /// client's process).
     pub active_pid: Option<i32>,
+    /// Who holds the slot: that walsender's client, as
+    /// pg_stat_replication shows it.
+    pub holder: Option<crate::catalog::WalSender>,
+    /// How far behind the holder is, in time: the server's last measured
+    /// lag; `None` when nothing streams or nothing is behind.
+    pub lag_seconds: Option<f64>,
     /// Everything before this was acknowledged by the relay.
     pub confirmed_flush_lsn: Option<String>,
     /// The oldest WAL the slot keeps.
@@ -248,14 +255,23 @@ pub async fn status(config: &Config) -> Result<SlotStatus, OpsError> {
     let wal = catalog::wal_position(&client)
         .await
         .map_err(|e| OpsError::catalog("reading the WAL position", &e))?;
+    let holder = match slot.active_pid {
+        Some(pid) => catalog::walsender(&client, pid)
+            .await
+            .map_err(|e| OpsError::catalog("reading the walsender", &e))?,
+        None => None,
+    };
+    let lag_bytes = slot.confirmed_flush_lsn.map(|l| wal.current.bytes_since(l));
     Ok(SlotStatus {
         slot: config.slot.clone(),
         active: slot.active,
         active_pid: slot.active_pid,
+        lag_seconds: holder.as_ref().and_then(|h| h.lag_seconds),
+        holder,
         confirmed_flush_lsn: slot.confirmed_flush_lsn.map(|l| l.to_string()),
         restart_lsn: slot.restart_lsn.map(|l| l.to_string()),
         current_wal_lsn: wal.current.to_string(),
-        lag_bytes: slot.confirmed_flush_lsn.map(|l| wal.current.bytes_since(l)),
+        lag_bytes,
         retained_wal_bytes: slot.restart_lsn.map(|l| wal.current.bytes_since(l)),
         wal_status: slot.wal_status,
         safe_wal_size: slot.safe_wal_size,
@@ -274,10 +290,30 @@ impl SlotStatus {
     pub fn render(&self) -> String {
         let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
         let bytes = |v: Option<u64>| v.map(human_bytes).unwrap_or_else(|| "-".into());
-        let holder = match (self.active, self.active_pid) {
-            (true, Some(pid)) => format!("yes, PID {pid}"),
-            (true, None) => "yes".into(),
+        let human = bytes;
+        let holder = match (self.active, self.active_pid, &self.holder) {
+            (true, Some(pid), Some(h)) => format!(
+                "yes: {} from {}, walsender PID {pid} ({})",
+                h.application_name
+                    .as_deref()
+                    .filter(|a| !a.is_empty())
+                    .unwrap_or("a client"),
+                h.client_addr.as_deref().unwrap_or("a local socket"),
+                h.state.as_deref().unwrap_or("?"),
+            ),
+            (true, Some(pid), None) => format!("yes, walsender PID {pid}"),
+            (true, None, _) => "yes".into(),
             _ => "no".into(),
+        };
+        let lag = match (self.lag_bytes, self.lag_seconds, self.active) {
+            (bytes, Some(secs), _) => format!("{}; about {secs:.1} s behind", human(bytes)),
+            (bytes, None, true) => {
+                format!(
+                    "{}; the server has no recent time measurement",
+                    human(bytes)
+                )
+            }
+            (bytes, None, false) => format!("{}; time unknown (nothing streams)", human(bytes)),
         };
         let failover = match self.failover {
             Some(true) => "yes",
@@ -298,7 +334,7 @@ impl SlotStatus {
             opt(&self.confirmed_flush_lsn),
             opt(&self.restart_lsn),
             self.current_wal_lsn,
-            bytes(self.lag_bytes),
+            lag,
             bytes(self.retained_wal_bytes),
             opt(&self.wal_status),
         );

@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use amqp_sink::Backoff;
+use amqp_sink::{Backoff, Repeats, Report};
 use pgoutput::Lsn;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -208,13 +208,24 @@ async fn connect_control(
 ) -> Result<tokio_postgres::Client, RunError> {
     let pg = config.pg()?;
     let mut backoff = Backoff::new(config.backoff.clone());
+    let mut repeats = Repeats::new();
     loop {
         match pg::connect_control(pg, prereq::application_name(config)).await {
-            Ok(client) => return Ok(client),
+            Ok(client) => {
+                if let Some(failed) = repeats.recovered() {
+                    tracing::info!(failed_attempts = failed, "reached PostgreSQL");
+                }
+                return Ok(client);
+            }
             Err(e) if e.is_retryable() => {
                 ctx.metrics.reconnect(Side::Postgres, "connect_failed");
                 let delay = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in = ?delay, "cannot reach PostgreSQL; retrying");
+                log_retry(
+                    &mut repeats,
+                    &e.to_string(),
+                    delay,
+                    "cannot reach PostgreSQL",
+                );
                 tokio::time::sleep(delay).await;
             }
             Err(e) => return Err(postgres_error(config, &e)),
@@ -227,8 +238,10 @@ async fn connect_control(
 async fn connect_sink(config: &Config, ctx: &Context) -> Result<AmqpSink, RunError> {
     let sink_config = amqp::sink_config(config).map_err(RunError::Broker)?;
     let mut backoff = Backoff::new(config.backoff.clone());
+    let mut repeats = Repeats::new();
     let mut judged = false;
     loop {
+        let mut failure = None;
         if !judged {
             let facts = probe::broker(config, &sink_config).await;
             match &facts.reached {
@@ -236,26 +249,36 @@ async fn connect_sink(config: &Config, ctx: &Context) -> Result<AmqpSink, RunErr
                     refuse_on_failures(&prereq::judge_broker(config, &facts))?;
                     judged = true;
                 }
-                Err(errors) => {
-                    tracing::warn!(error = %errors.join("; "), "cannot reach the broker");
-                }
+                Err(errors) => failure = Some(errors.join("; ")),
             }
         }
         if judged {
             match AmqpSink::connect(sink_config.clone(), config.max_payload_bytes).await {
                 Ok(sink) => {
+                    if let Some(failed) = repeats.recovered() {
+                        tracing::info!(failed_attempts = failed, "reached the broker");
+                    }
                     ctx.health.set_broker(true);
                     return Ok(sink);
                 }
-                // amqp-sink has logged each broker's failure.
                 Err(amqp_sink::SinkError::Connect(errors))
-                    if errors.iter().any(|e| !e.is_permanent()) => {}
+                    if errors.iter().any(|e| !e.is_permanent()) =>
+                {
+                    failure = Some(
+                        errors
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    );
+                }
                 Err(e) => return Err(RunError::Broker(e.to_string())),
             }
         }
         ctx.metrics.reconnect(Side::Rabbitmq, "connect_failed");
         let delay = backoff.next_delay();
-        tracing::info!(retry_in = ?delay, "the broker is unreachable; retrying");
+        let failure = failure.unwrap_or_default();
+        log_retry(&mut repeats, &failure, delay, "cannot reach the broker");
         tokio::time::sleep(delay).await;
     }
 }
@@ -330,6 +353,9 @@ async fn stream<S: Sink>(
     // it: a queue that nacks everything must not turn into a replay every
     // half second.
     let mut rewind_backoff = Backoff::new(config.backoff.clone());
+    // One log line per distinct failure of each loop (see `log_retry`).
+    let mut stream_repeats = Repeats::new();
+    let mut rewind_repeats = Repeats::new();
     let mut announced_standby = false;
     // The server of the last session: a failover shows as a new timeline.
     let mut last_system: Option<walstream::SystemIdentity> = None;
@@ -371,7 +397,12 @@ async fn stream<S: Sink>(
             Err(e) if e.is_retryable() => {
                 ctx.metrics.reconnect(Side::Postgres, "connect_failed");
                 let delay = stream_backoff.next_delay();
-                tracing::warn!(error = %e, retry_in = ?delay, "cannot start streaming; retrying");
+                log_retry(
+                    &mut stream_repeats,
+                    &e.to_string(),
+                    delay,
+                    "cannot start streaming",
+                );
                 if !sleep_or_stop(delay, &mut shutdown).await {
                     break Ok(());
                 }
@@ -411,9 +442,11 @@ async fn stream<S: Sink>(
         ctx.health.set_streaming(false);
         if progress.frames {
             stream_backoff.reset();
+            stream_repeats.recovered();
         }
         if progress.confirms {
             rewind_backoff.reset();
+            rewind_repeats.recovered();
         }
         let exit = match exit {
             Ok(exit) => exit,
@@ -429,7 +462,17 @@ async fn stream<S: Sink>(
                 let delay = match cause {
                     RestartCause::Stream => {
                         let delay = stream_backoff.next_delay();
-                        tracing::warn!(reason = %reason, acked = %acked, retry_in = ?delay, "replication stream lost; reconnecting");
+                        match stream_repeats.failed(&reason) {
+                            Report::New => {
+                                tracing::warn!(reason = %reason, acked = %acked, retry_in = ?delay, "replication stream lost; reconnecting")
+                            }
+                            Report::Again { attempts } => {
+                                tracing::warn!(reason = %reason, acked = %acked, attempts, retry_in = ?delay, "replication stream lost; reconnecting")
+                            }
+                            Report::Quiet => {
+                                tracing::debug!(reason = %reason, acked = %acked, retry_in = ?delay, "replication stream lost; reconnecting")
+                            }
+                        }
                         // A drain that timed out left messages in flight.
                         let recovered = tokio::select! {
                             r = sink.recover() => r,
@@ -442,7 +485,17 @@ async fn stream<S: Sink>(
                     }
                     RestartCause::Sink | RestartCause::Row => {
                         let delay = rewind_backoff.next_delay();
-                        tracing::warn!(reason = %reason, acked = %acked, retry_in = ?delay, "publishing failed; streaming again from the last acknowledged transaction");
+                        match rewind_repeats.failed(&reason) {
+                            Report::New => {
+                                tracing::warn!(reason = %reason, acked = %acked, retry_in = ?delay, "publishing failed; streaming again from the last acknowledged transaction")
+                            }
+                            Report::Again { attempts } => {
+                                tracing::warn!(reason = %reason, acked = %acked, attempts, retry_in = ?delay, "publishing failed; streaming again from the last acknowledged transaction")
+                            }
+                            Report::Quiet => {
+                                tracing::debug!(reason = %reason, acked = %acked, retry_in = ?delay, "publishing failed; streaming again from the last acknowledged transaction")
+                            }
+                        }
                         ctx.metrics.reconnect(
                             Side::Rabbitmq,
                             if cause == RestartCause::Row {
@@ -881,6 +934,19 @@ fn observe(core: &mut Core, ctx: &Context, progress: &mut Progress) {
     metrics
         .inflight_bytes
         .set(i64::try_from(stats.inflight_bytes).unwrap_or(i64::MAX));
+}
+
+/// One line for a failed attempt of a retry loop, if [`Repeats`] says it
+/// is worth one: the error in full when it is new, a summary with the
+/// attempt count when it repeats.
+fn log_retry(repeats: &mut Repeats, error: &str, delay: Duration, what: &str) {
+    match repeats.failed(error) {
+        Report::New => tracing::warn!(error, retry_in = ?delay, "{what}; retrying"),
+        Report::Again { attempts } => {
+            tracing::warn!(error, attempts, retry_in = ?delay, "{what}; retrying");
+        }
+        Report::Quiet => tracing::debug!(error, retry_in = ?delay, "{what}; retrying"),
+    }
 }
 
 /// Waiting as a standby (or not): for /readyz's JSON and the metric.

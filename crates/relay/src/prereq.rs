@@ -356,7 +356,9 @@ fn judge_columns(config: &Config, info: &crate::catalog::TableInfo) -> Line {
     ] {
         if !column.is_empty() {
             if info.column(column).is_some() {
-                seen.push(column);
+                if !seen.contains(&column.as_str()) {
+                    seen.push(column);
+                }
             } else {
                 notes.push(format!(
                     "no column {column}: {what} stays empty (set {setting} to the right column, \
@@ -382,7 +384,42 @@ fn judge_columns(config: &Config, info: &crate::catalog::TableInfo) -> Line {
             ));
         }
     }
-    let found = format!("{} present: {}", seen.len(), seen.join(", "));
+    // The headers, as the mapping picks them: the listed columns, or every
+    // column but the id, the payload and the timestamp.
+    let headers: Vec<&str> = if m.header_columns.is_empty() {
+        names
+            .iter()
+            .copied()
+            .filter(|n| *n != m.id_column && *n != m.payload_column && *n != m.timestamp_column)
+            .collect()
+    } else {
+        let mut listed = Vec::new();
+        for column in &m.header_columns {
+            if info.column(column).is_some() {
+                listed.push(column.as_str());
+            } else {
+                notes.push(format!(
+                    "no column {column} (header_columns): its header stays absent"
+                ));
+            }
+        }
+        listed
+    };
+    for column in &headers {
+        if !seen.contains(column) {
+            seen.push(column);
+        }
+    }
+    let found = format!(
+        "{} used: {}; headers: {}",
+        seen.len(),
+        seen.join(", "),
+        if headers.is_empty() {
+            "none".to_string()
+        } else {
+            headers.join(", ")
+        }
+    );
     if notes.is_empty() {
         Line::pass("columns", found)
     } else {
@@ -808,8 +845,14 @@ pub fn judge_broker(config: &Config, facts: &BrokerFacts) -> Vec<Line> {
                 problem,
                 "check amqp_url (host, port, user, password, vhost) and that RabbitMQ is running",
             ));
-            lines.push(Line::skipped("exchange", "rabbitmq is unreachable"));
-            lines.push(Line::skipped("dead_letter", "rabbitmq is unreachable"));
+            lines.push(Line::skipped(
+                "exchange",
+                "no session with rabbitmq (see the rabbitmq line)",
+            ));
+            lines.push(Line::skipped(
+                "dead_letter",
+                "no session with rabbitmq (see the rabbitmq line)",
+            ));
             return lines;
         }
     }
