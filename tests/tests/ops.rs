@@ -441,3 +441,41 @@ fn check_warns_while_any_role_may_emit_events_and_print_sql_offers_the_revoke() 
     assert!(ok, "{out}");
     line(&out, "ok    emit_message");
 }
+
+#[test]
+fn setup_and_check_give_the_same_fix_when_the_role_may_not_connect_or_replicate() {
+    let pg = ready_cluster();
+    pg.psql(
+        "CREATE ROLE weak LOGIN; CREATE ROLE locked_out LOGIN REPLICATION;
+         REVOKE CONNECT ON DATABASE postgres FROM PUBLIC;
+         GRANT CONNECT ON DATABASE postgres TO weak",
+    )
+    .unwrap();
+    let fix = |out: &str| -> String {
+        out.lines()
+            .find_map(|l| l.split_once("fix: ").map(|(_, f)| f.to_string()))
+            .unwrap_or_else(|| panic!("no fix in:\n{out}"))
+    };
+    // No CONNECT on the database: the same fix from check and setup.
+    let url = pg.url_for("locked_out", None, "postgres");
+    let env = [("RELAY_PG_URL", url.as_str())];
+    let (ok, check) = relay(&["check"], &env);
+    assert!(!ok);
+    let (ok, setup) = relay(&["setup"], &env);
+    assert!(!ok);
+    assert!(
+        fix(&check).contains("GRANT CONNECT ON DATABASE \"postgres\" TO \"locked_out\""),
+        "{check}"
+    );
+    assert_eq!(fix(&check), fix(&setup), "check:\n{check}\nsetup:\n{setup}");
+    assert!(!setup.contains("db error: db error"), "{setup}");
+    // Connected, but no REPLICATION: setup refuses with check's line.
+    let url = pg.url_for("weak", None, "postgres");
+    let env = [("RELAY_PG_URL", url.as_str())];
+    let (ok, setup) = relay(&["setup"], &env);
+    assert!(!ok);
+    assert!(
+        setup.contains("FAIL  role") && setup.contains("ALTER ROLE \"weak\" WITH REPLICATION"),
+        "{setup}"
+    );
+}

@@ -814,6 +814,18 @@ pub fn connection_failure(config: &Config, error: &walstream::Error) -> (String,
              host: add a line for it (the README shows one) and reload PostgreSQL"
         ),
         Some("3D000") => format!("database {dbname} does not exist: fix the dbname in pg_url"),
+        Some("42501") if message.contains("permission denied for database") => format!(
+            "role {user} may not connect to database {dbname}: GRANT CONNECT ON DATABASE \
+             {} TO {} (as the database's owner or a superuser; `outbox-relay setup --print-sql` \
+             prints it)",
+            crate::names::quote_ident(dbname),
+            crate::names::quote_ident(user)
+        ),
+        Some("42501") => format!(
+            "role {user} lacks the REPLICATION attribute: ALTER ROLE {} WITH REPLICATION (as a \
+             superuser)",
+            crate::names::quote_ident(user)
+        ),
         Some("53300") => "the server has no connection slot left: raise max_connections or \
                           close idle sessions"
             .to_string(),

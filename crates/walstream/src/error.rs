@@ -124,6 +124,11 @@ impl DbError {
                  host (logical replication connections match the database name, not the \
                  `replication` keyword), then reload PostgreSQL"
             }
+            // 42501 at connection time is one of two refusals.
+            "42501" if self.message.contains("permission denied for database") => {
+                "grant the role CONNECT on the database (GRANT CONNECT ON DATABASE name TO role, \
+                 as its owner or a superuser)"
+            }
             "42501" => {
                 "grant the role the REPLICATION attribute (ALTER ROLE name REPLICATION) or use a \
                  superuser"
