@@ -5,6 +5,7 @@
 
 mod agree;
 mod kit;
+mod lifecycle;
 mod logs;
 mod operations;
 mod ops;

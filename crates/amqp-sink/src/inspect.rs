@@ -67,6 +67,12 @@ impl Inspector {
         &self.broker
     }
 
+    /// The connection, for a caller that reads or publishes by hand (the
+    /// dead-letter commands).
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
     async fn channel(&self) -> Result<Channel, LinkError> {
         self.connection
             .create_channel()

@@ -271,6 +271,38 @@ pub async fn publication_info(
     }))
 }
 
+/// Whether `publication` exists.
+pub async fn publication_exists(client: &Client, publication: &str) -> Result<bool, CatalogError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+            &[&publication],
+        )
+        .await
+        .map_err(query("looking up the publication"))?;
+    Ok(row.get(0))
+}
+
+/// Drops `publication`.
+pub async fn drop_publication(client: &Client, publication: &str) -> Result<(), CatalogError> {
+    client
+        .batch_execute(&format!(
+            "DROP PUBLICATION {}",
+            crate::names::quote_ident(publication)
+        ))
+        .await
+        .map_err(query("dropping the publication"))
+}
+
+/// Drops `slot` (PostgreSQL refuses, with 55006, while it is active).
+pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), CatalogError> {
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .map(|_| ())
+        .map_err(query("dropping the slot"))
+}
+
 /// Creates `publication` FOR TABLE `table` (INSERTs only: the relay ignores
 /// the rest, and not publishing them spares the walsender the work).
 pub async fn create_publication(

@@ -7,6 +7,17 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// The version and the commit it was built from (`--version`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("OUTBOX_RELAY_COMMIT"),
+    ")"
+);
+
+/// The commit the binary was built from (`unknown` outside a checkout).
+pub const COMMIT: &str = env!("OUTBOX_RELAY_COMMIT");
+
 /// outbox-relay streams the rows your application INSERTs into a
 /// transactional outbox table in PostgreSQL to RabbitMQ, through logical
 /// replication (a pgoutput slot), with publisher confirms: the slot advances
@@ -16,7 +27,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// variables, which win. The least you set: RELAY_PG_URL and RELAY_AMQP_URL.
 /// `outbox-relay config` shows every setting and where its value came from.
 #[derive(Debug, Parser)]
-#[command(name = "outbox-relay", version, about, long_about)]
+#[command(name = "outbox-relay", version = VERSION, about, long_about)]
 pub struct Cli {
     /// Options every command takes.
     #[command(flatten)]
@@ -93,4 +104,64 @@ pub enum Command {
     /// Print the effective settings, secrets redacted, and where each value
     /// came from (default, file, env).
     Config,
+    /// Drop the slot and the publication (after confirmation), releasing
+    /// the WAL the slot keeps. Refuses while a relay streams from the slot.
+    /// Leaves the outbox table and everything on the broker alone.
+    Teardown {
+        /// Do not ask: needed when stdin is not a terminal.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Look into the dead-letter queue, count it by reason, and publish
+    /// selected dead letters again once their cause is fixed.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell), e.g. `outbox-relay completions bash >
+    /// /etc/bash_completion.d/outbox-relay`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `outbox-relay dead-letters ...`.
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// One line per dead letter (reason, id, LSN, where it was going, why),
+    /// then the count by reason. Changes nothing: every message goes back
+    /// to the queue.
+    List {
+        /// Read at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The count by reason. Changes nothing.
+    Count {
+        /// Read at most this many.
+        #[arg(long, default_value_t = 100_000)]
+        limit: usize,
+    },
+    /// Publish the selected dead letters again to their original exchange
+    /// and routing key, with confirms; each leaves the dead-letter queue
+    /// only once the broker confirmed its new copy. Marked with the
+    /// x-relay-republished header. Exits non-zero if any selected one
+    /// could not be published.
+    Republish {
+        /// Those dead-lettered for this reason (repeatable), e.g. no_route.
+        #[arg(long = "reason", value_name = "REASON")]
+        reasons: Vec<String>,
+        /// The one with this event id (repeatable).
+        #[arg(long = "id", value_name = "ID")]
+        ids: Vec<String>,
+        /// Every one.
+        #[arg(long, conflicts_with_all = ["reasons", "ids"])]
+        all: bool,
+        /// Read at most this many.
+        #[arg(long, default_value_t = 100_000)]
+        limit: usize,
+    },
 }

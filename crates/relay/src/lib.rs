@@ -17,6 +17,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod dead_letters;
 pub mod error;
 pub mod exposition;
 pub mod mapping;

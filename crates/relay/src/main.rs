@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use outbox_relay::cli::{Cli, Command, LogFormatArg};
+use outbox_relay::cli::{Cli, Command, DeadLetterCommand, LogFormatArg};
 use outbox_relay::config::{self, Config, LogFormat, Resolved};
 use outbox_relay::metrics::{self, Health, Metrics};
 use outbox_relay::{check, ops, pipeline, prereq};
@@ -68,6 +68,12 @@ fn fatal(error: &str, asked: Option<LogFormatArg>) {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Completions { shell } = cli.command {
+        // Needs no settings: a package build runs it.
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "outbox-relay", &mut std::io::stdout());
+        return Ok(ExitCode::SUCCESS);
+    }
     let resolved = load_settings(&cli)?;
     init_logging(&cli, &resolved);
     for (var, suggestion) in &resolved.unknown_env {
@@ -146,6 +152,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Completions { .. } => Ok(ExitCode::SUCCESS),
+        Command::Teardown { yes } => {
+            let config = parsed?;
+            if !yes && !confirm_teardown(&config)? {
+                eprintln!("nothing dropped");
+                return Ok(ExitCode::FAILURE);
+            }
+            for line in runtime.block_on(ops::teardown(&config))? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DeadLetters(action) => {
+            let config = parsed?;
+            runtime.block_on(dead_letters(&config, action))
+        }
         Command::Run { no_standby } => {
             let config = parsed?;
             // The pipeline runs as a task, not on the main thread: the
@@ -160,6 +182,163 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Asks on the terminal before `teardown` drops anything; refuses without
+/// a terminal (then `--yes` says it).
+fn confirm_teardown(config: &Config) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "teardown drops slot {} and publication {}: refusing without a terminal to ask on; \
+             run it with --yes to mean it",
+            config.slot,
+            config.publication
+        );
+    }
+    eprintln!("{}", ops::teardown_plan(config));
+    eprint!("Type the slot's name ({}) to go on: ", config.slot);
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(answer.trim() == config.slot)
+}
+
+/// `outbox-relay dead-letters ...`.
+async fn dead_letters(config: &Config, action: DeadLetterCommand) -> anyhow::Result<ExitCode> {
+    use outbox_relay::dead_letters::{self as dl, Reader, Selection};
+    let sink_config = outbox_relay::sink::amqp::sink_config(config).map_err(anyhow::Error::msg)?;
+    let mut last = None;
+    let mut inspector = None;
+    for broker in &sink_config.brokers {
+        match amqp_sink::Inspector::connect(&sink_config, broker).await {
+            Ok(i) => {
+                inspector = Some(i);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let Some(inspector) = inspector else {
+        anyhow::bail!(
+            "cannot reach the broker: {}",
+            last.map(|e| e.to_string()).unwrap_or_default()
+        );
+    };
+    let connection = inspector.connection();
+    let queue = &config.dead_letter_queue;
+    let reader = Reader::open(connection, queue)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let limit = match &action {
+        DeadLetterCommand::List { limit, .. }
+        | DeadLetterCommand::Count { limit }
+        | DeadLetterCommand::Republish { limit, .. } => *limit,
+    };
+    let letters = reader.read(limit).await.map_err(anyhow::Error::msg)?;
+    let read_note = if letters.len() < usize::try_from(reader.total).unwrap_or(usize::MAX) {
+        format!(
+            " (read {} of {} in the queue: raise --limit for the rest)",
+            letters.len(),
+            reader.total
+        )
+    } else {
+        String::new()
+    };
+    let code = match action {
+        DeadLetterCommand::List { json: true, .. } => {
+            let items: Vec<serde_json::Value> = letters
+                .iter()
+                .map(|l| {
+                    serde_json::json!({
+                        "reason": l.reason,
+                        "id": l.id,
+                        "lsn": l.lsn,
+                        "detail": l.detail,
+                        "exchange": l.destination.as_ref().map(|d| &d.0),
+                        "routing_key": l.destination.as_ref().map(|d| &d.1),
+                        "body_bytes": l.body_len,
+                        "republishable": l.restored.is_ok(),
+                        "not_republishable_because": l.restored.as_ref().err(),
+                    })
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "queue": queue,
+                    "in_queue": reader.total,
+                    "dead_letters": items,
+                    "by_reason": dl::by_reason(&letters),
+                }))?
+            );
+            ExitCode::SUCCESS
+        }
+        DeadLetterCommand::List { .. } => {
+            for l in &letters {
+                let to = l
+                    .destination
+                    .as_ref()
+                    .map(|(e, r)| format!("{e} {r}"))
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<18} {:<38} lsn {:<12} to {:<30} {}",
+                    l.reason,
+                    l.id.as_deref().unwrap_or("-"),
+                    l.lsn,
+                    to,
+                    l.detail
+                );
+            }
+            print_counts(&letters, queue, &read_note);
+            ExitCode::SUCCESS
+        }
+        DeadLetterCommand::Count { .. } => {
+            print_counts(&letters, queue, &read_note);
+            ExitCode::SUCCESS
+        }
+        DeadLetterCommand::Republish {
+            reasons, ids, all, ..
+        } => {
+            let selection = Selection { all, reasons, ids };
+            if selection.is_empty() {
+                reader.close().await;
+                anyhow::bail!("say which dead letters to publish again: --reason, --id or --all");
+            }
+            let outcomes = dl::republish(connection, &reader, &letters, &selection)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let mut failed = 0;
+            for o in &outcomes {
+                match &o.result {
+                    Ok(to) => println!("republished {} to {to}", o.what),
+                    Err(why) => {
+                        failed += 1;
+                        println!("kept        {}: {why}", o.what);
+                    }
+                }
+            }
+            println!(
+                "{} republished, {failed} kept in {queue}{read_note}",
+                outcomes.len() - failed
+            );
+            if failed > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    };
+    reader.close().await;
+    inspector.close().await;
+    Ok(code)
+}
+
+fn print_counts(letters: &[outbox_relay::dead_letters::DeadLetter], queue: &str, note: &str) {
+    for (reason, n) in outbox_relay::dead_letters::by_reason(letters) {
+        println!("{n:>8}  {reason}");
+    }
+    println!("{:>8}  dead letters in {queue}{note}", letters.len());
 }
 
 /// `outbox-relay run`: metrics endpoint, signal handling, the pipeline.

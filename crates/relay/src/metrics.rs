@@ -89,6 +89,8 @@ pub struct ReasonLabels {
 pub struct BuildLabels {
     /// The relay's version.
     pub version: String,
+    /// The commit it was built from.
+    pub commit: String,
 }
 
 /// Every series the relay exports.
@@ -358,9 +360,14 @@ impl Metrics {
         build
             .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                commit: crate::cli::COMMIT.to_string(),
             })
             .set(1);
-        registry.register("build_info", "The relay's version (always 1)", build);
+        registry.register(
+            "build_info",
+            "The relay's version and the commit it was built from (always 1)",
+            build,
+        );
         (metrics, root)
     }
 

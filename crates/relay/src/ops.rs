@@ -43,6 +43,17 @@ pub enum OpsError {
     /// The slot does not exist (status).
     #[error("slot {0} does not exist: `outbox-relay setup` or `run` creates it")]
     NoSlot(String),
+    /// Teardown refused: a process streams from the slot.
+    #[error(
+        "slot {slot} is in use by {holder}: stop that relay first (teardown never drops a slot \
+         a relay streams from)"
+    )]
+    SlotActive {
+        /// The slot.
+        slot: String,
+        /// Who holds it.
+        holder: String,
+    },
 }
 
 impl OpsError {
@@ -243,6 +254,85 @@ impl ServerStatus {
             },
         }
     }
+}
+
+/// What `teardown` will drop, for the confirmation prompt.
+pub fn teardown_plan(config: &Config) -> String {
+    let dbname = config.pg.as_ref().map(|pg| pg.dbname()).unwrap_or("?");
+    format!(
+        "This drops replication slot {} and publication {} in database {dbname}. Events \
+         committed while no slot exists are never published, and a new slot starts from the \
+         server's position at its creation. The outbox table and the broker's exchanges and \
+         queues are left alone.",
+        config.slot, config.publication
+    )
+}
+
+/// Drops the slot (refusing while it is active) and the publication; says
+/// what it did.
+pub async fn teardown(config: &Config) -> Result<Vec<String>, OpsError> {
+    let client = connect(config, "outbox-relay teardown").await?;
+    let mut done = Vec::new();
+    let slot = catalog::slot_info(&client, &config.slot)
+        .await
+        .map_err(|e| OpsError::catalog("reading the slot", &e))?;
+    match slot {
+        Some(slot) if slot.active => {
+            let holder = match slot.active_pid {
+                Some(pid) => match catalog::walsender(&client, pid).await.ok().flatten() {
+                    Some(w) => format!(
+                        "{} from {} (walsender PID {pid})",
+                        w.application_name.unwrap_or_else(|| "a client".into()),
+                        w.client_addr.unwrap_or_else(|| "a local socket".into())
+                    ),
+                    None => format!("walsender PID {pid}"),
+                },
+                None => "a process".into(),
+            };
+            return Err(OpsError::SlotActive {
+                slot: config.slot.clone(),
+                holder,
+            });
+        }
+        Some(slot) => {
+            let wal = catalog::wal_position(&client)
+                .await
+                .map_err(|e| OpsError::catalog("reading the WAL position", &e))?;
+            let released = slot.restart_lsn.map(|l| wal.current.bytes_since(l));
+            catalog::drop_slot(&client, &config.slot)
+                .await
+                .map_err(|e| {
+                    if e.server_message().contains("55006") {
+                        OpsError::SlotActive {
+                            slot: config.slot.clone(),
+                            holder: "a process that took it just now".into(),
+                        }
+                    } else {
+                        OpsError::catalog("dropping the slot", &e)
+                    }
+                })?;
+            done.push(format!(
+                "dropped slot {}{}",
+                config.slot,
+                released
+                    .map(|b| format!(" (released {})", human_bytes(b)))
+                    .unwrap_or_default()
+            ));
+        }
+        None => done.push(format!("slot {} does not exist", config.slot)),
+    }
+    let exists = catalog::publication_exists(&client, &config.publication)
+        .await
+        .map_err(|e| OpsError::catalog("reading the publication", &e))?;
+    if exists {
+        catalog::drop_publication(&client, &config.publication)
+            .await
+            .map_err(|e| OpsError::catalog("dropping the publication", &e))?;
+        done.push(format!("dropped publication {}", config.publication));
+    } else {
+        done.push(format!("publication {} does not exist", config.publication));
+    }
+    Ok(done)
 }
 
 /// Reads [`SlotStatus`].
