@@ -627,3 +627,32 @@ async fn amqps_verifies_the_broker_and_trusts_a_private_ca_only_when_given_its_f
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_standby_is_ready_so_a_two_replica_deployment_is_ready() {
+    let f = Fixture::new().await;
+    let mut active = f.start_relay(&[]);
+    let mut standby = f.spawn_relay(&["run"], &[("RELAY_STANDBY_POLL_MS", "200")]);
+    standby
+        .wait_for_line("waiting as a standby", Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("{}", standby.output()));
+    for (relay, role) in [(&active, "active"), (&standby, "standby")] {
+        let addr = metrics_addr(relay);
+        let (status, body) = http_get(&addr, "/readyz").await;
+        assert_eq!(status, 200, "{role}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["role"], role, "{body}");
+        let (status, body) = http_get(&addr, "/healthz").await;
+        assert_eq!(status, 200, "{role}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["live"], true, "{body}");
+        let (_, metrics) = http_get(&addr, "/metrics").await;
+        let standby_gauge = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("outbox_relay_standby "))
+            .unwrap_or_else(|| panic!("{metrics}"));
+        assert_eq!(standby_gauge, if role == "standby" { "1" } else { "0" });
+    }
+    active.kill().unwrap();
+    standby.kill().unwrap();
+}

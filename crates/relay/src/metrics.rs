@@ -403,14 +403,36 @@ impl Metrics {
     }
 }
 
-/// The readiness facts, set by the pipeline.
+/// How long work may wait without a single confirm before `/healthz`
+/// calls the relay stuck (unless the broker is down or blocks publishing:
+/// then it waits for the broker, which a restart would not change).
+pub const STUCK_AFTER: Duration = Duration::from_secs(120);
+
+/// The health facts, set by the pipeline.
+///
+/// Ready (`/readyz`): streaming with the broker connected, or waiting as a
+/// standby for the slot, which is a healthy member of a pair. Live
+/// (`/healthz`): not stuck, where stuck means events have waited for a
+/// confirm for [`STUCK_AFTER`] with the broker connected and not blocking.
 #[derive(Debug, Default)]
 pub struct Health {
     streaming: AtomicBool,
     broker: AtomicBool,
     standby: AtomicBool,
+    blocked: AtomicBool,
     /// Seconds since the epoch of the last successful ack, 0 if none.
     last_ack: AtomicI64,
+    /// Milliseconds since the epoch: since when events wait for a confirm
+    /// (0: nothing waits), and the last confirm.
+    waiting_since_ms: AtomicI64,
+    last_confirm_ms: AtomicI64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 impl Health {
@@ -429,9 +451,53 @@ impl Health {
         self.standby.store(on, Ordering::Relaxed);
     }
 
-    /// Whether the relay is streaming with the broker connected.
+    /// The broker blocks publishing (or not).
+    pub fn set_blocked(&self, on: bool) {
+        self.blocked.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether events wait for a confirm (set after each step of the core).
+    pub fn set_waiting(&self, waiting: bool) {
+        if !waiting {
+            self.waiting_since_ms.store(0, Ordering::Relaxed);
+        } else if self.waiting_since_ms.load(Ordering::Relaxed) == 0 {
+            self.waiting_since_ms.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// The broker confirmed something.
+    pub fn confirmed_now(&self) {
+        self.last_confirm_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// `active` (streaming, broker connected), `standby`, or `not_ready`.
+    pub fn role(&self) -> &'static str {
+        if self.streaming.load(Ordering::Relaxed) && self.broker.load(Ordering::Relaxed) {
+            "active"
+        } else if self.standby.load(Ordering::Relaxed) {
+            "standby"
+        } else {
+            "not_ready"
+        }
+    }
+
+    /// Whether the relay is ready: active, or a waiting standby.
     pub fn ready(&self) -> bool {
-        self.streaming.load(Ordering::Relaxed) && self.broker.load(Ordering::Relaxed)
+        self.role() != "not_ready"
+    }
+
+    /// Whether the relay is live at `now_ms` (see [`Health`]).
+    pub fn live_at(&self, now_ms: i64) -> bool {
+        let since = self.waiting_since_ms.load(Ordering::Relaxed);
+        if since == 0
+            || self.blocked.load(Ordering::Relaxed)
+            || !self.broker.load(Ordering::Relaxed)
+        {
+            return true;
+        }
+        let progress = since.max(self.last_confirm_ms.load(Ordering::Relaxed));
+        let limit = i64::try_from(STUCK_AFTER.as_millis()).unwrap_or(i64::MAX);
+        now_ms.saturating_sub(progress) < limit
     }
 
     /// Records an acknowledgement sent to PostgreSQL.
@@ -446,6 +512,8 @@ impl Health {
     fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "ready": self.ready(),
+            "role": self.role(),
+            "live": self.live_at(now_ms()),
             "streaming": self.streaming.load(Ordering::Relaxed),
             "broker_connected": self.broker.load(Ordering::Relaxed),
             "standby": self.standby.load(Ordering::Relaxed),
@@ -714,8 +782,17 @@ async fn metrics_handler(
 
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     let mut body = state.health.json();
-    body["status"] = "alive".into();
-    Json(body)
+    if state.health.live_at(now_ms()) {
+        body["status"] = "alive".into();
+        (StatusCode::OK, Json(body))
+    } else {
+        body["status"] = format!(
+            "stuck: events have waited over {} s for a confirm with the broker connected",
+            STUCK_AFTER.as_secs()
+        )
+        .into();
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
@@ -895,6 +972,39 @@ mod tests {
         ] {
             assert!(text.contains(series), "{series} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_standby_is_ready_and_waiting_work_without_confirms_is_stuck_only_with_a_free_broker() {
+        let h = Health::default();
+        assert!(!h.ready());
+        h.set_standby(true);
+        assert!(h.ready());
+        assert_eq!(h.role(), "standby");
+        h.set_standby(false);
+        h.set_streaming(true);
+        h.set_broker(true);
+        assert_eq!(h.role(), "active");
+        let limit = i64::try_from(STUCK_AFTER.as_millis()).unwrap();
+        // Nothing waits: live however long.
+        assert!(h.live_at(now_ms() + 10 * limit));
+        h.set_waiting(true);
+        let since = h.waiting_since_ms.load(Ordering::Relaxed);
+        assert!(h.live_at(since + limit - 1));
+        assert!(!h.live_at(since + limit + 1));
+        // A confirm is progress.
+        h.last_confirm_ms.store(since + limit, Ordering::Relaxed);
+        assert!(h.live_at(since + limit + 1));
+        assert!(!h.live_at(since + 2 * limit + 1));
+        // Waiting for a blocked or lost broker is not stuck.
+        h.set_blocked(true);
+        assert!(h.live_at(since + 10 * limit));
+        h.set_blocked(false);
+        h.set_broker(false);
+        assert!(h.live_at(since + 10 * limit));
+        h.set_broker(true);
+        h.set_waiting(false);
+        assert!(h.live_at(since + 10 * limit));
     }
 
     #[test]

@@ -440,6 +440,7 @@ async fn stream<S: Sink>(
         )
         .await;
         ctx.health.set_streaming(false);
+        ctx.health.set_waiting(false);
         if progress.frames {
             stream_backoff.reset();
             stream_repeats.recovered();
@@ -811,16 +812,19 @@ async fn drive<S: Sink>(
                 match &outcome {
                     Outcome::LinkLost(_) => {
                         ctx.health.set_broker(false);
+                        ctx.health.set_blocked(false);
                         metrics.broker_blocked.set(0);
                         metrics.reconnect(Side::Rabbitmq, "connection_lost");
                     }
                     Outcome::LinkRestored { .. } => ctx.health.set_broker(true),
                     Outcome::Blocked(reason) => {
                         metrics.broker_blocked.set(1);
+                        ctx.health.set_blocked(true);
                         tracing::warn!(reason = %reason, "the broker blocks publishing (a memory or disk alarm): nothing is published or acknowledged until it lifts");
                     }
                     Outcome::Unblocked => {
                         metrics.broker_blocked.set(0);
+                        ctx.health.set_blocked(false);
                         tracing::info!("the broker lifted its block: publishing again");
                     }
                     _ => {}
@@ -913,12 +917,15 @@ fn observe(core: &mut Core, ctx: &Context, progress: &mut Progress) {
         }
     }
     if confirmed_now {
+        ctx.health.confirmed_now();
         let now = *now.get_or_insert_with(SystemTime::now);
         if let Ok(since_epoch) = now.duration_since(std::time::UNIX_EPOCH) {
             metrics.last_confirm.set(since_epoch.as_secs_f64());
         }
     }
     let stats = core.stats();
+    ctx.health
+        .set_waiting(stats.inflight_messages > 0 || stats.pending > 0);
     let waited = stats
         .oldest_unconfirmed_commit
         .and_then(|ts| {
