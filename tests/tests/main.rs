@@ -4,6 +4,7 @@
 //! cores.
 
 mod agree;
+mod deploy;
 mod kit;
 mod lifecycle;
 mod logs;

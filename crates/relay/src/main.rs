@@ -343,8 +343,9 @@ fn print_counts(letters: &[outbox_relay::dead_letters::DeadLetter], queue: &str,
 
 /// `outbox-relay run`: metrics endpoint, signal handling, the pipeline.
 async fn run_relay(config: Config, no_standby: bool) -> anyhow::Result<()> {
-    let (metrics, registry) = Metrics::new();
+    let (metrics, mut registry) = Metrics::new();
     let health = Arc::new(Health::default());
+    registry.register_collector(Box::new(metrics::HealthCollector(health.clone())));
     let (stop, shutdown) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -372,6 +373,7 @@ async fn run_relay(config: Config, no_standby: bool) -> anyhow::Result<()> {
         table = %config.mapping.table,
         exchange = %config.mapping.exchange
     );
+    tokio::spawn(notify_service_manager(health.clone(), shutdown.clone()));
     let ctx = pipeline::Context {
         metrics,
         health,
@@ -383,6 +385,45 @@ async fn run_relay(config: Config, no_standby: bool) -> anyhow::Result<()> {
         .map_err(anyhow::Error::from)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Under systemd (`Type=notify`, NOTIFY_SOCKET set): READY=1 once the relay
+/// streams or waits as a standby, STATUS= as its role changes, STOPPING=1
+/// when it stops. Without NOTIFY_SOCKET it does nothing.
+async fn notify_service_manager(health: Arc<Health>, mut shutdown: watch::Receiver<bool>) {
+    use sd_notify::NotifyState;
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let mut told: Option<&'static str> = None;
+    let mut ready = false;
+    loop {
+        let role = health.role();
+        if told != Some(role) {
+            let status = match role {
+                "active" => "streaming from the slot to the broker",
+                "standby" => "waiting as a standby for the slot",
+                _ => "starting, or waiting for PostgreSQL or the broker",
+            };
+            let mut states = vec![NotifyState::Status(status)];
+            if role != "not_ready" && !ready {
+                ready = true;
+                states.push(NotifyState::Ready);
+            }
+            if let Err(e) = sd_notify::notify(false, &states) {
+                tracing::debug!(error = %e, "could not notify the service manager");
+            }
+            told = Some(role);
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+        }
+    }
+    let _ = sd_notify::notify(
+        false,
+        &[NotifyState::Stopping, NotifyState::Status("stopping")],
+    );
 }
 
 /// Resolves at SIGTERM or SIGINT.

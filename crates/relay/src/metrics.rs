@@ -522,6 +522,45 @@ impl Health {
     }
 }
 
+/// Exports the health facts at each scrape: `outbox_relay_role{role}`
+/// (1 for the current one of `active`, `standby`, `not_ready`) and
+/// `outbox_relay_live` (0 when `/healthz` would call the relay stuck).
+#[derive(Debug)]
+pub struct HealthCollector(pub Arc<Health>);
+
+impl prometheus_client::collector::Collector for HealthCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::MetricType;
+        let current = self.0.role();
+        let mut family = encoder.encode_descriptor(
+            "outbox_relay_role",
+            "1 for the relay's current role: active (streaming with the broker connected), \
+             standby (waiting for the slot) or not_ready (starting, or waiting for PostgreSQL or \
+             the broker)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for role in ["active", "standby", "not_ready"] {
+            let labels = [("role", role)];
+            ConstGauge::new(i64::from(role == current)).encode(family.encode_family(&labels)?)?;
+        }
+        let live = ConstGauge::new(i64::from(self.0.live_at(now_ms())));
+        live.encode(encoder.encode_descriptor(
+            "outbox_relay_live",
+            "0 when the relay is stuck (events waited 120 s without a confirm with the broker \
+             connected and not blocking), else 1",
+            None,
+            live.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone)]
 struct AppState {
     registry: Arc<Registry>,
