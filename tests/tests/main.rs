@@ -10,6 +10,7 @@ mod lifecycle;
 mod logs;
 mod operations;
 mod ops;
+mod quickstart;
 mod relay;
 mod secrets;
 mod smoke;
