@@ -183,3 +183,27 @@ async fn status_names_the_holder_and_the_walsender_and_shows_the_lag_in_time() {
     );
     relay.kill().unwrap();
 }
+
+#[tokio::test]
+async fn a_broker_that_refuses_the_login_is_named_as_such_in_plain_words() {
+    let f = Fixture::new().await;
+    let wrong = e2e::amqp::amqp_url().replacen("guest:guest@", "guest:wrong-password@", 1);
+    assert_ne!(
+        wrong,
+        e2e::amqp::amqp_url(),
+        "the test broker's URL has guest:guest"
+    );
+    let (ok, out) = f.run_to_end(&["check"], &[("RELAY_AMQP_URL", wrong.as_str())]);
+    assert!(!ok, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("FAIL  rabbitmq"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("refused user 'guest'"), "{line}");
+    assert!(line.contains("fix:"), "{line}");
+    assert!(!out.contains("no broker could be reached"), "{out}");
+    assert!(!out.contains("wrong-password"), "{out}");
+    // No Rust debug structs and no log records on the way.
+    assert!(warnings(&out).is_empty(), "{out}");
+    assert!(!out.contains("Error {") && !out.contains("Some("), "{out}");
+}
