@@ -112,6 +112,32 @@ pub struct BrokerScope {
     queues: Mutex<Vec<String>>,
 }
 
+/// Deletes exchanges and queues from the test broker, from code that is not
+/// async (a plain `#[test]` that ran a script against the broker).
+pub fn delete_blocking(exchanges: &[&str], queues: &[&str]) {
+    let exchanges: Vec<String> = exchanges.iter().map(|s| s.to_string()).collect();
+    let queues: Vec<String> = queues.iter().map(|s| s.to_string()).collect();
+    let cleanup = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            if let Ok(scope) = BrokerScope::connect().await {
+                for e in &exchanges {
+                    scope.track_exchange(e);
+                }
+                for q in &queues {
+                    scope.track_queue(q);
+                }
+            }
+        });
+    });
+    let _ = cleanup.join();
+}
+
 impl BrokerScope {
     /// Connects to the test broker.
     pub async fn connect() -> Result<BrokerScope, KitError> {

@@ -91,11 +91,7 @@ async fn dead_letters_are_listed_counted_and_republished_with_confirms_once_the_
     let f = Fixture::new().await;
     // The relay publishes to an exchange no queue is bound to: every event
     // is returned and dead-lettered (no_route).
-    let nowhere = e2e::unique_name("relay-nowhere");
-    f.scope
-        .declare_exchange(&nowhere, lapin::ExchangeKind::Topic)
-        .await
-        .unwrap();
+    let nowhere = f.exchange_without_queues().await;
     let mut relay = f.start_relay(&[("RELAY_EXCHANGE", nowhere.as_str())]);
     f.insert_events("dl", 0, 5);
     wait_depth(&f, &f.dead_letter_queue, 5).await;

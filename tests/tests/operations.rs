@@ -189,11 +189,7 @@ async fn metrics_answer_prometheus_text_unless_openmetrics_is_asked_pass_promtoo
     let f = Fixture::new().await;
     // An exchange no queue is bound to: every event comes back and its
     // dead-letter copy goes instead.
-    let nowhere = e2e::unique_name("relay-nowhere");
-    f.scope
-        .declare_exchange(&nowhere, lapin::ExchangeKind::Topic)
-        .await
-        .unwrap();
+    let nowhere = f.exchange_without_queues().await;
     let mut relay = f.start_relay(&[("RELAY_EXCHANGE", nowhere.as_str())]);
     let addr = metrics_addr(&relay);
     let mut dead = f.scope.consume(&f.dead_letter_queue).await.unwrap();
@@ -361,17 +357,7 @@ fn the_demo_script_delivers_an_order_event_and_cleans_up() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     // Delete the demo's exchange from the shared broker.
-    let cleanup = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let scope = e2e::amqp::BrokerScope::connect().await.unwrap();
-            scope.track_exchange(&exchange);
-        });
-    });
-    cleanup.join().unwrap();
+    e2e::amqp::delete_blocking(&[&exchange], &[]);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
     assert!(
         stdout.contains("received routing_key=order.created"),

@@ -99,20 +99,7 @@ fn the_readme_quick_start_runs_as_written_and_the_consumer_prints_the_event() {
 
     // The exchange and dead-letter names are the defaults, on the shared
     // broker: remove them.
-    std::thread::spawn(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let scope = e2e::amqp::BrokerScope::connect().await.unwrap();
-            scope.track_exchange("outbox");
-            scope.track_exchange("outbox.dead-letter");
-            scope.track_queue("outbox.dead-letter");
-        });
-    })
-    .join()
-    .unwrap();
+    e2e::amqp::delete_blocking(&["outbox", "outbox.dead-letter"], &["outbox.dead-letter"]);
 
     assert!(
         out.status.success() && stdout.contains("quick-start-done"),

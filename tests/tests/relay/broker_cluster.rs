@@ -21,57 +21,21 @@
 use std::time::{Duration, Instant};
 
 use e2e::RabbitCluster;
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 
-use super::broker_node::{back_within, confirmed, everything_in};
+use super::broker_node::{back_within, confirmed, everything_in, topology_at};
 use super::fixture::{committed_count, verify, Fixture, Load};
 use crate::operations::metrics_addr;
 
 /// A durable topic exchange and a quorum queue bound to every key,
 /// declared through the node at `url`: (exchange, queue).
 async fn quorum_topology(url: &str) -> (String, String) {
-    let exchange = e2e::unique_name("cluster-x");
-    let queue = e2e::unique_name("cluster-q");
-    let conn = e2e::amqp::connect_to(url).await.unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.exchange_declare(
-        exchange.as_str().into(),
-        lapin::ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
     let mut arguments = FieldTable::default();
     arguments.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        arguments,
-    )
-    .await
-    .unwrap();
-    ch.queue_bind(
-        queue.as_str().into(),
-        exchange.as_str().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let _ = conn.close(200, "declared".into()).await;
-    (exchange, queue)
+    topology_at(url, "cluster", arguments).await
 }
 
 /// The index of the node the relay last said it connected to.

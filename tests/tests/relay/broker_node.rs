@@ -19,12 +19,17 @@ use lapin::types::FieldTable;
 use super::fixture::{committed_count, header, seq_of, verify, Fixture, Load};
 use crate::operations::{http_get, metrics_addr};
 
-/// A durable topic exchange and a durable queue bound to every key, on
-/// the node: (exchange, queue).
-async fn durable_topology(node: &RabbitNode) -> (String, String) {
-    let exchange = e2e::unique_name("node-x");
-    let queue = e2e::unique_name("node-q");
-    let conn = e2e::amqp::connect_to(&node.url()).await.unwrap();
+/// A durable topic exchange and a durable queue with `arguments` bound to
+/// every key, declared through the broker at `url`, named after `prefix`:
+/// (exchange, queue).
+pub(super) async fn topology_at(
+    url: &str,
+    prefix: &str,
+    arguments: FieldTable,
+) -> (String, String) {
+    let exchange = e2e::unique_name(&format!("{prefix}-x"));
+    let queue = e2e::unique_name(&format!("{prefix}-q"));
+    let conn = e2e::amqp::connect_to(url).await.unwrap();
     let ch = conn.create_channel().await.unwrap();
     ch.exchange_declare(
         exchange.as_str().into(),
@@ -43,7 +48,7 @@ async fn durable_topology(node: &RabbitNode) -> (String, String) {
             durable: true,
             ..Default::default()
         },
-        FieldTable::default(),
+        arguments,
     )
     .await
     .unwrap();
@@ -58,6 +63,11 @@ async fn durable_topology(node: &RabbitNode) -> (String, String) {
     .unwrap();
     let _ = conn.close(200, "declared".into()).await;
     (exchange, queue)
+}
+
+/// A durable topic exchange and a durable classic queue on the node.
+async fn durable_topology(node: &RabbitNode) -> (String, String) {
+    topology_at(&node.url(), "node", FieldTable::default()).await
 }
 
 /// Consumes the queue on the broker at `url` until every committed event

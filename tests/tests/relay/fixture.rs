@@ -108,6 +108,19 @@ impl Fixture {
         RelayProcess::spawn(args, &env).expect("start outbox-relay")
     }
 
+    /// A topic exchange no queue is bound to (deleted at the end): a relay
+    /// publishing to it gets every event back and dead-letters it
+    /// (`no_route`).
+    #[allow(dead_code)] // used by the metrics and dead-letter tests
+    pub async fn exchange_without_queues(&self) -> String {
+        let nowhere = e2e::unique_name("relay-nowhere");
+        self.scope
+            .declare_exchange(&nowhere, lapin::ExchangeKind::Topic)
+            .await
+            .unwrap();
+        nowhere
+    }
+
     pub async fn consumer(&self) -> Collector {
         self.scope.consume(&self.queue).await.unwrap()
     }
