@@ -212,3 +212,47 @@ fn completions_are_printed_for_each_shell_and_the_version_names_its_commit() {
         "{version}"
     );
 }
+
+#[tokio::test]
+async fn teardown_refuses_a_relay_between_two_sessions_whose_slot_is_inactive_for_a_moment() {
+    let f = Fixture::new().await;
+    let mut relay = f.start_relay(&[
+        ("RELAY_BACKOFF_INITIAL_MS", "10000"),
+        ("RELAY_BACKOFF_MAX_MS", "10000"),
+    ]);
+    let watching = || {
+        f.pg.psql(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = 'outbox-relay slot-watch outbox_relay'",
+        )
+        .unwrap()
+            == "1"
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !watching() {
+        assert!(Instant::now() < deadline, "no slot-watch session");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The walsender ends: the relay waits out its backoff without a slot.
+    f.pg.psql("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while f
+        .pg
+        .psql("SELECT active FROM pg_replication_slots")
+        .unwrap()
+        != "f"
+    {
+        assert!(Instant::now() < deadline, "the slot stays active");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ok, out) = f.run_to_end(&["teardown", "--yes"], &[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("between two sessions"), "{out}");
+    assert_eq!(
+        f.pg.psql("SELECT count(*) FROM pg_replication_slots")
+            .unwrap(),
+        "1"
+    );
+    relay.kill().unwrap();
+}

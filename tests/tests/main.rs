@@ -4,6 +4,7 @@
 //! cores.
 
 mod agree;
+mod debezium_config;
 mod deploy;
 mod kit;
 mod lifecycle;

@@ -201,7 +201,8 @@ impl Driver {
     /// After a nack, once every message on the channel has its answer:
     /// starts opening the channel that replaces it.
     fn maybe_renew(&mut self) {
-        if !self.renew || self.renewing.is_some() || !self.tracker.is_empty() {
+        // A blocked connection may not be read by the broker: wait.
+        if !self.renew || self.renewing.is_some() || !self.tracker.is_empty() || self.blocked {
             return;
         }
         if let Some(link) = &self.link {
@@ -486,10 +487,11 @@ impl Driver {
         let Some(mut link) = self.link.take() else {
             return;
         };
-        // The next link brings its own channel.
+        let (failed, error) = self.fail_in_flight(&mut link, error);
+        // The next link brings its own channel (a late nack taken in just
+        // above must not renew it).
         self.renew = false;
         self.renewing = None;
-        let (failed, error) = self.fail_in_flight(&mut link, error);
         let halted = failed > 0;
         if halted {
             // Before the failures are reported: a caller that sees them and

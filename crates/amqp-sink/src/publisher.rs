@@ -90,6 +90,10 @@ impl Publisher {
             }
         };
         retry.connected();
+        if !errors.is_empty() {
+            let failed: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            tracing::warn!(failed = %failed.join("; "), "connected to another broker: the ones before it failed");
+        }
         tracing::info!(broker = %link.broker, exchange = %config.exchange.name, "connected to the broker");
 
         let window_bytes = u32::try_from(config.window_bytes).unwrap_or(u32::MAX);

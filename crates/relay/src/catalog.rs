@@ -430,6 +430,35 @@ pub async fn walsender(client: &Client, pid: i32) -> Result<Option<WalSender>, C
     }))
 }
 
+/// The application_name of a running relay's slot-watch session for
+/// `slot` (PostgreSQL keeps 63 bytes of it).
+pub fn slot_watch_name(slot: &str) -> String {
+    let mut name = format!("outbox-relay slot-watch {slot}");
+    let mut end = name.len().min(63);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name.truncate(end);
+    name
+}
+
+/// Sessions of a running relay that watches `slot`: (PID, client
+/// address).
+pub async fn relay_sessions(
+    client: &Client,
+    slot: &str,
+) -> Result<Vec<(i32, Option<String>)>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT pid, host(client_addr) FROM pg_stat_activity
+             WHERE application_name = $1 AND pid <> pg_backend_pid()",
+            &[&slot_watch_name(slot)],
+        )
+        .await
+        .map_err(query("reading pg_stat_activity"))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 /// Reads a slot; `None` if it does not exist.
 pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, CatalogError> {
     let row = client

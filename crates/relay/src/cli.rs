@@ -103,7 +103,14 @@ pub enum Command {
     },
     /// Print the effective settings, secrets redacted, and where each value
     /// came from (default, file, env).
-    Config,
+    Config {
+        /// Instead, convert a Debezium connector or Debezium Server
+        /// properties file (PostgreSQL source, outbox event router,
+        /// RabbitMQ sink) into the relay's settings, printed as TOML with a
+        /// comment on every option the relay cannot honour.
+        #[arg(long, value_name = "FILE")]
+        from_debezium: Option<PathBuf>,
+    },
     /// Drop the slot and the publication (after confirmation), releasing
     /// the WAL the slot keeps. Refuses while a relay streams from the slot.
     /// Leaves the outbox table and everything on the broker alone.

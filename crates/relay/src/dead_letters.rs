@@ -43,6 +43,10 @@ pub struct DeadLetter {
     pub destination: Option<(String, String)>,
     /// Body bytes.
     pub body_len: usize,
+    /// Times a quorum queue handed it out before (each `list` counts one;
+    /// RabbitMQ 4 drops a message at its queue's delivery-limit, 20 by
+    /// default).
+    pub delivery_count: u64,
     /// What it would be published as again, or why it cannot be.
     pub restored: Result<Restored, String>,
 }
@@ -66,6 +70,30 @@ fn text(headers: &FieldTable, name: &str) -> Option<String> {
         AMQPValue::LongString(s) => Some(s.to_string()),
         AMQPValue::ShortString(s) => Some(s.to_string()),
         other => Some(format!("{other:?}")),
+    }
+}
+
+/// Headers that belong to the dead letter, not to the event: the relay's
+/// own, and those the broker adds on redelivery and dead-lettering
+/// (`x-delivery-count` on quorum queues, `x-death`, `x-first-death-*`,
+/// `x-last-death-*`), which would make the new copy look redelivered.
+fn is_dead_letter_header(name: &str) -> bool {
+    name.starts_with("x-relay-")
+        || name == "x-delivery-count"
+        || name == "x-death"
+        || name.starts_with("x-first-death-")
+        || name.starts_with("x-last-death-")
+}
+
+/// How many times the broker has handed this message out before
+/// (`x-delivery-count`, set by quorum queues), 0 if it does not say.
+fn delivery_count(headers: &FieldTable) -> u64 {
+    match headers.inner().get("x-delivery-count") {
+        Some(AMQPValue::LongLongInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongUInt(n)) => u64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => u64::try_from(*n).unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -103,7 +131,7 @@ pub fn restore(tag: u64, properties: &BasicProperties, body: &[u8]) -> DeadLette
         Some((exchange, routing_key)) => {
             let mut kept = FieldTable::default();
             for (name, value) in headers.inner() {
-                if !name.as_str().starts_with("x-relay-") {
+                if !is_dead_letter_header(name.as_str()) {
                     kept.insert(name.clone(), value.clone());
                 }
             }
@@ -142,6 +170,7 @@ pub fn restore(tag: u64, properties: &BasicProperties, body: &[u8]) -> DeadLette
         reason,
         id,
         destination,
+        delivery_count: delivery_count(headers),
         body_len: body.len(),
         restored,
     }
@@ -376,6 +405,7 @@ mod tests {
                 ("x-relay-id", "e-1"),
                 ("x-relay-original-exchange", "outbox"),
                 ("x-relay-original-routing-key", "order.created"),
+                ("x-first-death-reason", "rejected"),
             ]));
         let letter = restore(7, &props, b"{\"total\": 1}");
         assert_eq!(letter.reason, "no_route");

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod dead_letters;
+pub mod debezium;
 pub mod error;
 pub mod exposition;
 pub mod mapping;

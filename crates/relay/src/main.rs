@@ -74,6 +74,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         clap_complete::generate(shell, &mut command, "outbox-relay", &mut std::io::stdout());
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Config {
+        from_debezium: Some(path),
+    } = &cli.command
+    {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let converted =
+            outbox_relay::debezium::convert(&outbox_relay::debezium::parse_properties(&text));
+        print!("{}", converted.render(&path.display().to_string()));
+        return Ok(ExitCode::SUCCESS);
+    }
     let resolved = load_settings(&cli)?;
     init_logging(&cli, &resolved);
     for (var, suggestion) in &resolved.unknown_env {
@@ -94,7 +105,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     match cli.command {
-        Command::Config => {
+        Command::Config { .. } => {
             for (key, value) in settings.redacted() {
                 let source = resolved
                     .sources
@@ -258,6 +269,7 @@ async fn dead_letters(config: &Config, action: DeadLetterCommand) -> anyhow::Res
                         "exchange": l.destination.as_ref().map(|d| &d.0),
                         "routing_key": l.destination.as_ref().map(|d| &d.1),
                         "body_bytes": l.body_len,
+                        "delivery_count": l.delivery_count,
                         "republishable": l.restored.is_ok(),
                         "not_republishable_because": l.restored.as_ref().err(),
                     })
@@ -335,6 +347,14 @@ async fn dead_letters(config: &Config, action: DeadLetterCommand) -> anyhow::Res
 }
 
 fn print_counts(letters: &[outbox_relay::dead_letters::DeadLetter], queue: &str, note: &str) {
+    let worn = letters.iter().map(|l| l.delivery_count).max().unwrap_or(0);
+    if worn >= 10 {
+        println!(
+            "warning: a dead letter in {queue} was handed out {worn} times: each reading counts \
+             one on a quorum queue, and RabbitMQ 4 drops a message at the queue's delivery-limit \
+             (20 by default); republish or move them, or raise the limit with a policy"
+        );
+    }
     for (reason, n) in outbox_relay::dead_letters::by_reason(letters) {
         println!("{n:>8}  {reason}");
     }

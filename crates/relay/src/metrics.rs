@@ -441,8 +441,12 @@ impl Health {
         self.streaming.store(on, Ordering::Relaxed);
     }
 
-    /// Connected to the broker (or not).
+    /// Connected to the broker (or not). A new connection restarts the
+    /// clock of [`live_at`](Self::live_at).
     pub fn set_broker(&self, on: bool) {
+        if on && !self.broker.swap(true, Ordering::Relaxed) {
+            self.confirmed_now();
+        }
         self.broker.store(on, Ordering::Relaxed);
     }
 
@@ -451,8 +455,13 @@ impl Health {
         self.standby.store(on, Ordering::Relaxed);
     }
 
-    /// The broker blocks publishing (or not).
+    /// The broker blocks publishing (or not). Lifting the block restarts
+    /// the clock of [`live_at`](Self::live_at): what waited during the
+    /// alarm gets its full time again.
     pub fn set_blocked(&self, on: bool) {
+        if !on && self.blocked.swap(false, Ordering::Relaxed) {
+            self.confirmed_now();
+        }
         self.blocked.store(on, Ordering::Relaxed);
     }
 
@@ -465,7 +474,7 @@ impl Health {
         }
     }
 
-    /// The broker confirmed something.
+    /// The broker confirmed (or returned) something: progress.
     pub fn confirmed_now(&self) {
         self.last_confirm_ms.store(now_ms(), Ordering::Relaxed);
     }

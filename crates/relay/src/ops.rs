@@ -295,6 +295,21 @@ pub async fn teardown(config: &Config) -> Result<Vec<String>, OpsError> {
             });
         }
         Some(slot) => {
+            // A relay between two sessions (a rewind, a reconnect) holds no
+            // slot for a moment, but it runs: its slot-watch session says so.
+            let running = catalog::relay_sessions(&client, &config.slot)
+                .await
+                .map_err(|e| OpsError::catalog("reading pg_stat_activity", &e))?;
+            if let Some((pid, addr)) = running.first() {
+                return Err(OpsError::SlotActive {
+                    slot: config.slot.clone(),
+                    holder: format!(
+                        "a running relay from {} (its slot-watch session, PID {pid}; it is \
+                         between two sessions)",
+                        addr.as_deref().unwrap_or("a local socket")
+                    ),
+                });
+            }
             let wal = catalog::wal_position(&client)
                 .await
                 .map_err(|e| OpsError::catalog("reading the WAL position", &e))?;

@@ -550,21 +550,21 @@ async fn stream<S: Sink>(
 /// How often the slot's row is read for its series.
 const SLOT_WATCH: Duration = Duration::from_secs(10);
 
-/// The application_name of the slot watcher's session.
-const SLOT_WATCH_NAME: &str = "outbox-relay slot-watch";
-
 /// Reads the slot's row every [`SLOT_WATCH`] for its series (wal_status,
 /// safe_wal_size, the failover flag), reconnecting the control connection
 /// (to whichever server is the primary now) when it breaks. Nothing here
 /// decides anything: a lost slot ends the stream, and the next
 /// START_REPLICATION says why. Its session is named `outbox-relay
-/// slot-watch` in pg_stat_activity.
+/// slot-watch <slot>` in pg_stat_activity (`teardown` looks for it: a
+/// relay between two sessions holds no slot, but it runs).
 async fn watch_slot(config: Config, metrics: Metrics) {
     let mut control: Option<tokio_postgres::Client> = None;
     loop {
         if control.as_ref().is_none_or(|c| c.is_closed()) {
             control = match config.pg() {
-                Ok(pg) => pg::connect_control(pg, SLOT_WATCH_NAME).await.ok(),
+                Ok(pg) => pg::connect_control(pg, &catalog::slot_watch_name(&config.slot))
+                    .await
+                    .ok(),
                 Err(_) => None,
             };
         }
@@ -785,7 +785,12 @@ async fn drive<S: Sink>(
                     ctx.health.acked_now();
                     metrics.confirmed_lsn.set(lsn_gauge(lsn));
                 }
-                end @ (Command::Restart(_) | Command::Stop(_)) => return Ok(end),
+                end @ (Command::Restart(_) | Command::Stop(_)) => {
+                    // The counters and gauges see the end of the session
+                    // (the messages it dropped) before the backoff.
+                    observe(core, ctx, progress);
+                    return Ok(end);
+                }
             }
         }
         observe(core, ctx, progress);
@@ -901,6 +906,8 @@ fn observe(core: &mut Core, ctx: &Context, progress: &mut Progress) {
                 );
             }
             Note::Returned => {
+                // The broker answered: progress, for the liveness check.
+                ctx.health.confirmed_now();
                 metrics
                     .not_confirmed
                     .get_or_create(&OutcomeLabels {
