@@ -118,6 +118,13 @@ pub struct Settings {
     /// top of the system's (a private CA); empty for the system's only.
     /// Certificates are always verified.
     pub amqp_ca_file: String,
+    /// Add the CloudEvents 1.0 attributes (AMQP binding, binary content
+    /// mode: `cloudEvents:`-prefixed headers).
+    pub cloudevents: bool,
+    /// The CloudEvents `source`; empty: `/outbox-relay/<table>`.
+    pub cloudevents_source: String,
+    /// The column whose value is the CloudEvents `subject` ("" for none).
+    pub cloudevents_subject_column: String,
     /// Where events go: `amqp` (RabbitMQ). `null` confirms every event at
     /// once and throws it away: for measuring the relay alone
     /// (relay-bench), never for real events.
@@ -163,6 +170,9 @@ impl Default for Settings {
             backoff_multiplier: 2.0,
             heartbeat_secs: 10,
             amqp_ca_file: String::new(),
+            cloudevents: false,
+            cloudevents_source: String::new(),
+            cloudevents_subject_column: "aggregate_id".into(),
             sink: SinkKind::Amqp,
             metrics_addr: "127.0.0.1:9187".into(),
             log_format: LogFormat::Text,
@@ -265,6 +275,9 @@ const FIELDS: &[(&str, Kind)] = &[
     ("backoff_multiplier", Kind::Float),
     ("heartbeat_secs", Kind::Int),
     ("amqp_ca_file", Kind::Str),
+    ("cloudevents", Kind::Bool),
+    ("cloudevents_source", Kind::Str),
+    ("cloudevents_subject_column", Kind::Str),
     ("sink", Kind::Str),
     ("metrics_addr", Kind::Str),
     ("log_format", Kind::Str),
@@ -758,6 +771,14 @@ impl Settings {
                 content_type: self.content_type.clone(),
                 message_prefix: self.message_prefix.clone(),
                 dead_letter_exchange: self.dead_letter_exchange.clone(),
+                cloudevents: self.cloudevents.then(|| crate::enrich::CloudEvents {
+                    source: if self.cloudevents_source.is_empty() {
+                        format!("/outbox-relay/{}", self.table)
+                    } else {
+                        self.cloudevents_source.clone()
+                    },
+                    subject_column: self.cloudevents_subject_column.clone(),
+                }),
             },
             declare_exchange: self.declare_exchange,
             dead_letter_queue: self.dead_letter_queue.clone(),

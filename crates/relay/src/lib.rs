@@ -19,6 +19,7 @@ pub mod config;
 pub mod core;
 pub mod dead_letters;
 pub mod debezium;
+pub mod enrich;
 pub mod error;
 pub mod exposition;
 pub mod mapping;

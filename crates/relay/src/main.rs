@@ -113,7 +113,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .copied()
                     .unwrap_or(config::Source::Default);
                 println!(
-                    "{key:<22} {value:<40} ({source}, {})",
+                    "{key:<27} {value:<40} ({source}, {})",
                     config::env_name(key)
                 );
             }

@@ -247,6 +247,8 @@ pub struct MappingConfig {
     pub message_prefix: String,
     /// Where rows that cannot be published go.
     pub dead_letter_exchange: String,
+    /// The CloudEvents attributes to add, if asked for.
+    pub cloudevents: Option<crate::enrich::CloudEvents>,
 }
 
 /// What the mapper knows of the outbox table's current shape: each
@@ -493,12 +495,27 @@ impl Mapper {
         if let Some(detail) = property_problem(c, id, kind) {
             return Some(dead(DeadLetterReason::InvalidProperty, detail, body));
         }
-        let headers = row
+        let mut headers: Vec<(String, HeaderValue)> = row
             .iter()
             .zip(&plan.columns)
             .filter(|(_, col)| col.header)
             .filter_map(|(value, col)| Some((col.name.clone(), header_value(value.value()?))))
             .collect();
+        crate::enrich::trace_context(&mut headers);
+        if let Some(ce) = &c.cloudevents {
+            let at = plan
+                .columns
+                .iter()
+                .position(|col| col.name == ce.subject_column);
+            let subject = text(at).ok().flatten();
+            headers.extend(crate::enrich::cloudevents_headers(
+                ce,
+                id.map_or_else(|| lsn.to_string(), str::to_string).as_str(),
+                kind.unwrap_or(&routing_key),
+                timestamp,
+                subject,
+            ));
+        }
         let message = EventMessage {
             exchange,
             routing_key,
@@ -708,7 +725,7 @@ impl Mapper {
                 body,
             ));
         }
-        let headers = envelope
+        let mut headers: Vec<(String, HeaderValue)> = envelope
             .iter()
             .filter(|(k, _)| {
                 if c.header_columns.is_empty() {
@@ -719,17 +736,30 @@ impl Mapper {
             })
             .filter_map(|(k, _)| Some((k.clone(), HeaderValue::Text(field_text(k)?))))
             .collect();
+        crate::enrich::trace_context(&mut headers);
+        let message_id = id.unwrap_or_else(|| format!("pg-message-{lsn}"));
+        let timestamp = field_text(&c.timestamp_column)
+            .as_deref()
+            .and_then(pgtext::parse_timestamp)
+            .and_then(|s| u64::try_from(s).ok());
+        if let Some(ce) = &c.cloudevents {
+            let subject = field_text(&ce.subject_column);
+            headers.extend(crate::enrich::cloudevents_headers(
+                ce,
+                &message_id,
+                kind.as_deref().unwrap_or(&routing_key),
+                timestamp,
+                subject.as_deref(),
+            ));
+        }
         let message = EventMessage {
             exchange,
             routing_key,
             body,
-            message_id: Some(id.unwrap_or_else(|| format!("pg-message-{lsn}"))),
+            message_id: Some(message_id),
             kind,
             content_type: c.content_type.clone(),
-            timestamp: field_text(&c.timestamp_column)
-                .as_deref()
-                .and_then(pgtext::parse_timestamp)
-                .and_then(|s| u64::try_from(s).ok()),
+            timestamp,
             headers,
         };
         if !self.limits.properties_fit(&message) {

@@ -4,6 +4,7 @@
 
 mod broker_cluster;
 mod broker_node;
+mod enrich;
 mod failover;
 pub mod fixture;
 mod guarantees;
