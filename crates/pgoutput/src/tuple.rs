@@ -84,6 +84,33 @@ impl Tuple {
         })
     }
 
+    /// A tuple of text values (`None`: NULL), as the server would send a
+    /// row: for code that reads rows by SQL (`col::text`) and maps them as
+    /// if they had been streamed. `None` if there are more than 65,535
+    /// columns or a value is over 2 GiB (what the format can hold).
+    pub fn from_text<'v, I>(values: I) -> Option<Tuple>
+    where
+        I: IntoIterator<Item = Option<&'v [u8]>>,
+    {
+        let mut data = Vec::new();
+        let mut len: u16 = 0;
+        for value in values {
+            len = len.checked_add(1)?;
+            match value {
+                None => data.push(b'n'),
+                Some(v) => {
+                    data.push(b't');
+                    data.extend_from_slice(&i32::try_from(v.len()).ok()?.to_be_bytes());
+                    data.extend_from_slice(v);
+                }
+            }
+        }
+        Some(Tuple {
+            data: Bytes::from(data),
+            len,
+        })
+    }
+
     /// The number of columns.
     pub fn len(&self) -> usize {
         usize::from(self.len)
@@ -229,5 +256,25 @@ impl OldTuple {
                 },
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod from_text_tests {
+    use super::*;
+
+    #[test]
+    fn a_tuple_built_from_text_values_reads_back_as_the_server_would_send_it() {
+        let t = Tuple::from_text([Some(&b"42"[..]), None, Some(&b""[..])]).unwrap();
+        assert_eq!(t.len(), 3);
+        let columns: Vec<Column> = t.iter().collect();
+        assert_eq!(
+            columns,
+            [
+                Column::Text(Bytes::from_static(b"42")),
+                Column::Null,
+                Column::Text(Bytes::new())
+            ]
+        );
     }
 }

@@ -123,6 +123,29 @@ pub enum Command {
     /// selected dead letters again once their cause is fixed.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// Publish rows still in the outbox table again (a consumer's queue was
+    /// lost), through the same mapping and confirms as `run`, each marked
+    /// with the x-relay-replay header. Never reads or moves the slot: runs
+    /// beside a live relay. Conditions combine (AND). Exits non-zero if any
+    /// row failed.
+    Replay {
+        /// This event id (repeatable).
+        #[arg(long = "id", value_name = "ID")]
+        ids: Vec<String>,
+        /// Rows created at or after this time (a PostgreSQL timestamp,
+        /// e.g. '2026-11-30 08:00:00+00').
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Rows created before this time.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// Rows of this aggregate.
+        #[arg(long, value_name = "ID")]
+        aggregate: Option<String>,
+        /// The column --aggregate looks in.
+        #[arg(long, default_value = "aggregate_id", value_name = "COLUMN")]
+        aggregate_column: String,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish,
     /// powershell), e.g. `outbox-relay completions bash >
     /// /etc/bash_completion.d/outbox-relay`.

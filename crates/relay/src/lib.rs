@@ -33,6 +33,7 @@ pub mod prereq;
 pub mod probe;
 pub mod process;
 pub mod redact;
+pub mod replay;
 pub mod servers;
 pub mod sink;
 pub mod sql;

@@ -175,6 +175,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Replay {
+            ids,
+            since,
+            until,
+            aggregate,
+            aggregate_column,
+        } => {
+            let config = parsed?;
+            let selection = outbox_relay::replay::Selection {
+                ids,
+                since,
+                until,
+                aggregate,
+                aggregate_column,
+            };
+            let summary = runtime
+                .block_on(outbox_relay::replay::replay(&config, &selection))
+                .map_err(anyhow::Error::msg)?;
+            for (what, why) in &summary.failed {
+                println!("failed   {what}: {why}");
+            }
+            println!(
+                "replayed {} rows in {:.1} s: {} confirmed, {} failed",
+                summary.rows,
+                summary.elapsed.as_secs_f64(),
+                summary.confirmed,
+                summary.failed.len()
+            );
+            Ok(if summary.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::DeadLetters(action) => {
             let config = parsed?;
             runtime.block_on(dead_letters(&config, action))

@@ -9,6 +9,7 @@ mod failover;
 pub mod fixture;
 mod guarantees;
 mod hostile;
+mod replay;
 mod slot_loss;
 mod streams;
 mod versions;
