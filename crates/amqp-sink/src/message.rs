@@ -50,12 +50,20 @@ pub struct MessageProperties {
     pub correlation_id: Option<String>,
     /// `app_id`.
     pub app_id: Option<String>,
+    /// `reply_to`.
+    pub reply_to: Option<String>,
+    /// `expiration`: the message's time to live in milliseconds, as
+    /// decimal digits (RabbitMQ's per-message TTL).
+    pub expiration: Option<String>,
+    /// `priority`, 0 to 255 (a priority queue uses what it was declared
+    /// for).
+    pub priority: Option<u8>,
     /// Headers, in order (a later entry with the same name wins).
     pub headers: Vec<(String, HeaderValue)>,
 }
 
 /// A header value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum HeaderValue {
     /// A string (sent as an AMQP long string).
     String(String),
@@ -67,6 +75,12 @@ pub enum HeaderValue {
     Bytes(Bytes),
     /// No value (AMQP void), for a NULL column.
     Null,
+    /// A double-precision float.
+    Float(f64),
+    /// A nested field table, in order.
+    Table(Vec<(String, HeaderValue)>),
+    /// A field array.
+    Array(Vec<HeaderValue>),
 }
 
 impl From<&str> for HeaderValue {
@@ -219,26 +233,19 @@ impl Prepared {
             bytes += v.len();
             props = props.with_app_id(short("app id", v)?);
         }
+        if let Some(v) = properties.reply_to {
+            bytes += v.len();
+            props = props.with_reply_to(short("reply to", v)?);
+        }
+        if let Some(v) = properties.expiration {
+            bytes += v.len();
+            props = props.with_expiration(short("expiration", v)?);
+        }
+        if let Some(v) = properties.priority {
+            props = props.with_priority(v);
+        }
         if !properties.headers.is_empty() {
-            let mut table = FieldTable::default();
-            for (name, value) in properties.headers {
-                bytes += name.len();
-                let value = match value {
-                    HeaderValue::String(s) => {
-                        bytes += s.len();
-                        AMQPValue::LongString(LongString::from(s))
-                    }
-                    HeaderValue::Int(i) => AMQPValue::LongLongInt(i),
-                    HeaderValue::Bool(b) => AMQPValue::Boolean(b),
-                    HeaderValue::Bytes(b) => {
-                        bytes += b.len();
-                        AMQPValue::ByteArray(ByteArray::from(b.as_ref()))
-                    }
-                    HeaderValue::Null => AMQPValue::Void,
-                };
-                table.insert(short("header name", name)?, value);
-            }
-            props = props.with_headers(table);
+            props = props.with_headers(field_table(properties.headers, &mut bytes)?);
         }
         Ok(Prepared {
             exchange,
@@ -264,7 +271,10 @@ impl MessageProperties {
             + short(&self.content_type)
             + short(&self.content_encoding)
             + short(&self.correlation_id)
-            + short(&self.app_id);
+            + short(&self.app_id)
+            + short(&self.reply_to)
+            + short(&self.expiration)
+            + self.priority.map_or(0, |_| 1);
         if !self.headers.is_empty() {
             // The table's length, then per entry a short-string name, a type
             // tag and the value.
@@ -286,6 +296,16 @@ impl HeaderValue {
             HeaderValue::Bool(_) => 1,
             HeaderValue::Bytes(b) => 4 + b.len(),
             HeaderValue::Null => 0,
+            HeaderValue::Float(_) => 8,
+            HeaderValue::Table(entries) => {
+                4 + entries
+                    .iter()
+                    .map(|(name, v)| 1 + name.len() + 1 + v.encoded_len())
+                    .sum::<usize>()
+            }
+            HeaderValue::Array(values) => {
+                4 + values.iter().map(|v| 1 + v.encoded_len()).sum::<usize>()
+            }
         }
     }
 }
@@ -305,6 +325,46 @@ pub fn properties_budget(frame_max: u32) -> usize {
 
 /// The longest AMQP short string, in bytes.
 const MAX_SHORT_STRING: usize = 255;
+
+/// Headers as an AMQP field table (nested tables and arrays too); counts
+/// their names and variable-length values into `bytes`.
+fn field_table(
+    entries: Vec<(String, HeaderValue)>,
+    bytes: &mut usize,
+) -> Result<FieldTable, MessageError> {
+    let mut table = FieldTable::default();
+    for (name, value) in entries {
+        *bytes += name.len();
+        let value = field_value(value, bytes)?;
+        table.insert(short("header name", name)?, value);
+    }
+    Ok(table)
+}
+
+fn field_value(value: HeaderValue, bytes: &mut usize) -> Result<AMQPValue, MessageError> {
+    Ok(match value {
+        HeaderValue::String(s) => {
+            *bytes += s.len();
+            AMQPValue::LongString(LongString::from(s))
+        }
+        HeaderValue::Int(i) => AMQPValue::LongLongInt(i),
+        HeaderValue::Bool(b) => AMQPValue::Boolean(b),
+        HeaderValue::Bytes(b) => {
+            *bytes += b.len();
+            AMQPValue::ByteArray(ByteArray::from(b.as_ref()))
+        }
+        HeaderValue::Null => AMQPValue::Void,
+        HeaderValue::Float(f) => AMQPValue::Double(f),
+        HeaderValue::Table(entries) => AMQPValue::FieldTable(field_table(entries, bytes)?),
+        HeaderValue::Array(values) => {
+            let mut array = lapin::types::FieldArray::default();
+            for v in values {
+                array.push(field_value(v, bytes)?);
+            }
+            AMQPValue::FieldArray(array)
+        }
+    })
+}
 
 /// The fallible `ShortString` conversion (lapin's `From` panics past 255
 /// bytes); the error's preview of the value is built only when it is too
@@ -358,7 +418,25 @@ mod tests {
                 timestamp: Some(1_700_000_000),
                 correlation_id: Some("c-1".into()),
                 app_id: None,
+                reply_to: Some("amq.rabbitmq.reply-to".into()),
+                expiration: Some("60000".into()),
+                priority: Some(7),
                 headers: vec![
+                    ("ratio".into(), HeaderValue::Float(0.5)),
+                    (
+                        "nested".into(),
+                        HeaderValue::Table(vec![
+                            ("a".into(), HeaderValue::Int(1)),
+                            (
+                                "list".into(),
+                                HeaderValue::Array(vec![
+                                    HeaderValue::String("x".into()),
+                                    HeaderValue::Bool(true),
+                                    HeaderValue::Table(vec![]),
+                                ]),
+                            ),
+                        ]),
+                    ),
                     ("aggregate_type".into(), "order".into()),
                     ("version".into(), HeaderValue::Int(3)),
                     ("replay".into(), HeaderValue::Bool(false)),
@@ -399,6 +477,17 @@ mod tests {
             Some(&AMQPValue::ByteArray(ByteArray::from(&b"\x00\x01"[..])))
         );
         assert_eq!(headers.get("gone"), Some(&AMQPValue::Void));
+        assert_eq!(headers.get("ratio"), Some(&AMQPValue::Double(0.5)));
+        assert!(matches!(
+            headers.get("nested"),
+            Some(AMQPValue::FieldTable(_))
+        ));
+        assert_eq!(
+            props.reply_to().as_ref().unwrap().as_str(),
+            "amq.rabbitmq.reply-to"
+        );
+        assert_eq!(props.expiration().as_ref().unwrap().as_str(), "60000");
+        assert_eq!(props.priority(), &Some(7));
     }
 
     #[test]

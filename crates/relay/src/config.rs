@@ -78,6 +78,21 @@ pub struct Settings {
     pub header_columns: Vec<String>,
     /// The message's content_type.
     pub content_type: String,
+    /// Column of the message's correlation_id ("" for none).
+    pub correlation_id_column: String,
+    /// Column of the message's reply_to ("" for none).
+    pub reply_to_column: String,
+    /// Column of the message's expiration, milliseconds ("" for none).
+    pub expiration_column: String,
+    /// Column of the message's priority, 0 to 255 ("" for none).
+    pub priority_column: String,
+    /// Column of the message's app_id ("" for outbox-relay).
+    pub app_id_column: String,
+    /// Column of the message's content_encoding ("" for none).
+    pub content_encoding_column: String,
+    /// A jsonb column whose object is merged into the headers ("" for
+    /// none).
+    pub headers_column: String,
     /// Larger payloads are dead-lettered (reason `oversize`).
     pub max_payload_bytes: u64,
     /// Prefix of pg_logical_emit_message events to publish (a table-less
@@ -156,6 +171,13 @@ impl Default for Settings {
             timestamp_column: "created_at".into(),
             header_columns: Vec::new(),
             content_type: "application/json".into(),
+            correlation_id_column: String::new(),
+            reply_to_column: String::new(),
+            expiration_column: String::new(),
+            priority_column: String::new(),
+            app_id_column: String::new(),
+            content_encoding_column: String::new(),
+            headers_column: String::new(),
             max_payload_bytes: 8 * 1024 * 1024,
             message_prefix: String::new(),
             row_attempts: 3,
@@ -261,6 +283,13 @@ const FIELDS: &[(&str, Kind)] = &[
     ("timestamp_column", Kind::Str),
     ("header_columns", Kind::List),
     ("content_type", Kind::Str),
+    ("correlation_id_column", Kind::Str),
+    ("reply_to_column", Kind::Str),
+    ("expiration_column", Kind::Str),
+    ("priority_column", Kind::Str),
+    ("app_id_column", Kind::Str),
+    ("content_encoding_column", Kind::Str),
+    ("headers_column", Kind::Str),
     ("max_payload_bytes", Kind::Int),
     ("message_prefix", Kind::Str),
     ("row_attempts", Kind::Int),
@@ -779,6 +808,15 @@ impl Settings {
                     },
                     subject_column: self.cloudevents_subject_column.clone(),
                 }),
+                property_columns: crate::mapping::PropertyColumns {
+                    correlation_id: self.correlation_id_column.clone(),
+                    reply_to: self.reply_to_column.clone(),
+                    expiration: self.expiration_column.clone(),
+                    priority: self.priority_column.clone(),
+                    app_id: self.app_id_column.clone(),
+                    content_encoding: self.content_encoding_column.clone(),
+                    headers: self.headers_column.clone(),
+                },
             },
             declare_exchange: self.declare_exchange,
             dead_letter_queue: self.dead_letter_queue.clone(),

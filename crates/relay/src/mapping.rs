@@ -40,14 +40,22 @@ const BYTEA_OID: u32 = 17;
 const MAX_DETAIL_CHARS: usize = 500;
 
 /// A header value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum HeaderValue {
     /// Text (most columns, in PostgreSQL's text output format).
     Text(String),
-    /// An integer (x-relay-payload-size).
+    /// An integer (x-relay-payload-size, a JSON integer).
     Int(i64),
     /// Raw bytes (a column that is not valid UTF-8).
     Bytes(Vec<u8>),
+    /// A boolean (from the headers column's JSON).
+    Bool(bool),
+    /// A float (a JSON number that is not an integer).
+    Float(f64),
+    /// A nested table (a JSON object).
+    Table(Vec<(String, HeaderValue)>),
+    /// An array (a JSON array).
+    Array(Vec<HeaderValue>),
 }
 
 impl HeaderValue {
@@ -55,8 +63,11 @@ impl HeaderValue {
     pub fn len(&self) -> usize {
         match self {
             HeaderValue::Text(s) => s.len(),
-            HeaderValue::Int(_) => 8,
+            HeaderValue::Int(_) | HeaderValue::Float(_) => 8,
             HeaderValue::Bytes(b) => b.len(),
+            HeaderValue::Bool(_) => 1,
+            HeaderValue::Table(entries) => entries.iter().map(|(n, v)| n.len() + v.len()).sum(),
+            HeaderValue::Array(values) => values.iter().map(HeaderValue::len).sum(),
         }
     }
 
@@ -66,8 +77,188 @@ impl HeaderValue {
     }
 }
 
+/// AMQP properties taken from columns (see [`PropertyColumns`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Properties {
+    /// `correlation_id`.
+    pub correlation_id: Option<String>,
+    /// `reply_to`.
+    pub reply_to: Option<String>,
+    /// `expiration`: milliseconds, decimal digits.
+    pub expiration: Option<String>,
+    /// `priority`.
+    pub priority: Option<u8>,
+    /// `app_id` (else the relay's own).
+    pub app_id: Option<String>,
+    /// `content_encoding`.
+    pub content_encoding: Option<String>,
+}
+
+/// The columns that AMQP properties and extra headers come from ("" for
+/// none). Such a column is not also sent as a header of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PropertyColumns {
+    /// `correlation_id`.
+    pub correlation_id: String,
+    /// `reply_to`.
+    pub reply_to: String,
+    /// `expiration`, milliseconds.
+    pub expiration: String,
+    /// `priority`, 0 to 255.
+    pub priority: String,
+    /// `app_id`.
+    pub app_id: String,
+    /// `content_encoding`.
+    pub content_encoding: String,
+    /// A jsonb column whose object is merged into the headers.
+    pub headers: String,
+}
+
+impl PropertyColumns {
+    fn names(&self) -> [&str; 7] {
+        [
+            &self.correlation_id,
+            &self.reply_to,
+            &self.expiration,
+            &self.priority,
+            &self.app_id,
+            &self.content_encoding,
+            &self.headers,
+        ]
+    }
+
+    /// Whether `column` feeds a property or the merged headers.
+    pub fn contains(&self, column: &str) -> bool {
+        !column.is_empty() && self.names().contains(&column)
+    }
+}
+
+/// The properties of a row from its columns' text (`value` looks a column
+/// up by name), and the headers its headers column adds; or why a value
+/// cannot be what it should (the row is dead-lettered with it).
+pub fn properties_of(
+    columns: &PropertyColumns,
+    value: impl Fn(&str) -> Option<String>,
+) -> Result<(Properties, Vec<(String, HeaderValue)>), String> {
+    let get = |column: &str| {
+        if column.is_empty() {
+            None
+        } else {
+            value(column)
+        }
+    };
+    let short = |column: &str, what: &str| -> Result<Option<String>, String> {
+        match get(column) {
+            Some(v) if v.len() > MAX_SHORT_STRING => Err(format!(
+                "column {column} holds {} bytes; AMQP's {what} holds at most 255",
+                v.len()
+            )),
+            Some(v) => Ok(Some(v)),
+            None => Ok(None),
+        }
+    };
+    let expiration = match get(&columns.expiration) {
+        Some(v) if !v.is_empty() && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit()) => {
+            match v.parse::<u32>() {
+                Ok(ms) => Some(ms.to_string()),
+                Err(_) => {
+                    return Err(format!(
+                        "column {} holds expiration {v:?}: milliseconds up to 4294967295",
+                        columns.expiration
+                    ))
+                }
+            }
+        }
+        Some(v) => {
+            return Err(format!(
+                "column {} holds expiration {:?}: a number of milliseconds (0 or more) is needed",
+                columns.expiration,
+                shown(&v, 40)
+            ))
+        }
+        None => None,
+    };
+    let priority = match get(&columns.priority) {
+        Some(v) => match v.trim().parse::<u8>() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                return Err(format!(
+                    "column {} holds priority {:?}: 0 to 255 is needed",
+                    columns.priority,
+                    shown(&v, 40)
+                ))
+            }
+        },
+        None => None,
+    };
+    let properties = Properties {
+        correlation_id: short(&columns.correlation_id, "correlation_id")?,
+        reply_to: short(&columns.reply_to, "reply_to")?,
+        expiration,
+        priority,
+        app_id: short(&columns.app_id, "app_id")?,
+        content_encoding: short(&columns.content_encoding, "content_encoding")?,
+    };
+    let headers = match get(&columns.headers) {
+        None => Vec::new(),
+        Some(text) => match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(serde_json::Value::Object(map)) => json_table(map, &columns.headers)?,
+            Ok(_) => {
+                return Err(format!(
+                    "column {} is not a JSON object: its fields become headers",
+                    columns.headers
+                ))
+            }
+            Err(e) => return Err(format!("column {} is not JSON: {e}", columns.headers)),
+        },
+    };
+    Ok((properties, headers))
+}
+
+/// A JSON object as headers: strings as text, integers as 64-bit
+/// integers, other numbers as floats, booleans, objects as nested tables,
+/// arrays as arrays; null fields are left out.
+fn json_table(
+    map: serde_json::Map<String, serde_json::Value>,
+    column: &str,
+) -> Result<Vec<(String, HeaderValue)>, String> {
+    let mut out = Vec::new();
+    for (name, value) in map {
+        if name.len() > MAX_SHORT_STRING {
+            return Err(format!(
+                "column {column} has a field name of {} bytes; a header name holds at most 255",
+                name.len()
+            ));
+        }
+        if let Some(v) = json_value(value, column)? {
+            out.push((name, v));
+        }
+    }
+    Ok(out)
+}
+
+fn json_value(value: serde_json::Value, column: &str) -> Result<Option<HeaderValue>, String> {
+    use serde_json::Value;
+    Ok(Some(match value {
+        Value::Null => return Ok(None),
+        Value::Bool(b) => HeaderValue::Bool(b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => HeaderValue::Int(i),
+            None => HeaderValue::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => HeaderValue::Text(s),
+        Value::Array(values) => HeaderValue::Array(
+            values
+                .into_iter()
+                .filter_map(|v| json_value(v, column).transpose())
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(map) => HeaderValue::Table(json_table(map, column)?),
+    }))
+}
+
 /// A message ready for the sink.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EventMessage {
     /// The exchange.
     pub exchange: String,
@@ -85,6 +276,8 @@ pub struct EventMessage {
     pub timestamp: Option<u64>,
     /// Headers, in column order.
     pub headers: Vec<(String, HeaderValue)>,
+    /// Properties from columns.
+    pub properties: Properties,
 }
 
 /// What every message must fit, as the sink sees it (see
@@ -212,7 +405,7 @@ impl DeadLetterReason {
 }
 
 /// The result of mapping one event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Mapped {
     /// Publish this.
     Publish(EventMessage),
@@ -249,6 +442,8 @@ pub struct MappingConfig {
     pub dead_letter_exchange: String,
     /// The CloudEvents attributes to add, if asked for.
     pub cloudevents: Option<crate::enrich::CloudEvents>,
+    /// The columns of AMQP properties and merged headers.
+    pub property_columns: PropertyColumns,
 }
 
 /// What the mapper knows of the outbox table's current shape: each
@@ -331,13 +526,14 @@ impl Mapper {
             .map(|col| PlanColumn {
                 name: col.name.clone(),
                 type_oid: col.type_oid,
-                header: if c.header_columns.is_empty() {
-                    col.name != c.id_column
-                        && col.name != c.payload_column
-                        && col.name != c.timestamp_column
-                } else {
-                    c.header_columns.contains(&col.name)
-                },
+                header: !c.property_columns.contains(&col.name)
+                    && if c.header_columns.is_empty() {
+                        col.name != c.id_column
+                            && col.name != c.payload_column
+                            && col.name != c.timestamp_column
+                    } else {
+                        c.header_columns.contains(&col.name)
+                    },
             })
             .collect();
         let index: HashMap<String, usize> = columns
@@ -501,6 +697,15 @@ impl Mapper {
             .filter(|(_, col)| col.header)
             .filter_map(|(value, col)| Some((col.name.clone(), header_value(value.value()?))))
             .collect();
+        let column_text = |name: &str| -> Option<String> {
+            let at = plan.columns.iter().position(|col| col.name == name);
+            text(at).ok().flatten().map(str::to_string)
+        };
+        let (properties, merged) = match properties_of(&c.property_columns, column_text) {
+            Ok(found) => found,
+            Err(detail) => return Some(dead(DeadLetterReason::InvalidProperty, detail, body)),
+        };
+        headers.extend(merged);
         crate::enrich::trace_context(&mut headers);
         if let Some(ce) = &c.cloudevents {
             let at = plan
@@ -525,6 +730,7 @@ impl Mapper {
             content_type: c.content_type.clone(),
             timestamp,
             headers,
+            properties,
         };
         if !self.limits.properties_fit(&message) {
             let detail = self.headers_detail(&message);
@@ -734,8 +940,21 @@ impl Mapper {
                     c.header_columns.contains(k)
                 }
             })
+            .filter(|(k, _)| !c.property_columns.contains(k))
             .filter_map(|(k, _)| Some((k.clone(), HeaderValue::Text(field_text(k)?))))
             .collect();
+        let (properties, merged) = match properties_of(&c.property_columns, field_text) {
+            Ok(found) => found,
+            Err(detail) => {
+                return Some(dead(
+                    DeadLetterReason::InvalidProperty,
+                    detail,
+                    all_headers(),
+                    body,
+                ))
+            }
+        };
+        headers.extend(merged);
         crate::enrich::trace_context(&mut headers);
         let message_id = id.unwrap_or_else(|| format!("pg-message-{lsn}"));
         let timestamp = field_text(&c.timestamp_column)
@@ -761,6 +980,7 @@ impl Mapper {
             content_type: c.content_type.clone(),
             timestamp,
             headers,
+            properties,
         };
         if !self.limits.properties_fit(&message) {
             let detail = self.headers_detail(&message);
@@ -881,6 +1101,7 @@ impl Mapper {
             content_type: parts.content_type.to_string(),
             timestamp: parts.timestamp,
             headers,
+            properties: Properties::default(),
         };
         if !self.limits.properties_fit(&message) {
             let mut dropped = String::new();
@@ -1034,6 +1255,70 @@ mod tests {
 
     fn lsn() -> Lsn {
         "0/16B3748".parse().unwrap()
+    }
+
+    #[test]
+    fn properties_from_columns_are_validated_and_a_json_object_becomes_typed_headers() {
+        let columns = PropertyColumns {
+            correlation_id: "corr".into(),
+            expiration: "ttl".into(),
+            priority: "prio".into(),
+            headers: "extra".into(),
+            ..PropertyColumns::default()
+        };
+        let row = |ttl: &str, prio: &str, extra: &str| {
+            let values: HashMap<&str, String> = [
+                ("corr", "c-1".to_string()),
+                ("ttl", ttl.to_string()),
+                ("prio", prio.to_string()),
+                ("extra", extra.to_string()),
+            ]
+            .into_iter()
+            .collect();
+            properties_of(&columns, |name| values.get(name).cloned())
+        };
+        let (p, headers) = row(
+            "60000",
+            "9",
+            r#"{"tenant": "acme", "n": 3, "ratio": 0.5, "ok": true, "gone": null,
+                "nested": {"a": [1, "x"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(p.correlation_id.as_deref(), Some("c-1"));
+        assert_eq!(p.expiration.as_deref(), Some("60000"));
+        assert_eq!(p.priority, Some(9));
+        // A null field is left out; the rest in name order.
+        assert_eq!(
+            headers,
+            [
+                ("n".to_string(), HeaderValue::Int(3)),
+                (
+                    "nested".to_string(),
+                    HeaderValue::Table(vec![(
+                        "a".to_string(),
+                        HeaderValue::Array(vec![
+                            HeaderValue::Int(1),
+                            HeaderValue::Text("x".into())
+                        ])
+                    )])
+                ),
+                ("ok".to_string(), HeaderValue::Bool(true)),
+                ("ratio".to_string(), HeaderValue::Float(0.5)),
+                ("tenant".to_string(), HeaderValue::Text("acme".into())),
+            ]
+        );
+        for (ttl, prio, extra, says) in [
+            ("-1", "1", "{}", "expiration"),
+            ("1e3", "1", "{}", "expiration"),
+            ("99999999999", "1", "{}", "expiration"),
+            ("1", "256", "{}", "priority"),
+            ("1", "high", "{}", "priority"),
+            ("1", "1", "[1]", "not a JSON object"),
+            ("1", "1", "{", "not JSON"),
+        ] {
+            let why = row(ttl, prio, extra).unwrap_err();
+            assert!(why.contains(says), "{ttl} {prio} {extra}: {why}");
+        }
     }
 
     #[test]
@@ -1293,6 +1578,7 @@ mod tests {
                 (long.clone(), HeaderValue::Text("v".into())),
                 ("tenant".into(), HeaderValue::Text("acme".into())),
             ],
+            properties: Properties::default(),
         };
         let copy = m.copy_of(
             &original,

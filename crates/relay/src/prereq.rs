@@ -367,6 +367,38 @@ fn judge_columns(config: &Config, info: &crate::catalog::TableInfo) -> Line {
             }
         }
     }
+    let pc = &m.property_columns;
+    for (column, setting) in [
+        (&pc.correlation_id, "correlation_id_column"),
+        (&pc.reply_to, "reply_to_column"),
+        (&pc.expiration, "expiration_column"),
+        (&pc.priority, "priority_column"),
+        (&pc.app_id, "app_id_column"),
+        (&pc.content_encoding, "content_encoding_column"),
+        (&pc.headers, "headers_column"),
+    ] {
+        if column.is_empty() {
+            continue;
+        }
+        match info.column(column) {
+            Some(c) => {
+                if !seen.contains(&column.as_str()) {
+                    seen.push(column);
+                }
+                if setting == "headers_column"
+                    && !["jsonb", "json", "text"].contains(&c.type_name.as_str())
+                {
+                    notes.push(format!(
+                        "headers column {column} is {}: it must hold a JSON object",
+                        c.type_name
+                    ));
+                }
+            }
+            None => notes.push(format!(
+                "no column {column} ({setting}): that property stays unset"
+            )),
+        }
+    }
     if let Some(c) = info.column(&m.payload_column) {
         const TEXT_TYPES: &[&str] = &["jsonb", "json", "text", "bytea", "character varying"];
         if !TEXT_TYPES.contains(&c.type_name.as_str()) {
@@ -391,6 +423,7 @@ fn judge_columns(config: &Config, info: &crate::catalog::TableInfo) -> Line {
             .iter()
             .copied()
             .filter(|n| *n != m.id_column && *n != m.payload_column && *n != m.timestamp_column)
+            .filter(|n| !m.property_columns.contains(n))
             .collect()
     } else {
         let mut listed = Vec::new();

@@ -53,24 +53,62 @@ pub fn limits(max_body: usize, frame_max: u32) -> Limits {
 pub fn properties_len(message: &EventMessage) -> usize {
     let short = |s: Option<&str>| s.map_or(0, |s| 1 + s.len());
     // delivery_mode, then the timestamp and the short strings.
+    let p = &message.properties;
     let mut len = 1
         + message.timestamp.map_or(0, |_| 8)
         + short(message.message_id.as_deref())
         + short(message.kind.as_deref())
         + short(Some(&message.content_type))
-        + short(Some(APP_ID));
+        + short(Some(p.app_id.as_deref().unwrap_or(APP_ID)))
+        + short(p.correlation_id.as_deref())
+        + short(p.reply_to.as_deref())
+        + short(p.expiration.as_deref())
+        + short(p.content_encoding.as_deref())
+        + p.priority.map_or(0, |_| 1);
     if !message.headers.is_empty() {
-        len += 4;
-        for (name, value) in &message.headers {
-            let value_len = match value {
-                HeaderValue::Text(s) => 4 + s.len(),
-                HeaderValue::Int(_) => 8,
-                HeaderValue::Bytes(b) => 4 + b.len(),
-            };
-            len += 1 + name.len() + 1 + value_len;
-        }
+        len += 4 + table_len(&message.headers);
     }
     len
+}
+
+/// The entries of a field table, encoded (after its length).
+fn table_len(entries: &[(String, HeaderValue)]) -> usize {
+    entries
+        .iter()
+        .map(|(name, value)| 1 + name.len() + 1 + value_len(value))
+        .sum()
+}
+
+/// A field value, encoded (after its type tag).
+fn value_len(value: &HeaderValue) -> usize {
+    match value {
+        HeaderValue::Text(s) => 4 + s.len(),
+        HeaderValue::Int(_) | HeaderValue::Float(_) => 8,
+        HeaderValue::Bytes(b) => 4 + b.len(),
+        HeaderValue::Bool(_) => 1,
+        HeaderValue::Table(entries) => 4 + table_len(entries),
+        HeaderValue::Array(values) => 4 + values.iter().map(|v| 1 + value_len(v)).sum::<usize>(),
+    }
+}
+
+/// A header value as amqp-sink sends it.
+fn sink_value(value: &HeaderValue) -> amqp_sink::HeaderValue {
+    match value {
+        HeaderValue::Text(s) => amqp_sink::HeaderValue::String(s.clone()),
+        HeaderValue::Int(i) => amqp_sink::HeaderValue::Int(*i),
+        HeaderValue::Bytes(b) => amqp_sink::HeaderValue::Bytes(bytes::Bytes::from(b.clone())),
+        HeaderValue::Bool(b) => amqp_sink::HeaderValue::Bool(*b),
+        HeaderValue::Float(f) => amqp_sink::HeaderValue::Float(*f),
+        HeaderValue::Table(entries) => amqp_sink::HeaderValue::Table(
+            entries
+                .iter()
+                .map(|(n, v)| (n.clone(), sink_value(v)))
+                .collect(),
+        ),
+        HeaderValue::Array(values) => {
+            amqp_sink::HeaderValue::Array(values.iter().map(sink_value).collect())
+        }
+    }
 }
 
 /// The AMQP message for an event.
@@ -85,20 +123,17 @@ pub fn outgoing(event: &EventMessage) -> OutgoingMessage {
     p.message_type.clone_from(&event.kind);
     p.content_type = Some(event.content_type.clone());
     p.timestamp = event.timestamp;
-    p.app_id = Some(APP_ID.into());
+    let from = &event.properties;
+    p.app_id = Some(from.app_id.clone().unwrap_or_else(|| APP_ID.into()));
+    p.correlation_id.clone_from(&from.correlation_id);
+    p.reply_to.clone_from(&from.reply_to);
+    p.expiration.clone_from(&from.expiration);
+    p.priority = from.priority;
+    p.content_encoding.clone_from(&from.content_encoding);
     p.headers = event
         .headers
         .iter()
-        .map(|(name, value)| {
-            let v = match value {
-                HeaderValue::Text(s) => amqp_sink::HeaderValue::String(s.clone()),
-                HeaderValue::Int(i) => amqp_sink::HeaderValue::Int(*i),
-                HeaderValue::Bytes(b) => {
-                    amqp_sink::HeaderValue::Bytes(bytes::Bytes::from(b.clone()))
-                }
-            };
-            (name.clone(), v)
-        })
+        .map(|(name, value)| (name.clone(), sink_value(value)))
         .collect();
     message
 }
@@ -294,15 +329,49 @@ impl Sink for AmqpSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mapping::Properties;
     use bytes::Bytes;
     use proptest::prelude::*;
 
     fn header_value() -> impl Strategy<Value = HeaderValue> {
-        prop_oneof![
+        let leaf = prop_oneof![
             ".{0,40}".prop_map(HeaderValue::Text),
             any::<i64>().prop_map(HeaderValue::Int),
             proptest::collection::vec(any::<u8>(), 0..40).prop_map(HeaderValue::Bytes),
-        ]
+            any::<bool>().prop_map(HeaderValue::Bool),
+            any::<f64>().prop_map(HeaderValue::Float),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(("[a-z_]{1,12}", inner.clone()), 0..4)
+                    .prop_map(HeaderValue::Table),
+                proptest::collection::vec(inner, 0..4).prop_map(HeaderValue::Array),
+            ]
+        })
+    }
+
+    fn properties() -> impl Strategy<Value = Properties> {
+        let short = || proptest::option::of("[ -~]{0,60}");
+        (
+            short(),
+            short(),
+            proptest::option::of("[0-9]{1,9}"),
+            proptest::option::of(any::<u8>()),
+            short(),
+            short(),
+        )
+            .prop_map(
+                |(correlation_id, reply_to, expiration, priority, app_id, content_encoding)| {
+                    Properties {
+                        correlation_id,
+                        reply_to,
+                        expiration,
+                        priority,
+                        app_id,
+                        content_encoding,
+                    }
+                },
+            )
     }
 
     proptest! {
@@ -312,6 +381,7 @@ mod tests {
             kind in proptest::option::of("[a-z]{0,20}"),
             timestamp in proptest::option::of(any::<u64>()),
             headers in proptest::collection::vec(("[a-z_]{1,20}", header_value()), 0..8),
+            properties in properties(),
         ) {
             let event = EventMessage {
                 exchange: "outbox".into(),
@@ -322,6 +392,7 @@ mod tests {
                 content_type: "application/json".into(),
                 timestamp,
                 headers,
+                properties,
             };
             prop_assert_eq!(properties_len(&event), outgoing(&event).properties.encoded_len());
         }
