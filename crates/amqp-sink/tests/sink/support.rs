@@ -56,6 +56,9 @@ pub fn message(exchange: &str, routing_key: &str, i: u64) -> OutgoingMessage {
             timestamp: Some(1_700_000_000 + i),
             correlation_id: Some(format!("c-{}", i % 7)),
             app_id: None,
+            reply_to: None,
+            expiration: None,
+            priority: None,
             headers: vec![
                 ("aggregate_type".into(), HeaderValue::String("order".into())),
                 (
