@@ -42,6 +42,20 @@ async fn wait_depth(f: &Fixture, queue: &str, n: u32) {
     }
 }
 
+/// Waits (up to 30 s) until no process streams from the slot.
+async fn slot_inactive(f: &Fixture) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while f
+        .pg
+        .psql("SELECT active FROM pg_replication_slots")
+        .unwrap()
+        != "f"
+    {
+        assert!(Instant::now() < deadline, "the slot stays active");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn teardown_refuses_an_active_slot_and_drops_slot_and_publication_once_it_is_free() {
     let f = Fixture::new().await;
@@ -65,16 +79,7 @@ async fn teardown_refuses_an_active_slot_and_drops_slot_and_publication_once_it_
     assert_eq!((slots(), publications()), ("1".into(), "1".into()));
 
     relay.kill().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while f
-        .pg
-        .psql("SELECT active FROM pg_replication_slots")
-        .unwrap()
-        != "f"
-    {
-        assert!(Instant::now() < deadline, "the slot stays active");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    slot_inactive(&f).await;
     let (ok, out) = f.run_to_end(&["teardown", "--yes"], &[]);
     assert!(ok, "{out}");
     assert!(out.contains("dropped slot outbox_relay (released"), "{out}");
@@ -236,16 +241,7 @@ async fn teardown_refuses_a_relay_between_two_sessions_whose_slot_is_inactive_fo
     // The walsender ends: the relay waits out its backoff without a slot.
     f.pg.psql("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots")
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while f
-        .pg
-        .psql("SELECT active FROM pg_replication_slots")
-        .unwrap()
-        != "f"
-    {
-        assert!(Instant::now() < deadline, "the slot stays active");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    slot_inactive(&f).await;
     let (ok, out) = f.run_to_end(&["teardown", "--yes"], &[]);
     assert!(!ok, "{out}");
     assert!(out.contains("between two sessions"), "{out}");
