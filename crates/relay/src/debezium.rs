@@ -41,7 +41,10 @@ pub fn parse_properties(text: &str) -> BTreeMap<String, String> {
         {
             continue;
         }
-        let continued = line.ends_with('\\') && !line.ends_with("\\\\");
+        // A line continues when it ends with an odd number of backslashes
+        // (an even number is escaped backslashes).
+        let trailing = line.bytes().rev().take_while(|b| *b == b'\\').count();
+        let continued = trailing % 2 == 1;
         logical.push_str(if continued {
             &line[..line.len() - 1]
         } else {
@@ -54,7 +57,56 @@ pub fn parse_properties(text: &str) -> BTreeMap<String, String> {
         let (key, value) = split_entry(&entry);
         out.insert(unescape(&key), unescape(value.trim_start()));
     }
+    // A continuation cut off by the end of the file still counts.
+    if !logical.is_empty() {
+        let (key, value) = split_entry(&logical);
+        out.insert(unescape(&key), unescape(value.trim_start()));
+    }
     out
+}
+
+/// Whether an option holds a secret: its value is never written out.
+fn secret(option: &str) -> bool {
+    let o = option.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "jaas",
+        "token",
+        "credential",
+        "authparams",
+        "keystore.key",
+    ]
+    .iter()
+    .any(|s| o.contains(s))
+}
+
+/// Text made safe for a TOML comment: control characters escaped, so a
+/// value cannot end the comment and start a key.
+fn comment_text(text: &str) -> String {
+    crate::mapping::shown(text, 400)
+}
+
+/// A URL component, percent-encoded (RFC 3986 unreserved characters kept).
+fn encoded(part: &str) -> String {
+    part.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A host for a URL: IPv6 addresses in brackets.
+fn url_host(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
 }
 
 /// Splits at the first unescaped `=`, `:` or whitespace.
@@ -144,13 +196,13 @@ impl Converted {
              # PGPASSWORD), then run `outbox-relay --config <this file> check`.\n"
         );
         for note in &self.notes {
-            out.push_str(&format!("# {note}\n"));
+            out.push_str(&format!("# {}\n", comment_text(note)));
         }
         out.push('\n');
         for (key, value, comment) in &self.settings {
             if let Some(comment) = comment {
                 for line in comment.lines() {
-                    out.push_str(&format!("# {line}\n"));
+                    out.push_str(&format!("# {}\n", comment_text(line)));
                 }
             }
             out.push_str(&format!("{key} = {value}\n"));
@@ -158,7 +210,16 @@ impl Converted {
         if !self.not_honoured.is_empty() {
             out.push_str("\n# Debezium options the relay does not honour:\n");
             for (option, value, why) in &self.not_honoured {
-                out.push_str(&format!("#   {option} = {value}\n#     {why}\n"));
+                let value = if secret(option) {
+                    "(a secret: not copied)".to_string()
+                } else {
+                    comment_text(value)
+                };
+                out.push_str(&format!(
+                    "#   {} = {value}\n#     {}\n",
+                    comment_text(option),
+                    comment_text(why)
+                ));
             }
         }
         out
@@ -222,12 +283,18 @@ pub fn convert(props: &BTreeMap<String, String>) -> Converted {
     let dbname = get("database.dbname").unwrap_or("postgres");
     let mut query = Vec::new();
     if let Some(mode) = get("database.sslmode") {
-        query.push(format!("sslmode={mode}"));
+        query.push(format!("sslmode={}", encoded(mode)));
     }
     if let Some(root) = get("database.sslrootcert") {
-        query.push(format!("sslrootcert={root}"));
+        query.push(format!("sslrootcert={}", encoded(root)));
     }
-    let mut pg_url = format!("postgres://{user}@{host}:{port}/{dbname}");
+    let mut pg_url = format!(
+        "postgres://{}@{}:{}/{}",
+        encoded(user),
+        url_host(host),
+        encoded(port),
+        encoded(dbname)
+    );
     if !query.is_empty() {
         pg_url.push('?');
         pg_url.push_str(&query.join("&"));
@@ -548,7 +615,12 @@ pub fn convert(props: &BTreeMap<String, String>) -> Converted {
         };
         c.set(
             "amqp_url",
-            toml::Value::String(format!("{scheme}://{user}@{host}:{port}/{vhost}")),
+            toml::Value::String(format!(
+                "{scheme}://{}@{}:{}/{vhost}",
+                encoded(user),
+                url_host(host),
+                encoded(port)
+            )),
             Some(format!("debezium.sink.rabbitmq.connection.*{note}")),
         );
         if let Some(mode) = rabbit.get("deliveryMode").filter(|m| **m != "2") {
@@ -823,6 +895,37 @@ debezium.format.value=json
             assert!(text.contains(skipped), "{skipped} not commented:\n{text}");
         }
         let _: toml::Table = text.parse().expect(&text);
+    }
+
+    #[test]
+    fn secrets_never_reach_the_output_and_values_cannot_break_out_of_a_comment() {
+        let mut props = parse_properties(CONNECTOR);
+        props.insert("database.sslpassword".into(), "ssl-secret".into());
+        props.insert(
+            "offset.storage.jdbc.connection.password".into(),
+            "jdbc-secret".into(),
+        );
+        props.insert("sneaky".into(), "a\nexchange = \"evil\"\r".into());
+        props.insert("database.user".into(), "dbz@server".into());
+        let text = convert(&props).render("x");
+        assert!(
+            !text.contains("ssl-secret") && !text.contains("jdbc-secret"),
+            "{text}"
+        );
+        let table: toml::Table = text.parse().expect(&text);
+        assert_eq!(table["exchange"].as_str(), Some("outbox"), "{text}");
+        assert!(
+            text.contains("postgres://dbz%40server@db.internal"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_continuation_cut_by_the_end_and_escaped_backslashes_are_read_right() {
+        let p = parse_properties("a=x\\\\\nb=y\\\\\\\n  z\nc=end\\");
+        assert_eq!(p["a"], "x\\");
+        assert_eq!(p["b"], "y\\z");
+        assert_eq!(p["c"], "end");
     }
 
     #[test]

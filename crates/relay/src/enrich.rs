@@ -80,6 +80,19 @@ fn text_of<'a>(headers: &'a [(String, HeaderValue)], name: &str) -> Option<&'a s
 /// Keeps the trace context headers only when valid, and derives them from
 /// Debezium's `tracingspancontext` when the row has none of its own.
 pub fn trace_context(headers: &mut Vec<(String, HeaderValue)>) {
+    // Of several entries of a name (a column and the headers column's
+    // JSON), the last is what the broker keeps: judge that one, drop the
+    // rest.
+    for name in [TRACEPARENT, TRACESTATE] {
+        if let Some(last) = headers.iter().rposition(|(n, _)| n == name) {
+            let mut i = 0;
+            headers.retain(|(n, _)| {
+                let keep = n != name || i == last;
+                i += 1;
+                keep
+            });
+        }
+    }
     if text_of(headers, TRACEPARENT).is_none() {
         if let Some(context) = text_of(headers, DEBEZIUM_SPAN_CONTEXT) {
             let entries = crate::debezium::parse_properties(context);
@@ -132,7 +145,8 @@ pub fn cloudevents_headers(
         ("cloudEvents:source".to_string(), ce.source.clone()),
         ("cloudEvents:type".to_string(), kind.to_string()),
     ];
-    if let Some(secs) = timestamp {
+    // RFC 3339 has four-digit years: a later time is left out.
+    if let Some(secs) = timestamp.filter(|s| *s < 253_402_300_800) {
         out.push(("cloudEvents:time".to_string(), rfc3339(secs)));
     }
     if let Some(subject) = subject.filter(|s| !s.is_empty()) {
@@ -222,6 +236,16 @@ mod tests {
         let mut bad_state = h(&[("traceparent", PARENT), ("tracestate", "=")]);
         trace_context(&mut bad_state);
         assert_eq!(bad_state, h(&[("traceparent", PARENT)]));
+    }
+
+    #[test]
+    fn of_two_traceparents_the_one_the_broker_keeps_is_the_one_judged() {
+        let mut headers = h(&[("traceparent", PARENT), ("x", "y"), ("traceparent", "junk")]);
+        trace_context(&mut headers);
+        assert_eq!(headers, h(&[("x", "y")]));
+        let mut headers = h(&[("traceparent", "junk"), ("traceparent", PARENT)]);
+        trace_context(&mut headers);
+        assert_eq!(headers, h(&[("traceparent", PARENT)]));
     }
 
     #[test]

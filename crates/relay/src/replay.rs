@@ -259,11 +259,17 @@ pub async fn replay(config: &Config, selection: &Selection) -> Result<Summary, S
         .bind(sql.as_str(), &params)
         .await
         .map_err(|e| format!("selecting the rows: {e}"))?;
-    loop {
-        let rows = tx
-            .query_portal(&portal, BATCH)
-            .await
-            .map_err(|e| format!("reading the rows: {e}"))?;
+    // A failure mid-way still closes the publisher and reports what went
+    // out: the summary carries it.
+    let mut stopped: Option<String> = None;
+    'rows: loop {
+        let rows = match tx.query_portal(&portal, BATCH).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                stopped = Some(format!("reading the rows: {e}"));
+                break;
+            }
+        };
         if rows.is_empty() {
             break;
         }
@@ -273,8 +279,22 @@ pub async fn replay(config: &Config, selection: &Selection) -> Result<Summary, S
             let what = id_at
                 .and_then(|i| values.get(i).cloned().flatten())
                 .unwrap_or_else(|| format!("row {}", summary.rows));
-            let tuple = Tuple::from_text(values.iter().map(|v| v.as_deref().map(str::as_bytes)))
-                .ok_or("a row too wide for the format")?;
+            if id_at
+                .and_then(|i| values.get(i))
+                .is_none_or(Option::is_none)
+            {
+                summary.failed.push((
+                    what,
+                    "no id: a consumer could not tell its replay from a new event".into(),
+                ));
+                continue;
+            }
+            let Some(tuple) =
+                Tuple::from_text(values.iter().map(|v| v.as_deref().map(str::as_bytes)))
+            else {
+                stopped = Some("a row too wide for the format".into());
+                break 'rows;
+            };
             let insert = Insert {
                 xid: None,
                 rel,
@@ -301,6 +321,13 @@ pub async fn replay(config: &Config, selection: &Selection) -> Result<Summary, S
                 REPLAY_HEADER.to_string(),
                 HeaderValue::Text(replayed_at.clone()),
             ));
+            if !mapper.limits().properties_fit(&message) {
+                summary.failed.push((
+                    what,
+                    "with the replay header its properties no longer fit one frame".into(),
+                ));
+                continue;
+            }
             match publisher.publish(amqp::outgoing(&message)).await {
                 Ok(seq) => {
                     ids.insert(seq.get(), what);
@@ -343,6 +370,11 @@ pub async fn replay(config: &Config, selection: &Selection) -> Result<Summary, S
                 .failed
                 .push(("the publisher".into(), format!("closing: {e}")));
         }
+    }
+    if let Some(error) = stopped {
+        summary
+            .failed
+            .push(("the replay".into(), format!("stopped: {error}")));
     }
     summary.elapsed = started.elapsed();
     Ok(summary)

@@ -14,7 +14,15 @@ async fn replay_republishes_selected_rows_beside_a_live_relay_without_touching_t
     let mut relay = f.start_relay(&[]);
     f.insert_events("a", 0, 5);
     f.insert_events("b", 5, 5);
-    let first = consumer.collect(10, Duration::from_secs(30)).await.unwrap();
+    // Three rows created in a past hour, for a time-range replay.
+    f.pg.psql(
+        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at)
+         SELECT 'order', 'old', 'created', jsonb_build_object('seq', g),
+                '2020-01-01 10:00:00+00'::timestamptz + g * interval '1 minute'
+         FROM generate_series(20, 22) g",
+    )
+    .unwrap();
+    let first = consumer.collect(13, Duration::from_secs(30)).await.unwrap();
     let id_of = |seq: u64| {
         first
             .iter()
@@ -41,14 +49,26 @@ async fn replay_republishes_selected_rows_beside_a_live_relay_without_touching_t
     let (ok, out) = f.run_to_end(&["replay", "--id", &id_of(7)], &[]);
     assert!(ok, "{out}");
     assert!(out.contains("replayed 1 rows"), "{out}");
+    let (ok, out) = f.run_to_end(
+        &[
+            "replay",
+            "--since",
+            "2020-01-01 10:00:00+00",
+            "--until",
+            "2020-01-01 11:00:00+00",
+        ],
+        &[],
+    );
+    assert!(ok && out.contains("replayed 3 rows"), "{out}");
     let (ok, out) = f.run_to_end(&["replay", "--since", "2999-01-01 00:00:00+00"], &[]);
     assert!(ok && out.contains("replayed 0 rows"), "{out}");
 
     let mut again = f.scope.consume(&fresh).await.unwrap();
-    let got = again.collect(6, Duration::from_secs(30)).await.unwrap();
+    let got = again.collect(9, Duration::from_secs(30)).await.unwrap();
     let mut seqs: Vec<u64> = got.iter().map(|d| seq_of(&d.data)).collect();
     seqs.sort_unstable();
-    assert_eq!(seqs, [0, 1, 2, 3, 4, 7]);
+    // Each selected row once more, nothing else.
+    assert_eq!(seqs, [0, 1, 2, 3, 4, 7, 20, 21, 22]);
     for d in &got {
         assert!(header(d, "x-relay-replay").is_some(), "no replay mark");
         let seq = seq_of(&d.data);
