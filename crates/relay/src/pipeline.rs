@@ -505,8 +505,6 @@ async fn stream<S: Sink>(
                                 "publish_failed"
                             },
                         );
-                        ctx.metrics.inflight_messages.set(0);
-                        ctx.metrics.inflight_bytes.set(0);
                         let recovered = tokio::select! {
                             r = sink.recover() => r,
                             () = stopped(&mut shutdown) => break Ok(()),
