@@ -64,19 +64,28 @@ fn the_readme_quick_start_runs_as_written_and_the_consumer_prints_the_event() {
         .filter(|l| !l.trim_start().starts_with("cargo build"))
         .map(|l| format!("{l}\n"))
         .collect();
+    // The script's output goes to a file it can read: the SQL waits for the
+    // consumer's `ready` (a person pasting the blocks waits by reading), and
+    // whatever happens, the background jobs end with the script (an
+    // orphaned relay would hold the output open).
+    let log = work.path().join("quickstart.log");
+    let log_path = log.display().to_string();
     let script = format!(
-        "set -euo pipefail\n{shell}\n\
+        "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n{shell}\n\
          consumer=$(jobs -p | head -n 1)\n\
          relay=$(jobs -p | tail -n 1)\n\
+         for _ in $(seq 1 600); do grep -q '^ready' '{log_path}' && break; sleep 0.1; done\n\
          psql -v ON_ERROR_STOP=1 -d shop <<'SQL'\n{sql}SQL\n\
          wait \"$consumer\"\n\
          kill -TERM \"$relay\"\n\
          wait \"$relay\"\n\
          echo quick-start-done\n"
     );
+    let log_file = std::fs::File::create(&log).unwrap();
     let out = std::process::Command::new("bash")
         .arg("-c")
         .arg(&script)
+        .stdout(log_file)
         .current_dir(work.path())
         .env("PGHOST", "127.0.0.1")
         .env("PGPORT", pg.port().to_string())
@@ -94,7 +103,7 @@ fn the_readme_quick_start_runs_as_written_and_the_consumer_prints_the_event() {
         .env("RELAY_METRICS_ADDR", "127.0.0.1:0")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = std::fs::read_to_string(&log).unwrap_or_default();
     let stderr = String::from_utf8_lossy(&out.stderr);
 
     // The exchange and dead-letter names are the defaults, on the shared

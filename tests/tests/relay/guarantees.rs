@@ -477,7 +477,11 @@ async fn a_dropped_slot_stops_the_relay_with_the_reason_instead_of_retrying() {
         ("RELAY_BACKOFF_INITIAL_MS", "3000"),
         ("RELAY_BACKOFF_MAX_MS", "3000"),
     ]);
-    // Terminate its walsender (once the slot shows it active).
+    // Terminate its walsender once it streams (a walsender ended during
+    // START_REPLICATION is a failed start, retried, not a lost stream).
+    relay
+        .wait_for_line("replication started", Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{}", relay.output()));
     let deadline = Instant::now() + Duration::from_secs(10);
     while f
         .pg
