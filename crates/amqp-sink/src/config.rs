@@ -22,6 +22,10 @@ pub struct SinkConfig {
     /// The exchange the relay publishes to, declared (or checked) on every
     /// connection.
     pub exchange: ExchangeConfig,
+    /// Further exchanges declared (or checked) like `exchange`, of the same
+    /// kind and durability: a publisher whose messages go to several
+    /// exchanges (a relay with several outbox tables).
+    pub extra_exchanges: Vec<String>,
     /// The dead-letter exchange and queue for messages the relay cannot
     /// route; `None` declares none.
     pub dead_letter: Option<DeadLetterConfig>,
@@ -165,6 +169,7 @@ impl SinkConfig {
         SinkConfig {
             brokers,
             exchange: ExchangeConfig::default(),
+            extra_exchanges: Vec::new(),
             dead_letter: Some(DeadLetterConfig::default()),
             passive: false,
             window_messages: 1024,
@@ -247,6 +252,9 @@ impl SinkConfig {
         }
         self.backoff.validate()?;
         check_name("exchange.name", &self.exchange.name, true)?;
+        for name in &self.extra_exchanges {
+            check_name("extra_exchanges", name, false)?;
+        }
         if let Some(dl) = &self.dead_letter {
             check_name("dead_letter.exchange", &dl.exchange, false)?;
             check_name("dead_letter.queue", &dl.queue, false)?;

@@ -199,12 +199,13 @@ async fn declare_topology(
         .await
         .map_err(|e| LinkError::from_lapin(broker, &e, config.heartbeat_timeout))?;
     let exchange = &config.exchange;
-    if !exchange.name.is_empty() {
+    let names = std::iter::once(&exchange.name).chain(&config.extra_exchanges);
+    for exchange_name in names.filter(|n| !n.is_empty()) {
         // `amq.*` exchanges exist on every broker and may not be declared.
-        let passive = config.passive || exchange.name.starts_with("amq.");
+        let passive = config.passive || exchange_name.starts_with("amq.");
         let what = format!(
             "exchange '{}' ({:?}, {})",
-            exchange.name,
+            exchange_name,
             exchange.kind,
             if exchange.durable {
                 "durable"
@@ -218,7 +219,7 @@ async fn declare_topology(
             ..Default::default()
         };
         let kind = exchange.kind.lapin();
-        let declared = channel.exchange_declare(name(&exchange.name)?, kind, declare, no_args());
+        let declared = channel.exchange_declare(name(exchange_name)?, kind, declare, no_args());
         check(declared.await, broker, &what, passive)?;
     }
     if let Some(dead_letter) = &config.dead_letter {

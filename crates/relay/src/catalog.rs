@@ -243,31 +243,56 @@ pub async fn table_info(
 pub struct PublicationInfo {
     /// Whether it publishes INSERTs.
     pub publishes_inserts: bool,
-    /// Whether it covers the outbox table (FOR TABLE, FOR ALL TABLES or a
-    /// schema).
-    pub covers_table: bool,
+    /// Whether it covers each outbox table, in the mapping's order (FOR
+    /// TABLE, FOR ALL TABLES or a schema).
+    pub covers: Vec<bool>,
+    /// Whether the connected role owns it (or is a member of its owner):
+    /// needed to add a table to it.
+    pub owned: bool,
 }
 
-/// Reads a publication; `None` if it does not exist.
+impl PublicationInfo {
+    /// Whether it covers every outbox table.
+    pub fn covers_all(&self) -> bool {
+        self.covers.iter().all(|c| *c)
+    }
+}
+
+/// Reads a publication and whether it covers each of `tables`; `None` if
+/// it does not exist.
 pub async fn publication_info(
     client: &Client,
     publication: &str,
-    table: &TableName,
+    tables: &[TableName],
 ) -> Result<Option<PublicationInfo>, CatalogError> {
     let row = client
         .query_opt(
-            "SELECT p.pubinsert,
-                    EXISTS (SELECT 1 FROM pg_publication_tables t
-                            WHERE t.pubname = p.pubname AND t.schemaname = $2
-                              AND t.tablename = $3)
+            "SELECT p.pubinsert, pg_has_role(p.pubowner, 'USAGE')
              FROM pg_publication p WHERE p.pubname = $1",
-            &[&publication, &table.schema, &table.name],
+            &[&publication],
         )
         .await
         .map_err(query("looking up the publication"))?;
-    Ok(row.map(|r| PublicationInfo {
-        publishes_inserts: r.get(0),
-        covers_table: r.get(1),
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let mut covers = Vec::with_capacity(tables.len());
+    for table in tables {
+        let covered = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_publication_tables t
+                                WHERE t.pubname = $1 AND t.schemaname = $2
+                                  AND t.tablename = $3)",
+                &[&publication, &table.schema, &table.name],
+            )
+            .await
+            .map_err(query("looking up the publication's tables"))?;
+        covers.push(covered.get(0));
+    }
+    Ok(Some(PublicationInfo {
+        publishes_inserts: row.get(0),
+        covers,
+        owned: row.get(1),
     }))
 }
 
@@ -303,17 +328,32 @@ pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), CatalogError> 
         .map_err(query("dropping the slot"))
 }
 
-/// Creates `publication` FOR TABLE `table` (INSERTs only: the relay ignores
-/// the rest, and not publishing them spares the walsender the work).
+/// Creates `publication` FOR TABLE the outbox tables (INSERTs only: the
+/// relay ignores the rest, and not publishing them spares the walsender the
+/// work).
 pub async fn create_publication(
     client: &Client,
     publication: &str,
-    table: &TableName,
+    tables: &[TableName],
 ) -> Result<(), CatalogError> {
     client
-        .batch_execute(&crate::sql::create_publication(publication, table))
+        .batch_execute(&crate::sql::create_publication(publication, tables))
         .await
         .map_err(query("creating the publication"))
+}
+
+/// Adds outbox tables to an existing publication (a table added to the
+/// relay's settings): their rows are events from this transaction's commit
+/// on.
+pub async fn add_to_publication(
+    client: &Client,
+    publication: &str,
+    tables: &[TableName],
+) -> Result<(), CatalogError> {
+    client
+        .batch_execute(&crate::sql::add_to_publication(publication, tables))
+        .await
+        .map_err(query("adding tables to the publication"))
 }
 
 /// Creates the relay's slot through SQL (for `setup`); returns where it
@@ -560,8 +600,8 @@ pub struct PgFacts {
     pub role: RoleRights,
     /// The connected database.
     pub database: String,
-    /// The outbox table, if it exists.
-    pub table: Option<TableInfo>,
+    /// Each outbox table, in the mapping's order, if it exists.
+    pub tables: Vec<Option<TableInfo>>,
     /// The publication, if it exists.
     pub publication: Option<PublicationInfo>,
     /// The slot, if it exists.
@@ -570,19 +610,39 @@ pub struct PgFacts {
     pub emit_message_public: bool,
 }
 
+impl PgFacts {
+    /// Those of `tables` (the mapping's, in its order) that the existing
+    /// publication does not cover; empty when there is no publication.
+    pub fn tables_missing_from_publication(&self, tables: &[TableName]) -> Vec<TableName> {
+        let Some(publication) = &self.publication else {
+            return Vec::new();
+        };
+        tables
+            .iter()
+            .zip(&publication.covers)
+            .filter(|(_, covered)| !**covered)
+            .map(|(table, _)| table.clone())
+            .collect()
+    }
+}
+
 /// Reads every fact the prerequisites are judged on.
 pub async fn gather(
     client: &Client,
-    table: &TableName,
+    tables: &[TableName],
     publication: &str,
     slot: &str,
 ) -> Result<PgFacts, CatalogError> {
+    let mut infos = Vec::with_capacity(tables.len());
+    for table in tables {
+        infos.push(table_info(client, table).await?);
+    }
     Ok(PgFacts {
         server: server_settings(client).await?,
         role: role_rights(client).await?,
         database: current_database(client).await?,
-        table: table_info(client, table).await?,
-        publication: publication_info(client, publication, table).await?,
+        tables: infos,
+        publication: publication_info(client, publication, tables).await?,
         slot: slot_info(client, slot).await?,
         emit_message_public: emit_message_is_public(client).await?,
     })

@@ -145,6 +145,10 @@ pub enum Command {
         /// The column --aggregate looks in.
         #[arg(long, default_value = "aggregate_id", value_name = "COLUMN")]
         aggregate_column: String,
+        /// The outbox table to read (schema.table), when several are
+        /// configured.
+        #[arg(long, value_name = "TABLE")]
+        table: Option<String>,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish,
     /// powershell), e.g. `outbox-relay completions bash >

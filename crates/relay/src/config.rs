@@ -24,7 +24,7 @@ use walstream::ReplicationConfig;
 
 use crate::core::CoreConfig;
 pub use crate::core::UnroutablePolicy;
-use crate::mapping::MappingConfig;
+use crate::mapping::{MappingConfig, TableMapping};
 use crate::names::{self, NameError, TableName};
 use crate::template::{Template, TemplateError};
 
@@ -42,8 +42,10 @@ pub struct Settings {
     pub slot: String,
     /// The publication the slot streams; created FOR TABLE `table` if missing.
     pub publication: String,
-    /// The outbox table, schema-qualified.
-    pub table: String,
+    /// The outbox table, schema-qualified; or, in the file only, several
+    /// `[[table]]` entries, each an outbox table with its own mapping (see
+    /// [`TableEntry`]).
+    pub table: Tables,
     /// Exchange for events: a name or a template over columns, e.g.
     /// `{aggregate_type}`.
     pub exchange: String,
@@ -157,7 +159,7 @@ impl Default for Settings {
             amqp_url: None,
             slot: "outbox_relay".into(),
             publication: "outbox_relay".into(),
-            table: "public.outbox".into(),
+            table: Tables::One("public.outbox".into()),
             exchange: "outbox".into(),
             routing_key: "{aggregate_type}.{event_type}".into(),
             declare_exchange: true,
@@ -213,6 +215,125 @@ impl fmt::Debug for Settings {
         map.finish()
     }
 }
+
+/// The `table` setting: one outbox table, which the top-level mapping
+/// settings describe; or several, each a `[[table]]` entry of the file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Tables {
+    /// One table, schema-qualified (`table = "public.outbox"` or
+    /// RELAY_TABLE).
+    One(String),
+    /// `[[table]]` entries.
+    Many(Vec<TableEntry>),
+}
+
+impl Tables {
+    /// The entries: one for a single table (every mapping setting from the
+    /// top level), or the `[[table]]` entries.
+    pub fn entries(&self) -> Vec<TableEntry> {
+        match self {
+            Tables::One(name) => vec![TableEntry {
+                name: name.clone(),
+                ..TableEntry::default()
+            }],
+            Tables::Many(entries) => entries.clone(),
+        }
+    }
+}
+
+impl From<&str> for Tables {
+    fn from(name: &str) -> Tables {
+        Tables::One(name.to_string())
+    }
+}
+
+/// One `[[table]]` entry: an outbox table and its mapping. `name` is
+/// required; every other key is optional and defaults to the top-level
+/// setting of the same name, so what the tables share is written once.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TableEntry {
+    /// The table, schema-qualified.
+    pub name: String,
+    /// Exchange template (default: the top-level `exchange`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<String>,
+    /// Routing key template.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing_key: Option<String>,
+    /// Column of the event id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_column: Option<String>,
+    /// Column of the payload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_column: Option<String>,
+    /// Column of the event type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub type_column: Option<String>,
+    /// Column of the creation time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp_column: Option<String>,
+    /// Columns sent as headers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_columns: Option<Vec<String>>,
+    /// The messages' content_type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// Column of correlation_id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation_id_column: Option<String>,
+    /// Column of reply_to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to_column: Option<String>,
+    /// Column of expiration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiration_column: Option<String>,
+    /// Column of priority.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority_column: Option<String>,
+    /// Column of app_id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_id_column: Option<String>,
+    /// Column of content_encoding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_encoding_column: Option<String>,
+    /// The jsonb column merged into the headers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers_column: Option<String>,
+    /// Add the CloudEvents attributes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloudevents: Option<bool>,
+    /// The CloudEvents `source`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloudevents_source: Option<String>,
+    /// The CloudEvents `subject` column.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloudevents_subject_column: Option<String>,
+}
+
+/// The keys of a `[[table]]` entry.
+const TABLE_FIELDS: &[&str] = &[
+    "name",
+    "exchange",
+    "routing_key",
+    "id_column",
+    "payload_column",
+    "type_column",
+    "timestamp_column",
+    "header_columns",
+    "content_type",
+    "correlation_id_column",
+    "reply_to_column",
+    "expiration_column",
+    "priority_column",
+    "app_id_column",
+    "content_encoding_column",
+    "headers_column",
+    "cloudevents",
+    "cloudevents_source",
+    "cloudevents_subject_column",
+];
 
 /// Where events go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -417,6 +538,15 @@ pub enum ConfigError {
         #[source]
         source: NameError,
     },
+    /// A `[[table]]` entry is unusable.
+    #[error("[[table]] {table}: {source}")]
+    InTable {
+        /// The entry's name.
+        table: String,
+        /// What is wrong.
+        #[source]
+        source: Box<ConfigError>,
+    },
     /// A routing template does not parse.
     #[error("{key}: {source}")]
     Template {
@@ -437,10 +567,12 @@ fn did_you_mean(suggestion: Option<&str>) -> String {
 /// The setting a mistyped key probably meant: the closest by edit distance,
 /// if close enough.
 pub fn suggest(key: &str) -> Option<&'static str> {
+    suggest_among(key, FIELDS.iter().map(|(k, _)| *k))
+}
+
+fn suggest_among(key: &str, keys: impl Iterator<Item = &'static str>) -> Option<&'static str> {
     let key = key.to_ascii_lowercase();
-    FIELDS
-        .iter()
-        .map(|(k, _)| (*k, strsim::levenshtein(&key, k)))
+    keys.map(|k| (k, strsim::levenshtein(&key, k)))
         .filter(|(k, d)| *d <= 2 || *d * 3 <= k.len())
         .min_by_key(|(_, d)| *d)
         .map(|(k, _)| k)
@@ -495,6 +627,9 @@ where
                 }
             }
         }
+        if let Some(toml::Value::Array(entries)) = table.get("table") {
+            check_table_entries(path, entries)?;
+        }
         // Check types now, so that a file error names the file.
         Settings::deserialize(table.clone()).map_err(|e| ConfigError::File {
             path: path.to_string(),
@@ -529,6 +664,42 @@ where
         sources,
         unknown_env,
     })
+}
+
+/// Checks each `[[table]]` entry's keys and types, so that an error names
+/// the entry and suggests the key a typo meant.
+fn check_table_entries(path: &str, entries: &[toml::Value]) -> Result<(), ConfigError> {
+    let file_error = |message: String| ConfigError::File {
+        path: path.to_string(),
+        message,
+    };
+    if entries.is_empty() {
+        return Err(file_error(
+            "table = [] names no table: give one name or [[table]] entries".into(),
+        ));
+    }
+    for (i, entry) in entries.iter().enumerate() {
+        let n = i + 1;
+        let Some(keys) = entry.as_table() else {
+            return Err(file_error(format!(
+                "table entry {n} is not a table: write [[table]] entries with name = \"schema.table\""
+            )));
+        };
+        for key in keys.keys() {
+            if !TABLE_FIELDS.contains(&key.as_str()) {
+                let suggestion = suggest_among(key, TABLE_FIELDS.iter().copied());
+                return Err(file_error(format!(
+                    "[[table]] entry {n}: unknown key `{key}`{} (an entry takes name and the \
+                     mapping settings: {})",
+                    did_you_mean(suggestion),
+                    TABLE_FIELDS.join(", ")
+                )));
+            }
+        }
+        TableEntry::deserialize(entry.clone())
+            .map_err(|e| file_error(format!("[[table]] entry {n}: {}", e.message())))?;
+    }
+    Ok(())
 }
 
 fn env_value(var: &str, value: &str, kind: Kind) -> Result<toml::Value, ConfigError> {
@@ -636,10 +807,36 @@ impl Config {
         Ok(&self.brokers)
     }
 
-    /// The exchange's name when it is the same for every event (not a
-    /// per-row template).
+    /// The exchange's name when it is the same for every event of every
+    /// table (not a per-row template).
     pub fn constant_exchange(&self) -> Option<String> {
-        self.mapping.exchange.as_constant()
+        let mut names = self.constant_exchanges();
+        match (names.pop(), names.is_empty()) {
+            (Some(name), true)
+                if self
+                    .mapping
+                    .tables
+                    .iter()
+                    .all(|t| t.exchange.as_constant().is_some()) =>
+            {
+                Some(name)
+            }
+            _ => None,
+        }
+    }
+
+    /// The tables' exchanges that are constants (not per-row templates),
+    /// each once, sorted.
+    pub fn constant_exchanges(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .mapping
+            .tables
+            .iter()
+            .filter_map(|t| t.exchange.as_constant())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 }
 
@@ -686,31 +883,7 @@ impl Settings {
             .map_err(|e| invalid("amqp_url", e.to_string()))?;
         names::check_slot(&self.slot).map_err(name("slot"))?;
         names::check_name("publication", &self.publication).map_err(name("publication"))?;
-        let table = TableName::parse(&self.table).map_err(name("table"))?;
-        for (key, column, required) in [
-            ("id_column", &self.id_column, true),
-            ("payload_column", &self.payload_column, true),
-            ("type_column", &self.type_column, false),
-            ("timestamp_column", &self.timestamp_column, false),
-        ] {
-            if required || !column.is_empty() {
-                names::check_name("column", column).map_err(name(key))?;
-            }
-        }
-        for column in &self.header_columns {
-            names::check_name("column", column).map_err(name("header_columns"))?;
-        }
-        let template = |key: &'static str, text: &str| {
-            Template::parse(text).map_err(|source| ConfigError::Template { key, source })
-        };
-        let exchange = template("exchange", &self.exchange)?;
-        let routing_key = template("routing_key", &self.routing_key)?;
-        for column in exchange.columns().chain(routing_key.columns()) {
-            names::check_name("column", column).map_err(name("routing_key"))?;
-        }
-        if let Some(constant) = exchange.as_constant() {
-            amqp_name("exchange", &constant, true)?;
-        }
+        let tables = self.table_mappings()?;
         amqp_name("dead_letter_exchange", &self.dead_letter_exchange, false)?;
         amqp_name("dead_letter_queue", &self.dead_letter_queue, false)?;
         amqp_name("content_type", &self.content_type, false)?;
@@ -789,34 +962,9 @@ impl Settings {
             slot: self.slot.clone(),
             publication: self.publication.clone(),
             mapping: MappingConfig {
-                table,
-                exchange,
-                routing_key,
-                id_column: self.id_column.clone(),
-                payload_column: self.payload_column.clone(),
-                type_column: self.type_column.clone(),
-                timestamp_column: self.timestamp_column.clone(),
-                header_columns: self.header_columns.clone(),
-                content_type: self.content_type.clone(),
+                tables,
                 message_prefix: self.message_prefix.clone(),
                 dead_letter_exchange: self.dead_letter_exchange.clone(),
-                cloudevents: self.cloudevents.then(|| crate::enrich::CloudEvents {
-                    source: if self.cloudevents_source.is_empty() {
-                        format!("/outbox-relay/{}", self.table)
-                    } else {
-                        self.cloudevents_source.clone()
-                    },
-                    subject_column: self.cloudevents_subject_column.clone(),
-                }),
-                property_columns: crate::mapping::PropertyColumns {
-                    correlation_id: self.correlation_id_column.clone(),
-                    reply_to: self.reply_to_column.clone(),
-                    expiration: self.expiration_column.clone(),
-                    priority: self.priority_column.clone(),
-                    app_id: self.app_id_column.clone(),
-                    content_encoding: self.content_encoding_column.clone(),
-                    headers: self.headers_column.clone(),
-                },
             },
             declare_exchange: self.declare_exchange,
             dead_letter_queue: self.dead_letter_queue.clone(),
@@ -845,6 +993,137 @@ impl Settings {
             sink: self.sink,
             metrics_addr,
             log_format: self.log_format,
+        })
+    }
+
+    /// Every table's mapping: one per `[[table]]` entry (each key it leaves
+    /// out taken from the top level), or the one table of `table`. Names
+    /// must be distinct.
+    fn table_mappings(&self) -> Result<Vec<TableMapping>, ConfigError> {
+        let entries = self.table.entries();
+        let many = matches!(self.table, Tables::Many(_));
+        let mut tables: Vec<TableMapping> = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            if many && entry.name.trim().is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "table",
+                    message: format!(
+                        "[[table]] entry {} has no name: give it name = \"schema.table\"",
+                        i + 1
+                    ),
+                });
+            }
+            let mapping = self.table_mapping(entry).map_err(|source| {
+                if many {
+                    ConfigError::InTable {
+                        table: entry.name.clone(),
+                        source: Box::new(source),
+                    }
+                } else {
+                    source
+                }
+            })?;
+            if tables.iter().any(|t| t.table == mapping.table) {
+                return Err(ConfigError::Invalid {
+                    key: "table",
+                    message: format!(
+                        "{} is listed twice: give each outbox table one [[table]] entry",
+                        mapping.table
+                    ),
+                });
+            }
+            tables.push(mapping);
+        }
+        if tables.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "table",
+                message: "names no table".into(),
+            });
+        }
+        Ok(tables)
+    }
+
+    /// One table's mapping: the entry's keys over the top-level settings.
+    fn table_mapping(&self, entry: &TableEntry) -> Result<TableMapping, ConfigError> {
+        let name = |key: &'static str| move |source: NameError| ConfigError::Name { key, source };
+        let or = |value: &Option<String>, default: &String| -> String {
+            value.clone().unwrap_or_else(|| default.clone())
+        };
+        let table = TableName::parse(&entry.name).map_err(name("table"))?;
+        let id_column = or(&entry.id_column, &self.id_column);
+        let payload_column = or(&entry.payload_column, &self.payload_column);
+        let type_column = or(&entry.type_column, &self.type_column);
+        let timestamp_column = or(&entry.timestamp_column, &self.timestamp_column);
+        let header_columns = entry
+            .header_columns
+            .clone()
+            .unwrap_or_else(|| self.header_columns.clone());
+        for (key, column, required) in [
+            ("id_column", &id_column, true),
+            ("payload_column", &payload_column, true),
+            ("type_column", &type_column, false),
+            ("timestamp_column", &timestamp_column, false),
+        ] {
+            if required || !column.is_empty() {
+                names::check_name("column", column).map_err(name(key))?;
+            }
+        }
+        for column in &header_columns {
+            names::check_name("column", column).map_err(name("header_columns"))?;
+        }
+        let template = |key: &'static str, text: &str| {
+            Template::parse(text).map_err(|source| ConfigError::Template { key, source })
+        };
+        let exchange = template("exchange", &or(&entry.exchange, &self.exchange))?;
+        let routing_key = template("routing_key", &or(&entry.routing_key, &self.routing_key))?;
+        for column in exchange.columns().chain(routing_key.columns()) {
+            names::check_name("column", column).map_err(name("routing_key"))?;
+        }
+        if let Some(constant) = exchange.as_constant() {
+            amqp_name("exchange", &constant, true)?;
+        }
+        let content_type = or(&entry.content_type, &self.content_type);
+        amqp_name("content_type", &content_type, false)?;
+        let property_columns = crate::mapping::PropertyColumns {
+            correlation_id: or(&entry.correlation_id_column, &self.correlation_id_column),
+            reply_to: or(&entry.reply_to_column, &self.reply_to_column),
+            expiration: or(&entry.expiration_column, &self.expiration_column),
+            priority: or(&entry.priority_column, &self.priority_column),
+            app_id: or(&entry.app_id_column, &self.app_id_column),
+            content_encoding: or(
+                &entry.content_encoding_column,
+                &self.content_encoding_column,
+            ),
+            headers: or(&entry.headers_column, &self.headers_column),
+        };
+        let source = or(&entry.cloudevents_source, &self.cloudevents_source);
+        let cloudevents =
+            entry
+                .cloudevents
+                .unwrap_or(self.cloudevents)
+                .then(|| crate::enrich::CloudEvents {
+                    source: if source.is_empty() {
+                        format!("/outbox-relay/{table}")
+                    } else {
+                        source
+                    },
+                    subject_column: or(
+                        &entry.cloudevents_subject_column,
+                        &self.cloudevents_subject_column,
+                    ),
+                });
+        Ok(TableMapping {
+            table,
+            exchange,
+            routing_key,
+            id_column,
+            payload_column,
+            type_column,
+            timestamp_column,
+            header_columns,
+            content_type,
+            cloudevents,
+            property_columns,
         })
     }
 
@@ -915,7 +1194,7 @@ mod tests {
         let s = r.settings;
         assert_eq!(s.slot, "outbox_relay");
         assert_eq!(s.publication, "outbox_relay");
-        assert_eq!(s.table, "public.outbox");
+        assert_eq!(s.table, Tables::from("public.outbox"));
         assert_eq!(s.exchange, "outbox");
         assert_eq!(s.metrics_addr, "127.0.0.1:9187");
         assert_eq!(s.routing_key, "{aggregate_type}.{event_type}");
@@ -976,7 +1255,102 @@ mod tests {
         let config = s.parse().unwrap();
         assert_eq!(config.brokers.len(), 2);
         assert_eq!(config.core.window_messages, 64);
-        assert_eq!(config.mapping.table.to_string(), "public.outbox");
+        assert_eq!(config.mapping.first().table.to_string(), "public.outbox");
+    }
+
+    #[test]
+    fn table_entries_take_their_own_keys_and_inherit_the_rest() {
+        let file = r#"
+            exchange = "events"
+            header_columns = ["tenant"]
+            cloudevents = true
+            [[table]]
+            name = "orders.outbox"
+            [[table]]
+            name = "Billing.Outbox"
+            exchange = "{aggregate_type}"
+            payload_column = "body"
+            header_columns = []
+            cloudevents_source = "/billing"
+        "#;
+        let r = resolve(Some(("relay.toml", file)), env(&[])).unwrap();
+        assert_eq!(r.sources["table"], Source::File);
+        let config = r.settings.parse().unwrap();
+        let [orders, billing] = &config.mapping.tables[..] else {
+            panic!("two tables");
+        };
+        assert_eq!(orders.table.to_string(), "orders.outbox");
+        assert_eq!(orders.exchange.as_constant().as_deref(), Some("events"));
+        assert_eq!(orders.payload_column, "payload");
+        assert_eq!(orders.header_columns, ["tenant"]);
+        assert_eq!(
+            orders.cloudevents.as_ref().map(|c| c.source.as_str()),
+            Some("/outbox-relay/orders.outbox")
+        );
+        // Unquoted, a name is folded to lower case, as SQL does.
+        assert_eq!(billing.table.schema, "billing");
+        assert_eq!(billing.exchange.as_constant(), None);
+        assert_eq!(billing.payload_column, "body");
+        assert!(billing.header_columns.is_empty());
+        assert_eq!(
+            billing.cloudevents.as_ref().map(|c| c.source.as_str()),
+            Some("/billing")
+        );
+        assert_eq!(config.constant_exchanges(), ["events"]);
+        assert_eq!(config.constant_exchange(), None);
+        // RELAY_TABLE (the environment wins) means one table again.
+        let r = resolve(
+            Some(("relay.toml", file)),
+            env(&[("RELAY_TABLE", "public.outbox")]),
+        )
+        .unwrap();
+        let config = r.settings.parse().unwrap();
+        assert_eq!(config.mapping.tables.len(), 1);
+        assert_eq!(config.constant_exchange().as_deref(), Some("events"));
+    }
+
+    #[test]
+    fn a_wrong_table_entry_is_named_with_what_would_be_right() {
+        let typo =
+            "[[table]]\nname = \"a.outbox\"\n[[table]]\nname = \"b.outbox\"\nexchnage = \"b\"\n";
+        let e = resolve(Some(("relay.toml", typo)), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[[table]] entry 2: unknown key `exchnage`; did you mean `exchange`?"),
+            "{e}"
+        );
+        let no_name = "[[table]]\nexchange = \"b\"\n";
+        let e = resolve(Some(("relay.toml", no_name)), env(&[]))
+            .unwrap()
+            .settings
+            .parse()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[[table]] entry 1 has no name"), "{e}");
+        let twice = "[[table]]\nname = \"a.outbox\"\n[[table]]\nname = \"a.outbox\"\n";
+        let e = resolve(Some(("relay.toml", twice)), env(&[]))
+            .unwrap()
+            .settings
+            .parse()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a.outbox is listed twice"), "{e}");
+        let bad_template = "[[table]]\nname = \"a.outbox\"\nrouting_key = \"{x\"\n";
+        let e = resolve(Some(("relay.toml", bad_template)), env(&[]))
+            .unwrap()
+            .settings
+            .parse()
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("[[table]] a.outbox: routing_key:"), "{e}");
+        let wrong_type = "[[table]]\nname = \"a.outbox\"\nheader_columns = \"x\"\n";
+        let e = resolve(Some(("relay.toml", wrong_type)), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[[table]] entry 1:"), "{e}");
+        let empty = "table = []\n";
+        assert!(resolve(Some(("relay.toml", empty)), env(&[])).is_err());
     }
 
     #[test]

@@ -152,6 +152,9 @@ pub enum Command {
         dead_letter: Option<DeadLetterReason>,
         /// The row's WAL position.
         lsn: Lsn,
+        /// The configured table the row is of (None: an emit-message
+        /// envelope).
+        table: Option<usize>,
     },
     /// Report this position to PostgreSQL as flushed.
     Ack(Lsn),
@@ -209,6 +212,9 @@ pub enum Note {
     Confirmed {
         /// The event's commit time, unless it was a dead-letter copy.
         commit_ts: Option<PgTimestamp>,
+        /// The configured table the row is of (None: an emit-message
+        /// envelope).
+        table: Option<usize>,
     },
     /// A row goes to the dead-letter exchange.
     DeadLettering {
@@ -286,6 +292,9 @@ enum Copy {
 #[derive(Debug, Clone)]
 struct Entry {
     pos: Pos,
+    /// The configured table the row is of (an index into the mapping's
+    /// tables); None for a pg_logical_emit_message envelope.
+    table: Option<usize>,
     txn: TxnId,
     commit_ts: Option<PgTimestamp>,
     message: Arc<EventMessage>,
@@ -565,7 +574,8 @@ impl Core {
                         .txn
                         .ok_or_else(|| format!("an Insert at {lsn} outside a transaction"))?;
                     let pos = Pos::next(self.last_read, txn.commit, lsn);
-                    self.enqueue(mapped, txn.id, pos, Some(txn.commit_ts), false)?;
+                    let table = self.mapper.table_of(i.rel);
+                    self.enqueue(mapped, txn.id, pos, Some(txn.commit_ts), false, table)?;
                 }
             }
             LogicalMessage::Message(m) => {
@@ -573,7 +583,7 @@ impl Core {
                     match (m.transactional, self.txn) {
                         (true, Some(txn)) => {
                             let pos = Pos::next(self.last_read, txn.commit, m.lsn);
-                            self.enqueue(mapped, txn.id, pos, Some(txn.commit_ts), false)?;
+                            self.enqueue(mapped, txn.id, pos, Some(txn.commit_ts), false, None)?;
                         }
                         _ => {
                             let pos = Pos::next(self.last_read, m.lsn, m.lsn);
@@ -581,7 +591,7 @@ impl Core {
                             // not decode it again (no record starts inside it).
                             let end = Lsn::from_u64(m.lsn.as_u64().saturating_add(1));
                             let id = self.tracker.standalone(end);
-                            self.enqueue(mapped, id, pos, None, true)?;
+                            self.enqueue(mapped, id, pos, None, true, None)?;
                         }
                     }
                 }
@@ -610,6 +620,7 @@ impl Core {
         pos: Pos,
         commit_ts: Option<PgTimestamp>,
         counted: bool,
+        table: Option<usize>,
     ) -> Result<(), String> {
         self.last_read = Some(pos);
         if self.confirmed_below.is_some_and(|bound| pos < bound) {
@@ -645,6 +656,7 @@ impl Core {
         }
         self.pending.push_back(Entry {
             pos,
+            table,
             txn,
             commit_ts,
             bytes: message.body.len(),
@@ -685,6 +697,7 @@ impl Core {
             message: Arc::clone(&entry.message),
             dead_letter: entry.dead_letter(),
             lsn: entry.pos.lsn,
+            table: entry.table,
         });
         self.inflight_bytes += entry.bytes;
         self.inflight.push_back(InFlight { seq, entry });
@@ -773,7 +786,10 @@ impl Core {
                         Copy::Event => done.entry.commit_ts,
                         _ => None,
                     };
-                    self.notes.push_back(Note::Confirmed { commit_ts });
+                    self.notes.push_back(Note::Confirmed {
+                        commit_ts,
+                        table: done.entry.table,
+                    });
                     // A row isolated after a failure passed: the failure was
                     // not its own.
                     self.refusals.remove(&done.entry.pos);
@@ -907,22 +923,21 @@ impl Core {
                 }
             },
         };
-        // Every row goes to a constant exchange: its absence or a missing
-        // permission on it is the broker's setup, not one row's. (A message
-        // the broker refuses for what it holds stays the row's fault, on any
-        // exchange: else one row could hold the stream forever.)
-        let constant = self.mapper.constant_exchange();
+        // Every row of a table goes to its constant exchange: its absence
+        // or a missing permission on it is the broker's setup, not one
+        // row's. (A message the broker refuses for what it holds stays the
+        // row's fault, on any exchange: else one row could hold the stream
+        // forever.)
         let setup_fault = matches!(
             fault.cause,
             FaultCause::NoExchange(_) | FaultCause::AccessRefused
         );
         let of_constant = |pos: Pos| {
             setup_fault
-                && constant.is_some()
-                && self
-                    .inflight
-                    .iter()
-                    .any(|f| f.entry.pos == pos && Some(&f.entry.message.exchange) == constant)
+                && self.inflight.iter().any(|f| {
+                    f.entry.pos == pos
+                        && self.mapper.is_constant_exchange(&f.entry.message.exchange)
+                })
         };
         match culprit {
             Some((pos, Copy::Event)) if !of_constant(pos) => {

@@ -181,6 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             until,
             aggregate,
             aggregate_column,
+            table,
         } => {
             let config = parsed?;
             let selection = outbox_relay::replay::Selection {
@@ -189,6 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 until,
                 aggregate,
                 aggregate_column,
+                table,
             };
             let summary = runtime
                 .block_on(outbox_relay::replay::replay(&config, &selection))
@@ -397,7 +399,13 @@ fn print_counts(letters: &[outbox_relay::dead_letters::DeadLetter], queue: &str,
 
 /// `outbox-relay run`: metrics endpoint, signal handling, the pipeline.
 async fn run_relay(config: Config, no_standby: bool) -> anyhow::Result<()> {
-    let (metrics, mut registry) = Metrics::new();
+    let (mut metrics, mut registry) = Metrics::new();
+    let tables: Vec<String> = config
+        .mapping
+        .table_names()
+        .map(ToString::to_string)
+        .collect();
+    metrics.set_tables(&tables, !config.mapping.message_prefix.is_empty());
     let health = Arc::new(Health::default());
     registry.register_collector(Box::new(metrics::HealthCollector(health.clone())));
     let (stop, shutdown) = watch::channel(false);
@@ -424,8 +432,11 @@ async fn run_relay(config: Config, no_standby: bool) -> anyhow::Result<()> {
     let span = tracing::info_span!(
         "relay",
         slot = %config.slot,
-        table = %config.mapping.table,
-        exchange = %config.mapping.exchange
+        table = %tables.join(", "),
+        exchange = %match &config.mapping.tables[..] {
+            [one] => one.exchange.to_string(),
+            _ => "(per table)".to_string(),
+        }
     );
     tokio::spawn(notify_service_manager(health.clone(), shutdown.clone()));
     let ctx = pipeline::Context {

@@ -414,9 +414,36 @@ pub enum Mapped {
     DeadLetter(EventMessage, DeadLetterReason),
 }
 
-/// The mapping's settings, parsed (see `crate::config`).
+/// The mapping's settings, parsed (see `crate::config`): one mapping per
+/// outbox table, and what every table shares.
 #[derive(Debug, Clone)]
 pub struct MappingConfig {
+    /// The outbox tables, each with its mapping; at least one. The first
+    /// one's mapping also reads pg_logical_emit_message envelopes.
+    pub tables: Vec<TableMapping>,
+    /// The prefix of pg_logical_emit_message events ("" = none).
+    pub message_prefix: String,
+    /// Where rows that cannot be published go.
+    pub dead_letter_exchange: String,
+}
+
+impl MappingConfig {
+    /// The first table's mapping (the only one, unless `[[table]]` lists
+    /// several).
+    pub fn first(&self) -> &TableMapping {
+        // Settings::parse never builds a mapping without a table.
+        &self.tables[0]
+    }
+
+    /// The outbox tables' names.
+    pub fn table_names(&self) -> impl Iterator<Item = &TableName> {
+        self.tables.iter().map(|t| &t.table)
+    }
+}
+
+/// One outbox table and how its rows become messages.
+#[derive(Debug, Clone)]
+pub struct TableMapping {
     /// The outbox table.
     pub table: TableName,
     /// The exchange template.
@@ -436,10 +463,6 @@ pub struct MappingConfig {
     pub header_columns: Vec<String>,
     /// The messages' content_type.
     pub content_type: String,
-    /// The prefix of pg_logical_emit_message events ("" = none).
-    pub message_prefix: String,
-    /// Where rows that cannot be published go.
-    pub dead_letter_exchange: String,
     /// The CloudEvents attributes to add, if asked for.
     pub cloudevents: Option<crate::enrich::CloudEvents>,
     /// The columns of AMQP properties and merged headers.
@@ -451,6 +474,9 @@ pub struct MappingConfig {
 /// once per Relation message, not per row).
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// Which of the configured tables (an index into
+    /// [`MappingConfig::tables`]).
+    table: usize,
     columns: Vec<PlanColumn>,
     payload: Option<usize>,
     id: Option<usize>,
@@ -487,24 +513,40 @@ struct DeadLetter<'a> {
 pub struct Mapper {
     config: MappingConfig,
     limits: Limits,
-    constant_exchange: Option<String>,
+    constant_exchanges: Vec<String>,
     plans: HashMap<Oid, Plan>,
 }
 
 impl Mapper {
     /// A mapper for these settings and the sink's limits.
     pub fn new(config: MappingConfig, limits: Limits) -> Mapper {
+        let mut constant_exchanges: Vec<String> = config
+            .tables
+            .iter()
+            .filter_map(|t| t.exchange.as_constant())
+            .collect();
+        constant_exchanges.sort();
+        constant_exchanges.dedup();
         Mapper {
-            constant_exchange: config.exchange.as_constant(),
+            constant_exchanges,
             config,
             limits,
             plans: HashMap::new(),
         }
     }
 
-    /// The exchange every event goes to, when it is not a per-row template.
-    pub fn constant_exchange(&self) -> Option<&String> {
-        self.constant_exchange.as_ref()
+    /// Whether `exchange` is a table's configured exchange (not the
+    /// rendering of a per-row template): a fault there is the setup's, not
+    /// a row's.
+    pub fn is_constant_exchange(&self, exchange: &str) -> bool {
+        self.constant_exchanges.iter().any(|x| x == exchange)
+    }
+
+    /// Which configured table a relation is (an index into
+    /// [`MappingConfig::tables`]), as far as the Relation messages seen so
+    /// far tell.
+    pub fn table_of(&self, rel: Oid) -> Option<usize> {
+        self.plans.get(&rel).map(|p| p.table)
     }
 
     /// The sink's limits the mapper keeps to.
@@ -512,14 +554,19 @@ impl Mapper {
         &self.limits
     }
 
-    /// Reads a Relation message: if it is the outbox table, (re)builds its
+    /// Reads a Relation message: if it is an outbox table, (re)builds its
     /// plan and returns true. Call it for every Relation, in stream order.
     pub fn relation(&mut self, relation: &Relation) -> bool {
-        let c = &self.config;
-        if !relation.is(&c.table.schema, &c.table.name) {
+        let Some((table, c)) = self
+            .config
+            .tables
+            .iter()
+            .enumerate()
+            .find(|(_, t)| relation.is(&t.table.schema, &t.table.name))
+        else {
             self.plans.remove(&relation.oid);
             return false;
-        }
+        };
         let columns: Vec<PlanColumn> = relation
             .columns
             .iter()
@@ -555,6 +602,7 @@ impl Mapper {
             }
         };
         let plan = Plan {
+            table,
             payload: at(&c.payload_column),
             id: at(&c.id_column),
             kind: at(&c.type_column),
@@ -575,7 +623,7 @@ impl Mapper {
     /// Maps an Insert; `None` if it is not into the outbox table.
     pub fn insert(&self, insert: &Insert, lsn: Lsn) -> Option<Mapped> {
         let plan = self.plans.get(&insert.rel)?;
-        let c = &self.config;
+        let c = self.config.tables.get(plan.table)?;
         // The row's columns, parsed once (each is a slice of the message).
         let row: Vec<Column> = insert.tuple.iter().collect();
         let text = |at: Option<usize>| -> Result<Option<&str>, ()> {
@@ -799,10 +847,11 @@ impl Mapper {
     /// `pg-message-<lsn>` (stable across re-sends). Content larger than
     /// max_payload_bytes plus one frame is dead-lettered unparsed.
     pub fn logical_message(&self, message: &Message) -> Option<Mapped> {
-        let c = &self.config;
-        if c.message_prefix.is_empty() || message.prefix != c.message_prefix {
+        let prefix = &self.config.message_prefix;
+        if prefix.is_empty() || message.prefix != *prefix {
             return None;
         }
+        let c = self.config.tables.first()?;
         let lsn = message.lsn;
         let prefix_header = || {
             vec![(
@@ -1146,7 +1195,7 @@ impl Mapper {
 }
 
 /// Why an id or type cannot be an AMQP property, if it cannot.
-fn property_problem(c: &MappingConfig, id: Option<&str>, kind: Option<&str>) -> Option<String> {
+fn property_problem(c: &TableMapping, id: Option<&str>, kind: Option<&str>) -> Option<String> {
     for (column, value) in [(&c.id_column, id), (&c.type_column, kind)] {
         if let Some(v) = value.filter(|v| v.len() > MAX_SHORT_STRING) {
             return Some(format!(
@@ -1374,6 +1423,67 @@ mod tests {
         assert!(msg
             .headers
             .contains(&("tenant".into(), HeaderValue::Text("acme".into()))));
+    }
+
+    #[test]
+    fn each_outbox_table_maps_through_its_own_entry() {
+        let file = r#"
+            exchange = "events"
+            routing_key = "{aggregate_type}.{event_type}"
+            [[table]]
+            name = "public.outbox"
+            [[table]]
+            name = "billing.events"
+            exchange = "billing"
+            routing_key = "invoice.{kind}"
+            id_column = "event_id"
+            payload_column = "body"
+            type_column = "kind"
+            timestamp_column = ""
+            content_type = "text/plain"
+            header_columns = ["tenant"]
+        "#;
+        let settings = crate::config::resolve(Some(("relay.toml", file)), Vec::new())
+            .unwrap()
+            .settings;
+        let mut m = mapper(&settings);
+        assert!(m.relation(&relation(1, STANDARD)));
+        let billing: &[(&str, u32)] =
+            &[("event_id", 20), ("tenant", 25), ("kind", 25), ("body", 25)];
+        let rel = match decode(relation_bytes(2, "billing", "events", billing)).unwrap() {
+            LogicalMessage::Relation(r) => r,
+            _ => unreachable!(),
+        };
+        assert!(m.relation(&rel));
+        assert_eq!((m.table_of(Oid(1)), m.table_of(Oid(2))), (Some(0), Some(1)));
+        let row = standard_row(Some(b"order"), b"{}");
+        let Some(Mapped::Publish(order)) = m.insert(&insert(1, &row), lsn()) else {
+            panic!("the outbox row is not published");
+        };
+        assert_eq!(
+            (order.exchange.as_str(), order.routing_key.as_str()),
+            ("events", "order.created")
+        );
+        let row: Vec<Option<&[u8]>> = vec![
+            Some(b"7"),
+            Some(b"acme"),
+            Some(b"paid"),
+            Some(b"invoice 7 paid"),
+        ];
+        let Some(Mapped::Publish(invoice)) = m.insert(&insert(2, &row), lsn()) else {
+            panic!("the billing row is not published");
+        };
+        assert_eq!(invoice.exchange, "billing");
+        assert_eq!(invoice.routing_key, "invoice.paid");
+        assert_eq!(invoice.message_id.as_deref(), Some("7"));
+        assert_eq!(invoice.kind.as_deref(), Some("paid"));
+        assert_eq!(invoice.content_type, "text/plain");
+        assert_eq!(&invoice.body[..], b"invoice 7 paid");
+        assert_eq!(invoice.timestamp, None);
+        let names: Vec<&str> = invoice.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["tenant"]);
+        assert!(m.is_constant_exchange("events") && m.is_constant_exchange("billing"));
+        assert!(!m.is_constant_exchange("outbox"));
     }
 
     #[test]

@@ -84,6 +84,25 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Labels of `outbox_relay_table_events_confirmed`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    /// The outbox table (`schema.table`), or `pg_logical_emit_message`.
+    pub table: String,
+}
+
+/// Labels of `outbox_relay_table_events_dead_lettered`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableReasonLabels {
+    /// The outbox table, or `pg_logical_emit_message`.
+    pub table: String,
+    /// The dead-letter reason.
+    pub reason: String,
+}
+
+/// The `table` label of events from pg_logical_emit_message envelopes.
+pub const EMIT_MESSAGE_TABLE: &str = "pg_logical_emit_message";
+
 /// Labels of `outbox_relay_build_info`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
@@ -144,6 +163,17 @@ pub struct Metrics {
     /// Seconds the oldest event the relay holds unconfirmed has waited
     /// since its commit; 0 when nothing waits.
     pub lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Events the broker confirmed, by outbox table (dead-letter copies
+    /// included).
+    pub table_confirmed: Family<TableLabels, Counter>,
+    /// Events sent to the dead-letter exchange, by outbox table and reason.
+    pub table_dead_lettered: Family<TableReasonLabels, Counter>,
+    /// The `table` label of each configured table, by its index; the last
+    /// is [`EMIT_MESSAGE_TABLE`].
+    table_names: Arc<Vec<String>>,
+    /// Each label's confirmed counter, in the same order (no label lookup
+    /// per event).
+    table_confirmed_by_index: Arc<Vec<Counter>>,
 }
 
 /// Labels of `outbox_relay_events_not_confirmed`.
@@ -196,6 +226,10 @@ impl Metrics {
         root.register_collector(Box::new(crate::process::ProcessCollector));
         let registry = root.sub_registry_with_prefix("outbox_relay");
         let metrics = Metrics {
+            table_confirmed: Family::default(),
+            table_dead_lettered: Family::default(),
+            table_names: Arc::new(Vec::new()),
+            table_confirmed_by_index: Arc::new(Vec::new()),
             not_confirmed: Family::default(),
             standby: Gauge::default(),
             last_confirm: Gauge::default(),
@@ -327,6 +361,17 @@ impl Metrics {
             "Reconnects, by side (postgres, rabbitmq) and reason",
             metrics.reconnects.clone(),
         );
+        registry.register(
+            "table_events_confirmed",
+            "Events the broker confirmed, by outbox table (dead-letter copies included; \
+             pg_logical_emit_message for envelopes)",
+            metrics.table_confirmed.clone(),
+        );
+        registry.register(
+            "table_events_dead_lettered",
+            "Events sent to the dead-letter exchange, by outbox table and reason",
+            metrics.table_dead_lettered.clone(),
+        );
         // Known label values start at 0, so that rate() and alerts see the
         // series before the first event of each kind.
         for reason in crate::mapping::DeadLetterReason::ALL {
@@ -369,6 +414,74 @@ impl Metrics {
             build,
         );
         (metrics, root)
+    }
+
+    /// Names the configured outbox tables (in the mapping's order) and
+    /// starts their series at 0, with the emit-message envelopes' when
+    /// `emit_messages`.
+    pub fn set_tables(&mut self, tables: &[String], emit_messages: bool) {
+        let mut shown = tables.to_vec();
+        if emit_messages {
+            shown.push(EMIT_MESSAGE_TABLE.to_string());
+        }
+        for table in &shown {
+            let _ = self.table_confirmed.get_or_create(&TableLabels {
+                table: table.clone(),
+            });
+            for reason in crate::mapping::DeadLetterReason::ALL {
+                let _ = self.table_dead_lettered.get_or_create(&TableReasonLabels {
+                    table: table.clone(),
+                    reason: reason.as_str().into(),
+                });
+            }
+        }
+        self.table_confirmed_by_index = Arc::new(
+            tables
+                .iter()
+                .map(|table| {
+                    self.table_confirmed
+                        .get_or_create(&TableLabels {
+                            table: table.clone(),
+                        })
+                        .clone()
+                })
+                .collect(),
+        );
+        self.table_names = Arc::new(tables.to_vec());
+    }
+
+    /// The label of a table index (None or unknown: the envelopes').
+    fn table_label(&self, table: Option<usize>) -> &str {
+        table
+            .and_then(|i| self.table_names.get(i))
+            .map_or(EMIT_MESSAGE_TABLE, String::as_str)
+    }
+
+    /// Counts a confirmed event of a table (None: an envelope).
+    pub fn confirmed_of(&self, table: Option<usize>) {
+        match table.and_then(|i| self.table_confirmed_by_index.get(i)) {
+            Some(counter) => {
+                counter.inc();
+            }
+            None => {
+                self.table_confirmed
+                    .get_or_create(&TableLabels {
+                        table: self.table_label(table).to_string(),
+                    })
+                    .inc();
+            }
+        }
+    }
+
+    /// Counts a dead-lettered event of a table (None: an envelope).
+    pub fn dead_letter_of(&self, table: Option<usize>, reason: &str) {
+        self.dead_letter(reason);
+        self.table_dead_lettered
+            .get_or_create(&TableReasonLabels {
+                table: self.table_label(table).to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// Counts a reconnect.

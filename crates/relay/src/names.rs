@@ -186,6 +186,15 @@ impl TableName {
     }
 }
 
+/// Tables as a message shows them: `a.b, c.d`.
+pub fn list(tables: &[TableName]) -> String {
+    tables
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl fmt::Display for TableName {
     /// `schema.table`, each part quoted only if it needs to be.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

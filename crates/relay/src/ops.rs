@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::catalog::{self, CatalogError};
 use crate::config::{Config, ConfigError};
-use crate::names;
+use crate::names::{self, TableName};
 use crate::prereq::{self, Verdict};
 use crate::{pg, probe, sql};
 
@@ -100,10 +100,11 @@ pub fn setup_sql(config: &Config, role: Option<&str>) -> Result<String, OpsError
         key: "pg_url",
         source,
     })?;
+    let tables: Vec<TableName> = config.mapping.table_names().cloned().collect();
     Ok(sql::setup_script(&sql::Script {
         role,
         database,
-        table: &config.mapping.table,
+        tables: &tables,
         publication: &config.publication,
         slot: &config.slot,
     }))
@@ -121,24 +122,36 @@ pub async fn setup(config: &Config) -> Result<Vec<String>, OpsError> {
     if let Some(failed) = prereq::failures(&lines) {
         return Err(OpsError::Prerequisites(failed));
     }
-    let table = &config.mapping.table;
+    let tables: Vec<TableName> = config.mapping.table_names().cloned().collect();
+    let listed = crate::names::list(&tables);
     let mut done = Vec::new();
     for line in &lines {
         if let Verdict::Warn { found, advice } = &line.verdict {
             done.push(format!("warning: {}: {found}; {advice}", line.name));
         }
     }
+    let missing = facts.tables_missing_from_publication(&tables);
     match &facts.publication {
-        Some(_) => done.push(format!(
-            "publication {} exists and covers {table}",
+        Some(_) if missing.is_empty() => done.push(format!(
+            "publication {} exists and covers {listed}",
             config.publication
         )),
+        Some(_) => {
+            catalog::add_to_publication(&client, &config.publication, &missing)
+                .await
+                .map_err(|e| OpsError::catalog("adding tables to the publication", &e))?;
+            done.push(format!(
+                "added {} to publication {} (their inserts are events from here on)",
+                crate::names::list(&missing),
+                config.publication
+            ));
+        }
         None => {
-            catalog::create_publication(&client, &config.publication, table)
+            catalog::create_publication(&client, &config.publication, &tables)
                 .await
                 .map_err(|e| OpsError::catalog("creating the publication", &e))?;
             done.push(format!(
-                "created publication {} FOR TABLE {table} (inserts)",
+                "created publication {} FOR TABLE {listed} (inserts)",
                 config.publication
             ));
         }
@@ -205,6 +218,19 @@ pub struct SlotStatus {
     pub failover: Option<bool>,
     /// Each server of a multi-host pg_url (empty for one server).
     pub servers: Vec<ServerStatus>,
+    /// Each outbox table the relay is configured for.
+    pub tables: Vec<TableStatus>,
+}
+
+/// One configured outbox table.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableStatus {
+    /// `schema.table`.
+    pub table: String,
+    /// Whether it exists.
+    pub exists: bool,
+    /// Whether the publication covers it (its inserts reach the slot).
+    pub published: bool,
 }
 
 /// One server of a multi-host pg_url, and its copy of the slot.
@@ -367,7 +393,27 @@ pub async fn status(config: &Config) -> Result<SlotStatus, OpsError> {
         None => None,
     };
     let lag_bytes = slot.confirmed_flush_lsn.map(|l| wal.current.bytes_since(l));
+    let names: Vec<TableName> = config.mapping.table_names().cloned().collect();
+    let publication = catalog::publication_info(&client, &config.publication, &names)
+        .await
+        .map_err(|e| OpsError::catalog("reading the publication", &e))?;
+    let mut tables = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let exists = catalog::table_info(&client, name)
+            .await
+            .map_err(|e| OpsError::catalog("reading an outbox table", &e))?
+            .is_some();
+        tables.push(TableStatus {
+            table: name.to_string(),
+            exists,
+            published: publication
+                .as_ref()
+                .and_then(|p| p.covers.get(i).copied())
+                .unwrap_or(false),
+        });
+    }
     Ok(SlotStatus {
+        tables,
         slot: config.slot.clone(),
         active: slot.active,
         active_pid: slot.active_pid,
@@ -445,6 +491,16 @@ impl SlotStatus {
         );
         if let Some(reason) = &self.invalidation_reason {
             out.push_str(&format!("invalidated          {reason}\n"));
+        }
+        for t in &self.tables {
+            let state = match (t.exists, t.published) {
+                (true, true) => "published",
+                (false, _) => "MISSING: the table does not exist",
+                (true, false) => {
+                    "NOT in the publication: its rows are not events (`outbox-relay setup` adds it)"
+                }
+            };
+            out.push_str(&format!("table                {} {state}\n", t.table));
         }
         for s in &self.servers {
             let detail = match (s.role, s.slot_synced) {

@@ -30,6 +30,7 @@ use crate::core::{Command, Core, Event, Note, Restart, RestartCause, Stop};
 use crate::error::RunError;
 use crate::mapping::{shown, Mapper};
 use crate::metrics::{Health, Metrics, OutcomeLabels, Side};
+use crate::names::TableName;
 use crate::prereq::{self, Verdict};
 use crate::sink::amqp::{self, AmqpSink};
 use crate::sink::{Handed, NullSink, Outcome, Sink};
@@ -106,17 +107,34 @@ async fn start(
     let mut lines = vec![prereq::judge_tls(config)];
     lines.extend(prereq::judge_postgres(config, &facts));
     refuse_on_failures(&lines)?;
+    let tables: Vec<TableName> = config.mapping.table_names().cloned().collect();
+    let missing = facts.tables_missing_from_publication(&tables);
     if facts.publication.is_none() {
-        catalog::create_publication(&control, &config.publication, &config.mapping.table)
+        catalog::create_publication(&control, &config.publication, &tables)
             .await
             .map_err(|e| RunError::Postgres {
                 problem: format!("creating the publication: {}", e.server_message()),
                 fix: format!(
-                    "have the table's owner run: {}",
-                    crate::sql::create_publication(&config.publication, &config.mapping.table)
+                    "have the tables' owner run: {}",
+                    crate::sql::create_publication(&config.publication, &tables)
                 ),
             })?;
-        tracing::info!(publication = %config.publication, table = %config.mapping.table, "created the publication");
+        tracing::info!(publication = %config.publication, tables = %crate::names::list(&tables), "created the publication");
+    } else if !missing.is_empty() {
+        catalog::add_to_publication(&control, &config.publication, &missing)
+            .await
+            .map_err(|e| RunError::Postgres {
+                problem: format!(
+                    "adding {} to the publication: {}",
+                    crate::names::list(&missing),
+                    e.server_message()
+                ),
+                fix: format!(
+                    "have the owner of the publication and the tables run: {}",
+                    crate::sql::add_to_publication(&config.publication, &missing)
+                ),
+            })?;
+        tracing::info!(publication = %config.publication, tables = %crate::names::list(&missing), "added tables to the publication: their rows are events from here on");
     }
     if facts.slot.is_none() {
         let mut client = ReplicationClient::connect(pg)
@@ -762,13 +780,14 @@ async fn drive<S: Sink>(
                     message,
                     dead_letter,
                     lsn,
+                    table,
                 } => {
                     let handed = sink.publish(seq, &message);
                     match &handed {
                         Handed::Accepted => {
                             metrics.published.inc();
                             if let Some(reason) = dead_letter {
-                                metrics.dead_letter(reason.as_str());
+                                metrics.dead_letter_of(table, reason.as_str());
                             }
                         }
                         Handed::Invalid(why) => {
@@ -872,10 +891,11 @@ fn observe(core: &mut Core, ctx: &Context, progress: &mut Progress) {
                 metrics.transactions.inc();
             }
             Note::Ignored(kind) => metrics.ignore(kind),
-            Note::Confirmed { commit_ts } => {
+            Note::Confirmed { commit_ts, table } => {
                 progress.confirms = true;
                 confirmed_now = true;
                 metrics.confirmed.inc();
+                metrics.confirmed_of(table);
                 if let Some(ts) = commit_ts {
                     let now = *now.get_or_insert_with(SystemTime::now);
                     if let Ok(latency) = now.duration_since(ts.to_system_time()) {

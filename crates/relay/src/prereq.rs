@@ -14,7 +14,8 @@ use std::fmt::Write as _;
 
 use crate::catalog::{PgFacts, ServerSettings, SlotInfo};
 use crate::config::{env_name, Config};
-use crate::names::quote_ident;
+use crate::mapping::TableMapping;
+use crate::names::{quote_ident, TableName};
 use crate::probe::BrokerFacts;
 use amqp_sink::Found;
 
@@ -189,7 +190,6 @@ pub fn application_name(config: &Config) -> &str {
 
 /// Judges PostgreSQL's prerequisites.
 pub fn judge_postgres(config: &Config, facts: &PgFacts) -> Vec<Line> {
-    let table = &config.mapping.table;
     let mut lines = Vec::new();
     let server = &facts.server;
     lines.push(judge_server(server));
@@ -258,36 +258,48 @@ pub fn judge_postgres(config: &Config, facts: &PgFacts) -> Vec<Line> {
             ),
         )
     });
-    match &facts.table {
-        Some(info) if info.can_select => {
-            lines.push(Line::pass(
-                "table",
-                format!("{table} exists and is readable"),
-            ));
-            lines.push(judge_columns(config, info));
-        }
-        Some(info) => {
-            lines.push(Line::fail(
-                "table",
-                format!("the role may not SELECT from {table} (logical replication needs it)"),
-                format!(
-                    "GRANT SELECT ON {} TO {}",
-                    table.quoted(),
-                    quote_ident(&role.name)
-                ),
-            ));
-            lines.push(judge_columns(config, info));
-        }
-        None => {
-            lines.push(Line::fail(
-                "table",
-                format!("table {table} does not exist"),
-                format!(
-                    "create it (sql/outbox.sql), or set table ({}) to your outbox table",
-                    env_name("table")
-                ),
-            ));
-            lines.push(Line::skipped("columns", "the table does not exist"));
+    let many = config.mapping.tables.len() > 1;
+    for (mapping, info) in config.mapping.tables.iter().zip(&facts.tables) {
+        let table = &mapping.table;
+        match info {
+            Some(info) if info.can_select => {
+                lines.push(Line::pass(
+                    "table",
+                    format!("{table} exists and is readable"),
+                ));
+                lines.push(judge_columns(mapping, info, many));
+            }
+            Some(info) => {
+                lines.push(Line::fail(
+                    "table",
+                    format!("the role may not SELECT from {table} (logical replication needs it)"),
+                    format!(
+                        "GRANT SELECT ON {} TO {}",
+                        table.quoted(),
+                        quote_ident(&role.name)
+                    ),
+                ));
+                lines.push(judge_columns(mapping, info, many));
+            }
+            None => {
+                lines.push(Line::fail(
+                    "table",
+                    format!("table {table} does not exist"),
+                    if many {
+                        "create it (sql/outbox.sql), or fix the name of its [[table]] entry"
+                            .to_string()
+                    } else {
+                        format!(
+                            "create it (sql/outbox.sql), or set table ({}) to your outbox table",
+                            env_name("table")
+                        )
+                    },
+                ));
+                lines.push(Line::skipped(
+                    "columns",
+                    format!("table {table} does not exist"),
+                ));
+            }
         }
     }
     lines.push(judge_publication(config, facts));
@@ -309,8 +321,29 @@ pub fn judge_postgres(config: &Config, facts: &PgFacts) -> Vec<Line> {
     lines
 }
 
-fn judge_columns(config: &Config, info: &crate::catalog::TableInfo) -> Line {
-    let m = &config.mapping;
+/// Judges one table's columns against its mapping; with several tables,
+/// each line starts with the table's name.
+fn judge_columns(m: &TableMapping, info: &crate::catalog::TableInfo, many: bool) -> Line {
+    let mut line = judge_table_columns(m, info);
+    if many {
+        let table = &m.table;
+        line.verdict = match line.verdict {
+            Verdict::Pass(found) => Verdict::Pass(format!("{table}: {found}")),
+            Verdict::Warn { found, advice } => Verdict::Warn {
+                found: format!("{table}: {found}"),
+                advice,
+            },
+            Verdict::Fail { problem, fix } => Verdict::Fail {
+                problem: format!("{table}: {problem}"),
+                fix,
+            },
+            other => other,
+        };
+    }
+    line
+}
+
+fn judge_table_columns(m: &TableMapping, info: &crate::catalog::TableInfo) -> Line {
     let mut required: Vec<(&str, &str)> = vec![
         (m.id_column.as_str(), "id_column"),
         (m.payload_column.as_str(), "payload_column"),
@@ -461,24 +494,19 @@ fn judge_columns(config: &Config, info: &crate::catalog::TableInfo) -> Line {
 }
 
 fn judge_publication(config: &Config, facts: &PgFacts) -> Line {
-    let table = &config.mapping.table;
+    let tables: Vec<TableName> = config.mapping.table_names().cloned().collect();
+    let listed = crate::names::list(&tables);
     let name = &config.publication;
-    let can_create = facts.role.superuser || facts.table.as_ref().is_some_and(|t| t.owned);
+    // Creating a publication FOR TABLE, or adding a table to one, takes
+    // owning the tables (and, to add, the publication).
+    let owns_all = facts.role.superuser
+        || facts
+            .tables
+            .iter()
+            .all(|t| t.as_ref().is_some_and(|t| t.owned));
+    let missing = facts.tables_missing_from_publication(&tables);
     match &facts.publication {
-        Some(p) if p.covers_table && p.publishes_inserts => Line::pass(
-            "publication",
-            format!("{name} publishes inserts of {table}"),
-        ),
-        Some(p) if !p.covers_table => Line::fail(
-            "publication",
-            format!("publication {name} exists but does not cover {table}"),
-            format!(
-                "ALTER PUBLICATION {} ADD TABLE {}",
-                quote_ident(name),
-                table.quoted()
-            ),
-        ),
-        Some(_) => Line::fail(
+        Some(p) if !p.publishes_inserts => Line::fail(
             "publication",
             format!("publication {name} does not publish inserts"),
             format!(
@@ -486,18 +514,42 @@ fn judge_publication(config: &Config, facts: &PgFacts) -> Line {
                 quote_ident(name)
             ),
         ),
-        None if can_create => Line::pass(
+        Some(_) if missing.is_empty() => Line::pass(
+            "publication",
+            format!("{name} publishes inserts of {listed}"),
+        ),
+        Some(p) if owns_all && (p.owned || facts.role.superuser) => Line::warn(
+            "publication",
+            format!(
+                "publication {name} does not cover {}",
+                crate::names::list(&missing)
+            ),
+            "`outbox-relay setup` or `run` adds it (its rows are events from then on, not \
+             before)",
+        ),
+        Some(_) => Line::fail(
+            "publication",
+            format!(
+                "publication {name} exists but does not cover {}",
+                crate::names::list(&missing)
+            ),
+            format!(
+                "have the owner of the publication and the tables run: {}",
+                crate::sql::add_to_publication(name, &missing)
+            ),
+        ),
+        None if owns_all => Line::pass(
             "publication",
             format!("{name} does not exist yet: `outbox-relay setup` or `run` creates it"),
         ),
         None => Line::fail(
             "publication",
             format!(
-                "{name} does not exist, and the role cannot create it (it does not own {table})"
+                "{name} does not exist, and the role cannot create it (it does not own {listed})"
             ),
             format!(
-                "have the table's owner run: {}",
-                crate::sql::create_publication(name, table)
+                "have the tables' owner run: {}",
+                crate::sql::create_publication(name, &tables)
             ),
         ),
     }
@@ -902,8 +954,8 @@ pub fn judge_broker(config: &Config, facts: &BrokerFacts) -> Vec<Line> {
         }
     }
     let exchange_setting = env_name("exchange");
-    lines.push(match (&facts.exchange, config.constant_exchange()) {
-        (Some(found), Some(name)) => judge_found(
+    for (name, found) in &facts.exchanges {
+        lines.push(judge_found(
             config,
             found,
             &format!("exchange {name}"),
@@ -912,16 +964,25 @@ pub fn judge_broker(config: &Config, facts: &BrokerFacts) -> Vec<Line> {
                 "delete it on the broker, set exchange ({exchange_setting}) to another name, or \
                  set declare_exchange = false to publish to it as it is"
             ),
-        ),
-        _ => Line::pass(
-            "exchange",
-            format!(
-                "{} is a per-row template: a row whose exchange does not exist goes to the \
-                 dead-letter queue (no_exchange) after row_attempts tries",
-                config.mapping.exchange
-            ),
-        ),
-    });
+        ));
+    }
+    for mapping in &config.mapping.tables {
+        if mapping.exchange.as_constant().is_none() {
+            lines.push(Line::pass(
+                "exchange",
+                format!(
+                    "{}{} is a per-row template: a row whose exchange does not exist goes to \
+                     the dead-letter queue (no_exchange) after row_attempts tries",
+                    if config.mapping.tables.len() > 1 {
+                        format!("{}: ", mapping.table)
+                    } else {
+                        String::new()
+                    },
+                    mapping.exchange
+                ),
+            ));
+        }
+    }
     let dlx = &config.mapping.dead_letter_exchange;
     let dlq = &config.dead_letter_queue;
     let line = judge_found(

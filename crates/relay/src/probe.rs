@@ -13,9 +13,9 @@ use crate::config::Config;
 pub struct BrokerFacts {
     /// The broker reached (redacted), or why each one could not be.
     pub reached: Result<String, Vec<String>>,
-    /// The exchange, when it is constant (a per-row template is looked at
-    /// row by row).
-    pub exchange: Option<Result<Found, String>>,
+    /// Each table's exchange that is constant (a per-row template is
+    /// looked at row by row), once per name.
+    pub exchanges: Vec<(String, Result<Found, String>)>,
     /// The dead-letter exchange.
     pub dead_letter_exchange: Result<Found, String>,
     /// The dead-letter queue.
@@ -27,13 +27,8 @@ pub async fn postgres(
     client: &tokio_postgres::Client,
     config: &Config,
 ) -> Result<PgFacts, CatalogError> {
-    catalog::gather(
-        client,
-        &config.mapping.table,
-        &config.publication,
-        &config.slot,
-    )
-    .await
+    let tables: Vec<_> = config.mapping.table_names().cloned().collect();
+    catalog::gather(client, &tables, &config.publication, &config.slot).await
 }
 
 /// Looks at the broker: the first URL that answers, then the exchange, the
@@ -55,23 +50,29 @@ pub async fn broker(config: &Config, sink: &SinkConfig) -> BrokerFacts {
         let gone = || Err("the broker is unreachable".to_string());
         return BrokerFacts {
             reached: Err(errors),
-            exchange: config.constant_exchange().map(|_| gone()),
+            exchanges: config
+                .constant_exchanges()
+                .into_iter()
+                .map(|name| (name, gone()))
+                .collect(),
             dead_letter_exchange: gone(),
             dead_letter_queue: gone(),
         };
     };
     let compare = config.declare_exchange;
     let text = |e: amqp_sink::LinkError| e.to_string();
-    let exchange = match config.constant_exchange() {
-        Some(name) if name.is_empty() => Some(Ok(Found::Matches)),
-        Some(name) => Some(
+    let mut exchanges = Vec::new();
+    for name in config.constant_exchanges() {
+        let found = if name.is_empty() {
+            Ok(Found::Matches)
+        } else {
             inspector
                 .exchange(&name, ExchangeType::Topic, compare)
                 .await
-                .map_err(text),
-        ),
-        None => None,
-    };
+                .map_err(text)
+        };
+        exchanges.push((name, found));
+    }
     let dead_letter_exchange = inspector
         .exchange(
             &config.mapping.dead_letter_exchange,
@@ -92,7 +93,7 @@ pub async fn broker(config: &Config, sink: &SinkConfig) -> BrokerFacts {
     inspector.close().await;
     BrokerFacts {
         reached,
-        exchange,
+        exchanges,
         dead_letter_exchange,
         dead_letter_queue,
     }

@@ -19,8 +19,8 @@ use amqp_sink::{FailureReason, Publisher, SinkEvent};
 use pgoutput::{Insert, Lsn, Oid, Relation, RelationColumn, ReplicaIdentity, Tuple};
 
 use crate::config::Config;
-use crate::mapping::{HeaderValue, Mapped, Mapper};
-use crate::names::quote_ident;
+use crate::mapping::{HeaderValue, Mapped, Mapper, TableMapping};
+use crate::names::{quote_ident, TableName};
 use crate::sink::amqp;
 
 /// The header that marks a replayed message (its value: when, RFC 3339).
@@ -39,6 +39,9 @@ pub struct Selection {
     pub aggregate: Option<String>,
     /// ... in this column.
     pub aggregate_column: String,
+    /// The outbox table to read (`schema.table`); needed when several are
+    /// configured.
+    pub table: Option<String>,
 }
 
 impl Selection {
@@ -55,11 +58,10 @@ impl Selection {
 /// The query that reads the selected rows, every column as text, and its
 /// parameters. Pure.
 pub fn query(
-    config: &Config,
+    m: &TableMapping,
     columns: &[String],
     selection: &Selection,
 ) -> Result<(String, Vec<String>), String> {
-    let m = &config.mapping;
     let mut conditions = Vec::new();
     let mut params: Vec<String> = Vec::new();
     if !selection.ids.is_empty() {
@@ -147,6 +149,31 @@ pub struct Summary {
     pub elapsed: Duration,
 }
 
+/// The configured table a replay reads: the one `--table` names, or the
+/// only one. Pure.
+pub fn table_of<'a>(config: &'a Config, selection: &Selection) -> Result<&'a TableMapping, String> {
+    let tables = &config.mapping.tables;
+    let names = || crate::names::list(&config.mapping.table_names().cloned().collect::<Vec<_>>());
+    match &selection.table {
+        Some(given) => {
+            let wanted = TableName::parse(given).map_err(|e| format!("--table: {e}"))?;
+            tables.iter().find(|t| t.table == wanted).ok_or_else(|| {
+                format!(
+                    "--table {given} is not a configured outbox table ({})",
+                    names()
+                )
+            })
+        }
+        None => match &tables[..] {
+            [one] => Ok(one),
+            _ => Err(format!(
+                "several outbox tables are configured: say which with --table ({})",
+                names()
+            )),
+        },
+    }
+}
+
 /// Rows fetched per round trip.
 const BATCH: i32 = 500;
 
@@ -160,7 +187,8 @@ pub async fn replay(config: &Config, selection: &Selection) -> Result<Summary, S
             let (problem, fix) = crate::prereq::connection_failure(config, &e);
             format!("{problem}; fix: {fix}")
         })?;
-    let table = &config.mapping.table;
+    let mapping = table_of(config, selection)?;
+    let table = &mapping.table;
     let described = client
         .query(
             "SELECT a.attname::text, a.atttypid::int8 FROM pg_attribute a
@@ -189,7 +217,7 @@ pub async fn replay(config: &Config, selection: &Selection) -> Result<Summary, S
         })
         .collect();
     let names: Vec<String> = columns.iter().map(|(n, _)| n.clone()).collect();
-    let (sql, params) = query(config, &names, selection)?;
+    let (sql, params) = query(mapping, &names, selection)?;
 
     let limits = amqp::limits(config.max_payload_bytes, amqp_sink::DEFAULT_FRAME_MAX);
     let mut mapper = Mapper::new(config.mapping.clone(), limits);
@@ -246,7 +274,7 @@ pub async fn replay(config: &Config, selection: &Selection) -> Result<Summary, S
     let mut last_report = Instant::now();
     let mut summary = Summary::default();
     let mut ids: HashMap<u64, String> = HashMap::new();
-    let id_at = names.iter().position(|n| *n == config.mapping.id_column);
+    let id_at = names.iter().position(|n| *n == mapping.id_column);
     let tx = client
         .transaction()
         .await
@@ -420,8 +448,9 @@ mod tests {
             until: None,
             aggregate: Some("42".into()),
             aggregate_column: "aggregate_id".into(),
+            table: None,
         };
-        let (sql, params) = query(&config(), &columns(), &selection).unwrap();
+        let (sql, params) = query(config().mapping.first(), &columns(), &selection).unwrap();
         assert_eq!(
             sql,
             "SELECT \"id\"::text, \"aggregate_type\"::text, \"aggregate_id\"::text, \
@@ -435,13 +464,13 @@ mod tests {
 
     #[test]
     fn nothing_selected_or_a_missing_column_is_refused() {
-        assert!(query(&config(), &columns(), &Selection::default()).is_err());
+        assert!(query(config().mapping.first(), &columns(), &Selection::default()).is_err());
         let selection = Selection {
             aggregate: Some("x".into()),
             aggregate_column: "tenant".into(),
             ..Selection::default()
         };
-        assert!(query(&config(), &columns(), &selection)
+        assert!(query(config().mapping.first(), &columns(), &selection)
             .unwrap_err()
             .contains("tenant"));
     }

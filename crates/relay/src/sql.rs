@@ -10,12 +10,30 @@ use crate::names::{quote_ident, quote_literal, TableName};
 /// The statement that creates the relay's publication: INSERTs of the
 /// outbox table only (updates and deletes of the outbox are never events,
 /// and not publishing them spares the walsender the work).
-pub fn create_publication(publication: &str, table: &TableName) -> String {
+pub fn create_publication(publication: &str, tables: &[TableName]) -> String {
     format!(
         "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert')",
         quote_ident(publication),
-        table.quoted()
+        quoted_list(tables)
     )
+}
+
+/// The statement that adds outbox tables to an existing publication.
+pub fn add_to_publication(publication: &str, tables: &[TableName]) -> String {
+    format!(
+        "ALTER PUBLICATION {} ADD TABLE {}",
+        quote_ident(publication),
+        quoted_list(tables)
+    )
+}
+
+/// `a.b, c.d`, each quoted as SQL needs.
+fn quoted_list(tables: &[TableName]) -> String {
+    tables
+        .iter()
+        .map(TableName::quoted)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The statement that creates the relay's slot.
@@ -43,8 +61,8 @@ pub struct Script<'a> {
     pub role: &'a str,
     /// The database it connects to.
     pub database: &'a str,
-    /// The outbox table.
-    pub table: &'a TableName,
+    /// The outbox tables.
+    pub tables: &'a [TableName],
     /// The publication.
     pub publication: &'a str,
     /// The slot.
@@ -53,13 +71,25 @@ pub struct Script<'a> {
 
 /// The script a DBA runs to prepare PostgreSQL for the relay with a
 /// least-privilege role: REPLICATION, CONNECT on its database, SELECT on the
-/// outbox only; the publication; the slot; and, commented out, the REVOKE
+/// outbox tables only; the publication; the slot; and, commented out, the REVOKE
 /// that keeps other roles from emitting events.
 pub fn setup_script(s: &Script<'_>) -> String {
     let role = quote_ident(s.role);
     let revoke = format!("-- {};", revoke_emit_message());
+    let mut schemas: Vec<&str> = s.tables.iter().map(|t| t.schema.as_str()).collect();
+    schemas.sort_unstable();
+    schemas.dedup();
+    let grants: String = schemas
+        .iter()
+        .map(|schema| format!("GRANT USAGE ON SCHEMA {} TO {role};\n", quote_ident(schema)))
+        .chain(
+            s.tables
+                .iter()
+                .map(|t| format!("GRANT SELECT ON {} TO {role};\n", t.quoted())),
+        )
+        .collect();
     format!(
-        "-- outbox-relay: PostgreSQL setup for table {table}, publication {publication}, slot {slot}.
+        "-- outbox-relay: PostgreSQL setup for {what} {table}, publication {publication}, slot {slot}.
 -- Run as a superuser. wal_level must be logical (ALTER SYSTEM SET wal_level = logical; then restart).
 
 -- A role that may stream changes (REPLICATION) and read the outbox, and
@@ -70,10 +100,8 @@ pub fn setup_script(s: &Script<'_>) -> String {
 -- and give it a password out of band (psql: \\password {role_hba}).
 CREATE ROLE {role} WITH LOGIN REPLICATION;
 GRANT CONNECT ON DATABASE {database} TO {role};
-GRANT USAGE ON SCHEMA {schema} TO {role};
-GRANT SELECT ON {table_q} TO {role};
-
--- The publication the slot streams: INSERTs of the outbox table only.
+{grants}
+-- The publication the slot streams: INSERTs of the outbox {what} only.
 {publication_sql};
 
 -- The slot: WAL is kept from here until the relay acknowledges it. On
@@ -89,15 +117,14 @@ GRANT SELECT ON {table_q} TO {role};
 -- to the roles that may emit events):
 {revoke}
 ",
-        table = s.table,
+        what = if s.tables.len() == 1 { "table" } else { "tables" },
+        table = crate::names::list(s.tables),
         publication = s.publication,
         slot = s.slot,
         database_hba = hba_word(s.database),
         role_hba = hba_word(s.role),
         database = quote_ident(s.database),
-        schema = quote_ident(&s.table.schema),
-        table_q = s.table.quoted(),
-        publication_sql = create_publication(s.publication, s.table),
+        publication_sql = create_publication(s.publication, s.tables),
         slot_sql = create_slot(s.slot),
     )
 }
@@ -123,7 +150,7 @@ mod tests {
         setup_script(&Script {
             role,
             database,
-            table,
+            tables: std::slice::from_ref(table),
             publication: "outbox_relay",
             slot: "outbox_relay",
         })
@@ -143,6 +170,32 @@ mod tests {
             sql.matches("REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC")
                 .count(),
             1
+        );
+    }
+
+    #[test]
+    fn printed_sql_covers_every_outbox_table_once() {
+        let tables = [
+            TableName::parse("orders.outbox").unwrap(),
+            TableName::parse("billing.outbox").unwrap(),
+            TableName::parse("orders.saga_outbox").unwrap(),
+        ];
+        let sql = setup_script(&Script {
+            role: "relay",
+            database: "shop",
+            tables: &tables,
+            publication: "outbox_relay",
+            slot: "outbox_relay",
+        });
+        assert_eq!(sql.matches("GRANT SELECT ON").count(), 3);
+        assert_eq!(sql.matches("GRANT USAGE ON SCHEMA").count(), 2);
+        assert!(sql.contains(
+            "CREATE PUBLICATION \"outbox_relay\" FOR TABLE \"orders\".\"outbox\", \
+             \"billing\".\"outbox\", \"orders\".\"saga_outbox\" WITH (publish = 'insert')"
+        ));
+        assert_eq!(
+            add_to_publication("p", &tables[1..2]),
+            "ALTER PUBLICATION \"p\" ADD TABLE \"billing\".\"outbox\""
         );
     }
 

@@ -144,7 +144,11 @@ pub fn outgoing(event: &EventMessage) -> OutgoingMessage {
 pub fn sink_config(config: &Config) -> Result<SinkConfig, String> {
     let brokers = config.brokers().map_err(|e| e.to_string())?;
     let mut sink = SinkConfig::new(brokers.to_vec());
-    sink.exchange.name = config.constant_exchange().unwrap_or_default();
+    // Each table's constant exchange is declared (a per-row template's
+    // exchanges cannot be known in advance).
+    let mut exchanges = config.constant_exchanges().into_iter();
+    sink.exchange.name = exchanges.next().unwrap_or_default();
+    sink.extra_exchanges = exchanges.collect();
     sink.dead_letter = Some(DeadLetterConfig {
         exchange: config.mapping.dead_letter_exchange.clone(),
         queue: config.dead_letter_queue.clone(),
