@@ -12,4 +12,5 @@ mod hostile;
 mod replay;
 mod slot_loss;
 mod streams;
+mod tables;
 mod versions;
