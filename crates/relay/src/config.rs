@@ -1137,6 +1137,18 @@ impl Settings {
             .map(|(key, _)| {
                 let text = match table.get(*key) {
                     None => "(not set)".to_string(),
+                    Some(toml::Value::Array(_)) if *key == "table" => match &self.table {
+                        Tables::Many(entries) => format!(
+                            "{} [[table]] entries: {}",
+                            entries.len(),
+                            entries
+                                .iter()
+                                .map(|e| e.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        Tables::One(name) => name.clone(),
+                    },
                     Some(toml::Value::String(s)) if SECRETS.contains(key) => redact_secret(s),
                     Some(toml::Value::String(s)) => s.clone(),
                     Some(other) => other.to_string(),

@@ -8,7 +8,8 @@
 //!
 //! - `database.hostname/port/user/dbname/sslmode/sslrootcert` -> `pg_url`
 //!   (never the password: it belongs in RELAY_PG_URL or PGPASSWORD);
-//!   `slot.name`, `publication.name`, `table.include.list` (one table).
+//!   `slot.name`, `publication.name`, `table.include.list` (one table, or
+//!   a `[[table]]` entry per table).
 //! - the EventRouter (`transforms.<name>.type =
 //!   io.debezium.transforms.outbox.EventRouter`): `table.field.event.id`,
 //!   `.payload`, `.type`, `.timestamp`; `route.by.field` with
@@ -174,6 +175,9 @@ pub struct Converted {
     pub not_honoured: Vec<(String, String, String)>,
     /// Remarks for the top of the file.
     pub notes: Vec<String>,
+    /// Several tables (table.include.list): one `[[table]]` entry each,
+    /// after the top-level settings.
+    pub tables: Vec<String>,
 }
 
 impl Converted {
@@ -206,6 +210,16 @@ impl Converted {
                 }
             }
             out.push_str(&format!("{key} = {value}\n"));
+        }
+        if !self.tables.is_empty() {
+            out.push_str(
+                "\n# table.include.list: one [[table]] entry per table, each mapped as above\n\
+                 # (an entry may set any mapping key of its own).\n",
+            );
+            for table in &self.tables {
+                let name = toml::Value::String(table.clone());
+                out.push_str(&format!("[[table]]\nname = {name}\n"));
+            }
         }
         if !self.not_honoured.is_empty() {
             out.push_str("\n# Debezium options the relay does not honour:\n");
@@ -370,31 +384,25 @@ pub fn convert(props: &BTreeMap<String, String>) -> Converted {
         })
         .unwrap_or_default();
     used.push("table.include.list".into());
+    let regex = tables
+        .iter()
+        .any(|t| t.contains(['*', '+', '?', '[', '(', '|', '\\']));
     match tables.as_slice() {
         [] => {}
-        [table, rest @ ..] => {
-            let regex = table.contains(['*', '+', '?', '[', '(', '|', '\\']);
-            if regex {
-                c.skip(
-                    "table.include.list",
-                    &tables.join(","),
-                    "a regular expression: the relay reads one named table; set table to it",
-                );
-            } else {
-                c.set(
-                    "table",
-                    toml::Value::String((*table).into()),
-                    Some("table.include.list".into()),
-                );
-            }
-            if !rest.is_empty() {
-                c.skip(
-                    "table.include.list",
-                    &rest.join(","),
-                    "more tables: one relay reads one outbox table; run a relay (its own slot \
-                     and publication) per further table",
-                );
-            }
+        _ if regex => c.skip(
+            "table.include.list",
+            &tables.join(","),
+            "a regular expression: the relay reads named tables; give each its [[table]] entry",
+        ),
+        [table] => c.set(
+            "table",
+            toml::Value::String((*table).into()),
+            Some("table.include.list".into()),
+        ),
+        several => {
+            // Debezium's router maps every listed table alike: one entry
+            // each, with the top-level mapping.
+            c.tables = several.iter().map(|t| (*t).to_string()).collect();
         }
     }
 
@@ -865,6 +873,43 @@ debezium.format.value=json
             table["routing_key"].as_str(),
             Some("{aggregatetype}.events")
         );
+    }
+
+    #[test]
+    fn several_included_tables_become_table_entries_the_relay_reads() {
+        let props = CONNECTOR.replace(
+            "table.include.list=public.outbox",
+            "table.include.list=orders.outbox, billing.outbox",
+        );
+        let c = convert(&parse_properties(&props));
+        assert_eq!(c.tables, ["orders.outbox", "billing.outbox"]);
+        assert!(c.settings.iter().all(|(k, _, _)| k != "table"));
+        let text = c.render("connector.properties");
+        let settings = crate::config::resolve(Some(("converted.toml", &text)), Vec::new())
+            .expect(&text)
+            .settings;
+        let config = settings.parse().expect(&text);
+        let names: Vec<String> = config
+            .mapping
+            .tables
+            .iter()
+            .map(|t| t.table.to_string())
+            .collect();
+        assert_eq!(names, ["orders.outbox", "billing.outbox"]);
+        for t in &config.mapping.tables {
+            assert_eq!(t.type_column, "type");
+            assert_eq!(t.routing_key.to_string(), "{aggregatetype}.events");
+        }
+        let regex = CONNECTOR.replace(
+            "table.include.list=public.outbox",
+            "table.include.list=public.outbox_.*",
+        );
+        let c = convert(&parse_properties(&regex));
+        assert!(c.tables.is_empty());
+        assert!(c
+            .not_honoured
+            .iter()
+            .any(|(o, _, _)| o == "table.include.list"));
     }
 
     #[test]

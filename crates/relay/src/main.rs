@@ -117,6 +117,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     config::env_name(key)
                 );
             }
+            if let (Ok(config), config::Tables::Many(_)) = (&parsed, &settings.table) {
+                // Each table's effective mapping (its entry over the top
+                // level).
+                for t in &config.mapping.tables {
+                    println!(
+                        "[[table]] {}: exchange {}, routing_key {}, id {}, payload {}, type {}, \
+                         timestamp {}, content_type {}, headers {}",
+                        t.table,
+                        t.exchange,
+                        t.routing_key,
+                        t.id_column,
+                        t.payload_column,
+                        or_none(&t.type_column),
+                        or_none(&t.timestamp_column),
+                        t.content_type,
+                        if t.header_columns.is_empty() {
+                            "(every other column)".to_string()
+                        } else {
+                            t.header_columns.join(",")
+                        },
+                    );
+                }
+            }
             if let Err(e) = &parsed {
                 // Shown, not fatal: `config` is where one looks for it.
                 eprintln!("warning: these settings do not parse: {e}");
@@ -395,6 +418,15 @@ fn print_counts(letters: &[outbox_relay::dead_letters::DeadLetter], queue: &str,
         println!("{n:>8}  {reason}");
     }
     println!("{:>8}  dead letters in {queue}{note}", letters.len());
+}
+
+/// A column setting as `config` shows it.
+fn or_none(column: &str) -> &str {
+    if column.is_empty() {
+        "(none)"
+    } else {
+        column
+    }
 }
 
 /// `outbox-relay run`: metrics endpoint, signal handling, the pipeline.

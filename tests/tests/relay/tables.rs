@@ -106,7 +106,8 @@ header_columns = ["tenant", "invoice"]
 
     // Each table's events, and only those, on its exchange, in order.
     let seqs: Vec<u64> = got_orders.iter().map(|d| seq_of(&d.data)).collect();
-    assert_eq!(seqs, (0..PER_TABLE as u64).collect::<Vec<_>>());
+    let expected: Vec<u64> = (0..u64::try_from(PER_TABLE).unwrap()).collect();
+    assert_eq!(seqs, expected);
     for d in &got_orders {
         assert_eq!(d.exchange.as_str(), f.exchange);
         assert_eq!(d.routing_key.as_str(), "order.created");
@@ -125,10 +126,7 @@ header_columns = ["tenant", "invoice"]
         let kind = if i % 2 == 0 { "issued" } else { "paid" };
         assert_eq!(d.exchange.as_str(), billing_exchange);
         assert_eq!(d.routing_key.as_str(), format!("invoice.{kind}"));
-        assert_eq!(
-            d.properties.kind().as_ref().map(|k| k.as_str()),
-            Some(kind)
-        );
+        assert_eq!(d.properties.kind().as_ref().map(|k| k.as_str()), Some(kind));
         assert_eq!(
             d.properties.content_type().as_ref().map(|c| c.as_str()),
             Some("text/plain")
@@ -136,7 +134,10 @@ header_columns = ["tenant", "invoice"]
         assert!(d.properties.message_id().is_some());
         assert!(d.properties.timestamp().is_some());
         assert_eq!(header(d, "tenant").as_deref(), Some("acme"));
-        assert_eq!(header(d, "invoice").as_deref(), Some(i.to_string().as_str()));
+        assert_eq!(
+            header(d, "invoice").as_deref(),
+            Some(i.to_string().as_str())
+        );
         assert_eq!(header(d, "body"), None);
     }
     // The ids are the billing table's own, in order.
@@ -159,8 +160,12 @@ header_columns = ["tenant", "invoice"]
     loop {
         let (_, text) = http_get(&addr, "/metrics").await;
         let done = [
-            format!("outbox_relay_table_events_confirmed_total{{table=\"public.outbox\"}} {PER_TABLE}"),
-            format!("outbox_relay_table_events_confirmed_total{{table=\"billing.outbox\"}} {PER_TABLE}"),
+            format!(
+                "outbox_relay_table_events_confirmed_total{{table=\"public.outbox\"}} {PER_TABLE}"
+            ),
+            format!(
+                "outbox_relay_table_events_confirmed_total{{table=\"billing.outbox\"}} {PER_TABLE}"
+            ),
         ]
         .iter()
         .all(|line| text.contains(line.as_str()));
@@ -181,8 +186,14 @@ header_columns = ["tenant", "invoice"]
     // status lists both tables as published; check now passes clean.
     let (ok, out) = f.run_to_end(&["status"], &with_file);
     assert!(ok, "{out}");
-    assert!(out.contains("table                public.outbox published"), "{out}");
-    assert!(out.contains("table                billing.outbox published"), "{out}");
+    assert!(
+        out.contains("table                public.outbox published"),
+        "{out}"
+    );
+    assert!(
+        out.contains("table                billing.outbox published"),
+        "{out}"
+    );
     let mut relay = relay;
     relay.kill().unwrap();
     let (ok, out) = f.run_to_end(&["check"], &with_file);
