@@ -115,7 +115,12 @@ async fn start(
             .map_err(|e| RunError::Postgres {
                 problem: format!("creating the publication: {}", e.server_message()),
                 fix: format!(
-                    "have the tables' owner run: {}",
+                    "have the {} owner run: {}",
+                    if tables.len() == 1 {
+                        "table's"
+                    } else {
+                        "tables'"
+                    },
                     crate::sql::create_publication(&config.publication, &tables)
                 ),
             })?;

@@ -548,7 +548,12 @@ fn judge_publication(config: &Config, facts: &PgFacts) -> Line {
                 "{name} does not exist, and the role cannot create it (it does not own {listed})"
             ),
             format!(
-                "have the tables' owner run: {}",
+                "have the {} owner run: {}",
+                if tables.len() == 1 {
+                    "table's"
+                } else {
+                    "tables'"
+                },
                 crate::sql::create_publication(name, &tables)
             ),
         ),
