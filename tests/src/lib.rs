@@ -34,7 +34,7 @@ pub use error::KitError;
 pub use pg::{pinned_root, PgCluster, PgClusterBuilder, COMPAT_VERSIONS};
 pub use proxy::{FaultProxy, ProxyMode};
 pub use rabbit::{RabbitCluster, RabbitNode};
-pub use relay::{relay_binary, RelayProcess};
+pub use relay::{relay_binary, workspace_binary, RelayProcess};
 
 /// The project's outbox table (sql/outbox.sql), as every test loads it.
 pub const OUTBOX_SQL: &str = include_str!("../../sql/outbox.sql");

@@ -48,6 +48,35 @@ pub fn relay_binary() -> Result<PathBuf, KitError> {
     .map_err(KitError::Build)
 }
 
+/// The path of another binary of the workspace (`saga`, say), built on
+/// first use in the same profile.
+pub fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf, KitError> {
+    static BINS: OnceLock<Mutex<std::collections::HashMap<String, PathBuf>>> = OnceLock::new();
+    let built = BINS.get_or_init(Default::default);
+    let key = format!("{package}/{bin}");
+    if let Some(path) = built.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(path.clone());
+    }
+    let build = escargot::CargoBuild::new()
+        .package(package)
+        .bin(bin)
+        .manifest_path(workspace_manifest());
+    let build = if cfg!(debug_assertions) {
+        build
+    } else {
+        build.release()
+    };
+    let path = build
+        .run()
+        .map(|run| run.path().to_path_buf())
+        .map_err(|e| KitError::Build(e.to_string()))?;
+    built
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, path.clone());
+    Ok(path)
+}
+
 fn workspace_manifest() -> PathBuf {
     // tests/Cargo.toml -> the workspace root's Cargo.toml
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -84,7 +113,21 @@ impl RelayProcess {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let bin = relay_binary()?;
+        RelayProcess::spawn_program(&relay_binary()?, args, env)
+    }
+
+    /// The same for another program (a workspace binary such as the saga's
+    /// services): output collected, SIGKILLed on drop.
+    pub fn spawn_program<I, S>(
+        bin: &std::path::Path,
+        args: I,
+        env: &[(&str, &str)],
+    ) -> Result<RelayProcess, KitError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let bin = bin.to_path_buf();
         let mut cmd = Command::new(&bin);
         cmd.args(args)
             .stdin(Stdio::null())

@@ -13,5 +13,6 @@ mod operations;
 mod ops;
 mod quickstart;
 mod relay;
+mod saga;
 mod secrets;
 mod smoke;
