@@ -28,6 +28,7 @@ mod procfs;
 mod publish;
 mod relay;
 mod report;
+mod saga;
 mod stats;
 mod workload;
 
@@ -83,6 +84,55 @@ struct Args {
     /// Erlang VMs competing for them).
     #[arg(long)]
     quorum_cluster: bool,
+    /// Only the saga benchmark: commit -> terminal state of examples/saga's
+    /// orders at 50 and 200 orders/s (or --rates), with outbox-relay and
+    /// then with a polling publisher (`--smoke`: a few orders).
+    #[arg(long)]
+    saga: bool,
+    /// The polling publisher's sleep between empty polls in the saga
+    /// benchmark, milliseconds.
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    poll_interval_ms: u64,
+}
+
+/// `--saga`: the saga's commit -> terminal latency with the relay and with
+/// the polling publisher.
+async fn saga_bench(args: &Args, mode: Mode, command: &str) -> anyhow::Result<()> {
+    let (rates, secs): (Vec<f64>, f64) = match (&args.rates, mode) {
+        (Some(r), _) => (
+            r.iter()
+                .map(|&r| f64::from(u32::try_from(r).unwrap_or(u32::MAX)))
+                .collect(),
+            20.0,
+        ),
+        (None, Mode::Smoke) => (vec![20.0], 2.0),
+        (None, Mode::Quick) => (vec![50.0, 200.0], 10.0),
+        (None, Mode::Full) => (vec![50.0, 200.0], 30.0),
+    };
+    let secs = args
+        .latency_secs
+        .map_or(secs, |s| f64::from(u32::try_from(s).unwrap_or(u32::MAX)));
+    let poller = saga::Carrier::Poller(std::time::Duration::from_millis(args.poll_interval_ms));
+    let relay_figures = saga::measure(saga::Carrier::Relay, &rates, secs).await?;
+    let poller_figures = saga::measure(poller, &rates, secs).await?;
+    println!();
+    println!(
+        "Saga: an order's commit -> its terminal state across three services (examples/saga: \
+         10% declined, 5% out of stock, no faults), {secs} s of orders per rate:"
+    );
+    println!();
+    print!(
+        "{}",
+        saga::table(&relay_figures, &poller_figures, &poller.name())
+    );
+    println!();
+    println!("Command: {command}");
+    let bad = relay_figures
+        .iter()
+        .chain(&poller_figures)
+        .any(|f| f.unfinished > 0 || f.violations > 0);
+    anyhow::ensure!(!bad, "some orders did not end well: see the table");
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -110,6 +160,9 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    if args.saga {
+        return runtime.block_on(saga_bench(&args, mode, &command));
+    }
     let mut plan = Plan::new(mode);
     if let Some(rows) = args.rows {
         plan.backlog_rows = rows;

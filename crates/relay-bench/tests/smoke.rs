@@ -62,3 +62,23 @@ fn the_smoke_run_prints_the_table_and_writes_every_json_key() {
     assert!(doc["table"].as_array().is_some_and(|t| t.len() >= 8));
     assert_eq!(doc["details"]["drain"]["strays"], 0);
 }
+
+#[test]
+fn the_saga_smoke_run_measures_both_publishers() {
+    let out = Command::new(env!("CARGO_BIN_EXE_relay-bench"))
+        .args(["--saga", "--smoke"])
+        .output()
+        .expect("run relay-bench --saga");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "relay-bench --saga --smoke failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("| orders/s | outbox-relay p50 / p95 / p99 (ms) | polling publisher"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("unfinished"), "{stdout}");
+}
