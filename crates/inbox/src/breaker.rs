@@ -65,11 +65,19 @@ pub enum Permit {
     Wait(Option<Instant>),
 }
 
+/// Which state a permit was given in: the outcome of a call counts only
+/// if the breaker has not changed state since (a slow call let through
+/// while closed does not close a breaker that opened meanwhile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
+
 /// The pure state machine.
 #[derive(Debug, Clone)]
 pub struct BreakerState {
     config: BreakerConfig,
     state: State,
+    /// Bumped on every change between closed, open and half-open.
+    generation: u64,
 }
 
 impl BreakerState {
@@ -81,7 +89,15 @@ impl BreakerState {
                 ..config
             },
             state: State::Closed { failures: 0 },
+            generation: 0,
         }
+    }
+
+    fn set(&mut self, state: State) {
+        if std::mem::discriminant(&state) != std::mem::discriminant(&self.state) {
+            self.generation += 1;
+        }
+        self.state = state;
     }
 
     /// The current state.
@@ -101,22 +117,30 @@ impl BreakerState {
     }
 
     /// Asks to call at `now`; a `Probe` answer makes the breaker half-open.
-    pub fn permit(&mut self, now: Instant) -> Permit {
+    /// The ticket goes with the call's outcome.
+    pub fn permit(&mut self, now: Instant) -> (Permit, Ticket) {
         let permit = self.would_permit(now);
         if permit == Permit::Probe {
-            self.state = State::HalfOpen;
+            self.set(State::HalfOpen);
         }
-        permit
+        (permit, Ticket(self.generation))
     }
 
-    /// A permitted call succeeded.
-    pub fn success(&mut self) {
-        self.state = State::Closed { failures: 0 };
+    /// A permitted call succeeded (ignored if the state changed since its
+    /// permit).
+    pub fn success(&mut self, ticket: Ticket) {
+        if ticket.0 == self.generation {
+            self.set(State::Closed { failures: 0 });
+        }
     }
 
-    /// A permitted call failed at `now`.
-    pub fn failure(&mut self, now: Instant) {
-        self.state = match self.state {
+    /// A permitted call failed at `now` (ignored if the state changed
+    /// since its permit).
+    pub fn failure(&mut self, ticket: Ticket, now: Instant) {
+        if ticket.0 != self.generation {
+            return;
+        }
+        let next = match self.state {
             State::Closed { failures } if failures + 1 < self.config.failures_to_open => {
                 State::Closed {
                     failures: failures + 1,
@@ -126,6 +150,7 @@ impl BreakerState {
                 until: now + self.config.open_for,
             },
         };
+        self.set(next);
     }
 }
 
@@ -183,24 +208,38 @@ impl CircuitBreaker {
         !matches!(self.state(), State::Closed { .. })
     }
 
+    /// Whether it is open and a probe may go now (no call has taken it).
+    pub fn probe_due(&self) -> bool {
+        self.with(|s| s.would_permit(Instant::now())) == Permit::Probe
+    }
+
     /// Makes the call if the breaker lets it through, and counts its
     /// outcome.
     pub async fn call<T, E, F>(&self, call: F) -> Result<T, BreakerError<E>>
     where
         F: Future<Output = Result<T, E>>,
     {
-        let permit = self.with(|s| s.permit(Instant::now()));
+        let (permit, ticket) = self.with(|s| s.permit(Instant::now()));
         if let Permit::Wait(_) = permit {
             return Err(BreakerError::Open);
         }
         if permit == Permit::Probe {
             tracing::info!(breaker = %self.name, "circuit breaker half-open: probing");
         }
+        // A probe whose call is dropped unfinished (its task aborted)
+        // counts as failed, else the breaker would stay half-open with
+        // nobody to end it.
+        let mut pending = AbandonedProbe {
+            breaker: self,
+            ticket,
+            armed: permit == Permit::Probe,
+        };
         let result = call.await;
+        pending.armed = false;
         let was = self.state();
         match &result {
-            Ok(_) => self.with(BreakerState::success),
-            Err(_) => self.with(|s| s.failure(Instant::now())),
+            Ok(_) => self.with(|s| s.success(ticket)),
+            Err(_) => self.with(|s| s.failure(ticket, Instant::now())),
         }
         let now = self.state();
         match (was, now) {
@@ -240,6 +279,23 @@ impl CircuitBreaker {
     }
 }
 
+/// Records a probe dropped before its outcome as a failure.
+struct AbandonedProbe<'a> {
+    breaker: &'a CircuitBreaker,
+    ticket: Ticket,
+    armed: bool,
+}
+
+impl Drop for AbandonedProbe<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let ticket = self.ticket;
+            self.breaker.with(|s| s.failure(ticket, Instant::now()));
+            self.breaker.changed.notify_waiters();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,17 +307,29 @@ mod tests {
         }
     }
 
+    fn call(b: &mut BreakerState, now: Instant, ok: bool) -> Permit {
+        let (permit, ticket) = b.permit(now);
+        if !matches!(permit, Permit::Wait(_)) {
+            if ok {
+                b.success(ticket);
+            } else {
+                b.failure(ticket, now);
+            }
+        }
+        permit
+    }
+
     #[test]
     fn failures_in_a_row_open_it_and_a_success_resets_the_count() {
         let now = Instant::now();
         let mut b = BreakerState::new(config());
-        b.failure(now);
-        b.failure(now);
-        b.success();
-        b.failure(now);
-        b.failure(now);
+        call(&mut b, now, false);
+        call(&mut b, now, false);
+        call(&mut b, now, true);
+        call(&mut b, now, false);
+        call(&mut b, now, false);
         assert_eq!(b.state(), State::Closed { failures: 2 });
-        b.failure(now);
+        call(&mut b, now, false);
         assert_eq!(
             b.state(),
             State::Open {
@@ -269,7 +337,7 @@ mod tests {
             }
         );
         assert_eq!(
-            b.permit(now),
+            b.permit(now).0,
             Permit::Wait(Some(now + Duration::from_secs(5)))
         );
     }
@@ -279,12 +347,13 @@ mod tests {
         let now = Instant::now();
         let mut b = BreakerState::new(config());
         for _ in 0..3 {
-            b.failure(now);
+            call(&mut b, now, false);
         }
         let later = now + Duration::from_secs(5);
-        assert_eq!(b.permit(later), Permit::Probe);
-        assert_eq!(b.permit(later), Permit::Wait(None), "one probe at a time");
-        b.failure(later);
+        let (permit, probe) = b.permit(later);
+        assert_eq!(permit, Permit::Probe);
+        assert_eq!(b.permit(later).0, Permit::Wait(None), "one probe at a time");
+        b.failure(probe, later);
         assert_eq!(
             b.state(),
             State::Open {
@@ -292,10 +361,33 @@ mod tests {
             }
         );
         let again = later + Duration::from_secs(5);
-        assert_eq!(b.permit(again), Permit::Probe);
-        b.success();
+        assert_eq!(call(&mut b, again, true), Permit::Probe);
         assert_eq!(b.state(), State::Closed { failures: 0 });
-        assert_eq!(b.permit(again), Permit::Call);
+        assert_eq!(b.permit(again).0, Permit::Call);
+    }
+
+    #[test]
+    fn a_slow_call_from_before_a_change_does_not_decide_the_state() {
+        let now = Instant::now();
+        let mut b = BreakerState::new(BreakerConfig {
+            failures_to_open: 1,
+            open_for: Duration::from_secs(5),
+        });
+        let (_, slow) = b.permit(now);
+        call(&mut b, now, false);
+        assert!(matches!(b.state(), State::Open { .. }));
+        // The slow call, let through while closed, succeeds late: the
+        // breaker stays open until a probe says otherwise.
+        b.success(slow);
+        assert!(matches!(b.state(), State::Open { .. }));
+        b.failure(slow, now + Duration::from_secs(1));
+        assert_eq!(
+            b.state(),
+            State::Open {
+                until: now + Duration::from_secs(5)
+            },
+            "nor does its late failure push the probe back"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -315,8 +407,34 @@ mod tests {
         let start = Instant::now();
         b.ready().await;
         assert!(start.elapsed() >= Duration::from_secs(2));
+        assert!(b.probe_due());
         let probe: Result<u8, BreakerError<&str>> = b.call(async { Ok(7) }).await;
         assert_eq!(probe.ok(), Some(7));
+        assert!(!b.is_open());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_dropped_unfinished_counts_as_failed_and_frees_the_next() {
+        let b = CircuitBreaker::new(
+            "stock",
+            BreakerConfig {
+                failures_to_open: 1,
+                open_for: Duration::from_secs(1),
+            },
+        );
+        let _: Result<(), BreakerError<&str>> = b.call(async { Err("down") }).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The probe's task is dropped mid-call.
+        let probe = b.call(std::future::pending::<Result<(), &str>>());
+        let timed_out = tokio::time::timeout(Duration::from_millis(10), probe).await;
+        assert!(timed_out.is_err());
+        assert!(
+            matches!(b.state(), State::Open { .. }),
+            "not stuck half-open"
+        );
+        b.ready().await;
+        let probe: Result<(), BreakerError<&str>> = b.call(async { Ok(()) }).await;
+        assert!(probe.is_ok());
         assert!(!b.is_open());
     }
 }

@@ -313,7 +313,11 @@ impl<H: Handler> Inbox<H> {
             .await
             .map_err(broker("opening a channel"))?;
         let declared = self.topology.declare(&channel).await;
-        let _ = connection.close(200, "declared".into()).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            connection.close(200, "declared".into()),
+        )
+        .await;
         declared
     }
 
@@ -399,9 +403,27 @@ async fn session<H: Handler>(inbox: &Arc<Inbox<H>>) -> Result<(), InboxError> {
         workers.spawn(worker(Arc::clone(inbox), client, channel, consumer));
     }
     tracing::info!(consumer = %c.consumer, queue = %c.queue, workers = c.concurrency, "consuming");
-    let first = workers.join_next().await;
+    // A lost connection does not always wake a worker blocked on it (an
+    // ack on a dead socket can wait forever): watch it too.
+    let lost = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if !connection.status().connected() {
+                return;
+            }
+        }
+    };
+    let first = tokio::select! {
+        first = workers.join_next() => first,
+        () = lost => Some(Ok(Err(InboxError::Broker("the broker connection was lost".into())))),
+    };
     workers.abort_all();
-    let _ = connection.close(200, "session over".into()).await;
+    // Closing a connection that is already dead may never answer.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        connection.close(200, "session over".into()),
+    )
+    .await;
     match first {
         Some(Ok(result)) => result,
         Some(Err(e)) => Err(InboxError::Broker(format!("a worker stopped: {e}"))),
@@ -448,14 +470,26 @@ async fn process<H: Handler>(
             return ack(delivery).await;
         }
     };
+    // Unavailable answers while the breaker was closed, for this delivery.
+    let mut closed_refusals = 0u32;
     loop {
         let tx = client
             .transaction()
             .await
             .map_err(database("opening a transaction"))?;
-        let first = store::claim(&tx, &inbox.table, &c.consumer, &message.message_id)
-            .await
-            .map_err(database("claiming the message id in the inbox table"))?;
+        let first = match store::claim(&tx, &inbox.table, &c.consumer, &message.message_id).await {
+            Ok(first) => first,
+            // A value PostgreSQL refuses (class 22, data exception): this
+            // message can never be claimed; anything else is the
+            // database's or the setup's, and ends the session.
+            Err(e) if e.code().is_some_and(|code| code.code().starts_with("22")) => {
+                let _ = tx.rollback().await;
+                let why = format!("its message_id cannot be stored in the inbox table: {e}");
+                park(inbox, channel, delivery, &why, message.attempt).await?;
+                return ack(delivery).await;
+            }
+            Err(e) => return Err(database("claiming the message id in the inbox table")(e)),
+        };
         if !first {
             tx.commit()
                 .await
@@ -466,11 +500,33 @@ async fn process<H: Handler>(
             return Ok(());
         }
         let outcome = match inbox.handler.handle(&tx, &message).await {
-            Ok(()) => match tx.commit().await {
-                Ok(()) => Ok(()),
-                Err(e) if e.is_closed() => return Err(database("committing")(e)),
-                Err(e) => Err(HandlerError::Failed(format!("commit: {e}"))),
-            },
+            // The claim is read back first: a handler that caught an SQL
+            // error and returned Ok left the transaction aborted, and
+            // PostgreSQL answers COMMIT on it with a ROLLBACK that the
+            // client does not report as an error. The read fails instead.
+            Ok(()) => {
+                match store::claimed(&tx, &inbox.table, &c.consumer, &message.message_id).await {
+                    Err(e) if e.is_closed() => return Err(database("reading the claim")(e)),
+                    Err(e) => {
+                        let _ = tx.rollback().await;
+                        Err(HandlerError::Failed(format!(
+                        "the handler returned Ok, but its transaction had failed (an SQL error \
+                         it did not return?): {e}"
+                    )))
+                    }
+                    Ok(false) => {
+                        let _ = tx.rollback().await;
+                        Err(HandlerError::Failed(
+                            "the handler removed the message's claim from the inbox table".into(),
+                        ))
+                    }
+                    Ok(true) => match tx.commit().await {
+                        Ok(()) => Ok(()),
+                        Err(e) if e.is_closed() => return Err(database("committing")(e)),
+                        Err(e) => Err(HandlerError::Failed(format!("commit: {e}"))),
+                    },
+                }
+            }
             Err(e) => {
                 let _ = tx.rollback().await;
                 Err(e)
@@ -484,8 +540,21 @@ async fn process<H: Handler>(
                 }
                 return ack(delivery).await;
             }
+            // The breaker refused the call or the call opened it: wait for
+            // it. (Open with a probe due means the handler refused on its
+            // own without taking the probe: that would spin; it counts as
+            // a failure instead.)
             Err(HandlerError::Unavailable(why))
-                if inbox.breaker.as_ref().is_some_and(|b| b.is_open()) =>
+                if inbox.breaker.as_ref().is_some_and(|b| {
+                    if b.is_open() {
+                        !b.probe_due()
+                    } else {
+                        // Closed again (a probe succeeded meanwhile): try
+                        // again, a few times at most.
+                        closed_refusals += 1;
+                        closed_refusals <= 3
+                    }
+                }) =>
             {
                 // Not an attempt: wait for the breaker, try again in hand.
                 tracing::debug!(consumer = %c.consumer, message_id = %message.message_id, reason = %why, "dependency unavailable; waiting for the circuit breaker");

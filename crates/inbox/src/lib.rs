@@ -25,7 +25,9 @@ mod retry;
 mod store;
 mod topology;
 
-pub use breaker::{BreakerConfig, BreakerError, BreakerState, CircuitBreaker, Permit, State};
+pub use breaker::{
+    BreakerConfig, BreakerError, BreakerState, CircuitBreaker, Permit, State, Ticket,
+};
 pub use consumer::{Handler, Inbox, InboxConfig, Stats, StatsSnapshot};
 pub use error::{HandlerError, InboxError};
 pub use message::{

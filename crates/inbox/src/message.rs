@@ -50,10 +50,11 @@ impl Message {
             .message_id()
             .as_ref()
             .map(|id| id.to_string())
-            .filter(|id| !id.is_empty())
+            .filter(|id| !id.is_empty() && !id.contains('\0'))
             .ok_or_else(|| {
-                "the message has no message_id: the inbox cannot tell a duplicate from a new \
-                 message (outbox-relay always sets it from the row's id)"
+                "the message has no message_id (or one with a NUL character, which PostgreSQL \
+                 cannot store): the inbox cannot tell a duplicate from a new message \
+                 (outbox-relay always sets it from the row's id)"
                     .to_string()
             })?;
         let headers = properties.headers().as_ref();

@@ -107,6 +107,23 @@ pub(crate) async fn claim(
     row.try_get(0)
 }
 
+/// Whether the claim is still there, read in the caller's transaction (an
+/// error if the transaction failed).
+pub(crate) async fn claimed(
+    tx: &impl GenericClient,
+    table: &InboxTable,
+    consumer: &str,
+    message_id: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM {} WHERE consumer = $1 AND message_id = $2)",
+        table.quoted
+    );
+    tx.query_one(sql.as_str(), &[&consumer, &message_id])
+        .await?
+        .try_get(0)
+}
+
 /// Creates the inbox table and its index if they are missing.
 pub async fn migrate(
     client: &impl GenericClient,

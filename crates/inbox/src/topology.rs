@@ -129,7 +129,7 @@ impl Topology {
                 })?;
         }
         for n in 1..=self.retries {
-            let mut args = FieldTable::default();
+            let mut args = self.replicated();
             args.insert(
                 "x-dead-letter-exchange".into(),
                 AMQPValue::LongString("".into()),
@@ -138,9 +138,35 @@ impl Topology {
                 "x-dead-letter-routing-key".into(),
                 AMQPValue::LongString(self.queue.as_str().into()),
             );
+            if self.kind == QueueKind::Quorum {
+                // The expiry's move back to the work queue is confirmed
+                // (RabbitMQ's at-least-once dead-lettering, which needs
+                // reject-publish overflow); classic queues move it at
+                // most once.
+                args.insert(
+                    "x-dead-letter-strategy".into(),
+                    AMQPValue::LongString("at-least-once".into()),
+                );
+                args.insert(
+                    "x-overflow".into(),
+                    AMQPValue::LongString("reject-publish".into()),
+                );
+            }
             declare(channel, &self.retry_queue(n), args).await?;
         }
-        declare(channel, &self.parked_queue(), FieldTable::default()).await
+        declare(channel, &self.parked_queue(), self.replicated()).await
+    }
+
+    /// The arguments that make a queue of this kind (quorum: replicated).
+    fn replicated(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        if self.kind == QueueKind::Quorum {
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
+        args
     }
 }
 

@@ -155,6 +155,12 @@ async fn a_redelivered_or_resent_message_is_applied_once() {
         .on_committed(move |_| {
             if !hook_cut.swap(true, Ordering::SeqCst) {
                 hook_proxy.cut();
+                // The proxy runs on its own thread: wait until it has
+                // closed the link, so that the ack cannot slip through.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while hook_proxy.open_connections() > 0 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             }
         });
     inbox.migrate().await.unwrap();
@@ -498,4 +504,72 @@ async fn pruning_removes_ids_older_than_the_window_in_batches() {
             .unwrap(),
         0
     );
+}
+
+/// Swallows an SQL error and says Ok: the transaction is aborted, and
+/// COMMIT on it would silently roll back.
+struct Swallower;
+
+impl Handler for Swallower {
+    async fn handle(&self, tx: &Transaction<'_>, _m: &Message) -> Result<(), HandlerError> {
+        let _ = tx.execute("SELECT 1 / 0", &[]).await;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_hides_a_failed_transaction_is_not_taken_at_its_word() {
+    let pg = cluster();
+    let scope = BrokerScope::connect().await.unwrap();
+    let x = exchange(&scope).await;
+    let policy = RetryPolicy {
+        max_attempts: 2,
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(1),
+        multiplier: 2.0,
+        jitter: 0.5,
+    };
+    let c = config(&scope, &e2e::amqp::amqp_url(), &x, policy);
+    let parked_queue = c.topology().parked_queue();
+    let inbox = Inbox::new(c, pg_config(&pg), NoTls, Swallower).unwrap();
+    inbox.migrate().await.unwrap();
+    inbox.declare().await.unwrap();
+    let stats = inbox.stats();
+    let (stop, task) = start(inbox);
+    publish(&scope, &x, Some("order-11"), "eleven").await;
+    // A message id PostgreSQL cannot store (a NUL) is parked, not retried
+    // forever.
+    publish(&scope, &x, Some("bad\0id"), "nul").await;
+    wait_until("both parked", Duration::from_secs(30), || {
+        stats.snapshot().parked == 2
+    })
+    .await;
+    let _ = stop.send(());
+    task.await.unwrap();
+    let s = stats.snapshot();
+    assert_eq!((s.applied, s.retried), (0, 1), "{s:?}");
+    assert_eq!(count(&pg, "SELECT count(*) FROM inbox"), 0);
+    let mut parked = scope.consume(&parked_queue).await.unwrap();
+    let got = parked.collect(2, Duration::from_secs(10)).await.unwrap();
+    let errors: Vec<String> = got
+        .iter()
+        .map(|d| {
+            match d
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get(inbox::ERROR_HEADER))
+            {
+                Some(lapin::types::AMQPValue::LongString(s)) => s.to_string(),
+                other => format!("{other:?}"),
+            }
+        })
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("its transaction had failed")),
+        "{errors:?}"
+    );
+    assert!(errors.iter().any(|e| e.contains("NUL")), "{errors:?}");
 }

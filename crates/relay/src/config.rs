@@ -627,8 +627,19 @@ where
                 }
             }
         }
-        if let Some(toml::Value::Array(entries)) = table.get("table") {
-            check_table_entries(path, entries)?;
+        match table.get("table") {
+            Some(toml::Value::Array(entries)) => check_table_entries(path, entries)?,
+            Some(toml::Value::String(_)) | None => {}
+            Some(other) => {
+                return Err(ConfigError::File {
+                    path: path.to_string(),
+                    message: format!(
+                        "table is a {}: write table = \"schema.name\" for one table, or \
+                         [[table]] entries (double brackets) for several",
+                        other.type_str()
+                    ),
+                })
+            }
         }
         // Check types now, so that a file error names the file.
         Settings::deserialize(table.clone()).map_err(|e| ConfigError::File {
@@ -1102,8 +1113,10 @@ impl Settings {
                 .cloudevents
                 .unwrap_or(self.cloudevents)
                 .then(|| crate::enrich::CloudEvents {
+                    // The name as written (what one table's source has
+                    // always been), not its normalised form.
                     source: if source.is_empty() {
-                        format!("/outbox-relay/{table}")
+                        format!("/outbox-relay/{}", entry.name.trim())
                     } else {
                         source
                     },
@@ -1297,7 +1310,8 @@ mod tests {
         assert_eq!(orders.header_columns, ["tenant"]);
         assert_eq!(
             orders.cloudevents.as_ref().map(|c| c.source.as_str()),
-            Some("/outbox-relay/orders.outbox")
+            Some("/outbox-relay/orders.outbox"),
+            "the name as written"
         );
         // Unquoted, a name is folded to lower case, as SQL does.
         assert_eq!(billing.table.schema, "billing");
@@ -1361,6 +1375,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("[[table]] entry 1:"), "{e}");
+        let single_brackets = "[table]\nname = \"a.outbox\"\n";
+        let e = resolve(Some(("relay.toml", single_brackets)), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[[table]] entries (double brackets)"), "{e}");
         let empty = "table = []\n";
         assert!(resolve(Some(("relay.toml", empty)), env(&[])).is_err());
     }

@@ -236,6 +236,9 @@ pub enum Note {
     },
     /// After a rewind, rows confirmed before it were not published again.
     Skipped(u64),
+    /// The publication sends a table no `[[table]]` entry maps: its rows
+    /// are not events (and are acknowledged past).
+    Unmapped(String),
     /// The broker returned a message (no queue took it): its confirm will
     /// not count.
     Returned,
@@ -360,6 +363,9 @@ pub struct Core {
     alone_through: Option<Pos>,
     /// Rows the broker refused, by position.
     refusals: HashMap<Pos, Refusal>,
+    /// Relations the stream sent that no configured table maps (warned
+    /// about once each).
+    unmapped: std::collections::HashSet<pgoutput::Oid>,
     last_acked: Lsn,
     /// Why the drain under way will end in a restart.
     drain_reason: String,
@@ -387,6 +393,7 @@ impl Core {
             confirmed_below: None,
             alone_through: None,
             refusals: HashMap::new(),
+            unmapped: std::collections::HashSet::new(),
             last_acked: start,
             drain_reason: String::new(),
             commands: VecDeque::new(),
@@ -566,7 +573,11 @@ impl Core {
                     .map_err(tracker_bug)?;
             }
             LogicalMessage::Relation(r) => {
-                self.mapper.relation(&r);
+                let mapped = self.mapper.relation(&r);
+                if !mapped && self.unmapped.insert(r.oid) {
+                    self.notes
+                        .push_back(Note::Unmapped(format!("{}.{}", r.namespace, r.name)));
+                }
             }
             LogicalMessage::Insert(i) => {
                 if let Some(mapped) = self.mapper.insert(&i, lsn) {

@@ -40,6 +40,9 @@ pub enum OpsError {
     /// A prerequisite that setup cannot create is missing.
     #[error("{0}")]
     Prerequisites(String),
+    /// A change that must wait until no process streams the slot.
+    #[error("{0}")]
+    SlotBusy(String),
     /// The slot does not exist (status).
     #[error("slot {0} does not exist: `outbox-relay setup` or `run` creates it")]
     NoSlot(String),
@@ -136,6 +139,18 @@ pub async fn setup(config: &Config) -> Result<Vec<String>, OpsError> {
             "publication {} exists and covers {listed}",
             config.publication
         )),
+        Some(_) if facts.slot.as_ref().is_some_and(|s| s.active) => {
+            return Err(OpsError::SlotBusy(format!(
+                "publication {} does not cover {}, and slot {} is streamed by a running \
+                 process: a relay running with settings that lack the table would skip its rows \
+                 and acknowledge past them. Stop that relay (its replacement, started with the \
+                 new settings, adds the table once it holds the slot), or run setup again when \
+                 the slot is free",
+                config.publication,
+                crate::names::list(&missing),
+                config.slot
+            )));
+        }
         Some(_) => {
             catalog::add_to_publication(&client, &config.publication, &missing)
                 .await

@@ -108,7 +108,6 @@ async fn start(
     lines.extend(prereq::judge_postgres(config, &facts));
     refuse_on_failures(&lines)?;
     let tables: Vec<TableName> = config.mapping.table_names().cloned().collect();
-    let missing = facts.tables_missing_from_publication(&tables);
     if facts.publication.is_none() {
         catalog::create_publication(&control, &config.publication, &tables)
             .await
@@ -125,21 +124,6 @@ async fn start(
                 ),
             })?;
         tracing::info!(publication = %config.publication, tables = %crate::names::list(&tables), "created the publication");
-    } else if !missing.is_empty() {
-        catalog::add_to_publication(&control, &config.publication, &missing)
-            .await
-            .map_err(|e| RunError::Postgres {
-                problem: format!(
-                    "adding {} to the publication: {}",
-                    crate::names::list(&missing),
-                    e.server_message()
-                ),
-                fix: format!(
-                    "have the owner of the publication and the tables run: {}",
-                    crate::sql::add_to_publication(&config.publication, &missing)
-                ),
-            })?;
-        tracing::info!(publication = %config.publication, tables = %crate::names::list(&missing), "added tables to the publication: their rows are events from here on");
     }
     if facts.slot.is_none() {
         let mut client = ReplicationClient::connect(pg)
@@ -164,6 +148,41 @@ async fn start(
         SinkKind::Amqp => Some(connect_sink(config, ctx).await?),
     };
     let start = wait_for_slot(&control, config, standby, ctx).await?;
+    // A table added to the settings joins the publication only now that
+    // no other relay streams the slot: one still running with the old
+    // settings would skip the new table's rows and acknowledge past them.
+    // (Read again: a standby may have waited long.)
+    let publication = catalog::publication_info(&control, &config.publication, &tables)
+        .await
+        .map_err(|e| RunError::Postgres {
+            problem: format!("reading the publication: {}", e.server_message()),
+            fix: "see the server's message".into(),
+        })?;
+    let missing: Vec<TableName> = match &publication {
+        Some(p) => tables
+            .iter()
+            .zip(&p.covers)
+            .filter(|(_, covered)| !**covered)
+            .map(|(table, _)| table.clone())
+            .collect(),
+        None => Vec::new(),
+    };
+    if !missing.is_empty() {
+        catalog::add_to_publication(&control, &config.publication, &missing)
+            .await
+            .map_err(|e| RunError::Postgres {
+                problem: format!(
+                    "adding {} to the publication: {}",
+                    crate::names::list(&missing),
+                    e.server_message()
+                ),
+                fix: format!(
+                    "have the owner of the publication and the tables run: {}",
+                    crate::sql::add_to_publication(&config.publication, &missing)
+                ),
+            })?;
+        tracing::info!(publication = %config.publication, tables = %crate::names::list(&missing), "added tables to the publication: their rows are events from here on");
+    }
     Ok(Some((start, control, sink)))
 }
 
@@ -921,6 +940,9 @@ fn observe(core: &mut Core, ctx: &Context, progress: &mut Progress) {
                 detail,
             } => {
                 tracing::warn!(lsn = %lsn, attempts, detail = %detail, "the broker refused a row");
+            }
+            Note::Unmapped(table) => {
+                tracing::warn!(table = %table, "the publication sends a table the settings do not map: its rows are skipped, not published; add a [[table]] entry for it or remove it from the publication");
             }
             Note::Skipped(n) => {
                 tracing::debug!(

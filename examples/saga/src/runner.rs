@@ -197,9 +197,10 @@ pub async fn verify(
         )
         .await?
         .get::<_, i64>(0);
-    let checks: [(&str, &str); 5] = [
+    let checks: [(&str, &str); 6] = [
         (
-            "confirmed without exactly one captured payment, one charge and one live reservation",
+            "confirmed without exactly one captured payment, one charge and one live reservation \
+             (order ids)",
             "SELECT o.id FROM orders.orders o
              LEFT JOIN payments.payments p ON p.order_id = o.id
              LEFT JOIN stock.reservations r ON r.order_id = o.id
@@ -210,7 +211,7 @@ pub async fn verify(
              LIMIT 5",
         ),
         (
-            "cancelled with money taken or stock still held",
+            "cancelled with money taken or stock still held (order ids)",
             "SELECT o.id FROM orders.orders o
              LEFT JOIN payments.payments p ON p.order_id = o.id
              LEFT JOIN stock.reservations r ON r.order_id = o.id
@@ -220,19 +221,35 @@ pub async fn verify(
              LIMIT 5",
         ),
         (
-            "charged twice",
+            "charged twice (order ids)",
             "SELECT order_id FROM payments.ledger WHERE order_id BETWEEN $1 AND $2
              AND kind = 'charge' GROUP BY order_id HAVING count(*) > 1 LIMIT 5",
         ),
         (
-            "not finished",
+            "not finished (order ids)",
             "SELECT id FROM orders.orders WHERE id BETWEEN $1 AND $2 AND status = 'pending'
              LIMIT 5",
         ),
         (
-            "stock went negative",
-            "SELECT 1::bigint FROM stock.items WHERE available < 0 AND $1::bigint <= $2::bigint
-             LIMIT 1",
+            "stock taken that no live reservation accounts for (a double release or a lost \
+             decrement)",
+            "SELECT count(*) FROM stock.items i
+             WHERE (i.initial - i.available <> (SELECT coalesce(sum(r.qty), 0)
+                                                FROM stock.reservations r
+                                                WHERE r.sku = i.sku AND r.status = 'reserved')
+                    OR i.available < 0)
+               AND $1::bigint <= $2::bigint
+             HAVING count(*) > 0",
+        ),
+        (
+            "an order emitted the same event twice (a step applied twice)",
+            "SELECT count(*) FROM (
+                 SELECT aggregate_id, event_type FROM orders.outbox GROUP BY 1, 2 HAVING count(*) > 1
+                 UNION ALL
+                 SELECT aggregate_id, event_type FROM payments.outbox GROUP BY 1, 2 HAVING count(*) > 1
+                 UNION ALL
+                 SELECT aggregate_id, event_type FROM stock.outbox GROUP BY 1, 2 HAVING count(*) > 1
+             ) d WHERE $1::bigint <= $2::bigint HAVING count(*) > 0",
         ),
     ];
     for (what, sql) in checks {
@@ -242,8 +259,7 @@ pub async fn verify(
                 .iter()
                 .map(|row| row.get::<_, i64>(0).to_string())
                 .collect();
-            r.violations
-                .push(format!("{what}: orders {}", ids.join(", ")));
+            r.violations.push(format!("{what}: {}", ids.join(", ")));
         }
     }
     Ok(r)

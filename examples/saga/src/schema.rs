@@ -68,6 +68,7 @@ pub fn ddl() -> String {
          );
          CREATE TABLE IF NOT EXISTS stock.items (
              sku       text   PRIMARY KEY,
+             initial   bigint NOT NULL,
              available bigint NOT NULL
          );
          CREATE TABLE IF NOT EXISTS stock.reservations (
@@ -76,7 +77,8 @@ pub fn ddl() -> String {
              qty      int    NOT NULL,
              status   text   NOT NULL
          );
-         INSERT INTO stock.items VALUES ('widget', 1000000000), ('unobtainium', 0)
+         INSERT INTO stock.items VALUES ('widget', 1000000000, 1000000000),
+                                        ('unobtainium', 0, 0)
              ON CONFLICT (sku) DO NOTHING;
 ",
     );

@@ -329,6 +329,14 @@ async fn stock(tx: &Transaction<'_>, m: &Message) -> Result<(), HandlerError> {
                 )
                 .await?;
             } else {
+                // Recorded too, so that the same event applied again (its
+                // inbox claim pruned) finds the order decided.
+                tx.execute(
+                    "INSERT INTO stock.reservations (order_id, sku, qty, status) \
+                     VALUES ($1, $2, $3, 'shortage')",
+                    &[&id, &sku, &qty],
+                )
+                .await?;
                 emit(
                     tx,
                     "stock",

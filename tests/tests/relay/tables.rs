@@ -2,8 +2,9 @@
 //! mapping per `[[table]]` entry. Rows of both tables written in the same
 //! transactions, interleaved, each reach their own exchange in commit
 //! order with their own mapping; a table added to the settings is added to
-//! the existing publication; check, status and the metrics name every
-//! table.
+//! the existing publication by the relay that holds the slot (never while
+//! a relay with the old settings streams it); check, status and the
+//! metrics name every table.
 
 use std::time::Duration;
 
@@ -69,6 +70,14 @@ header_columns = ["tenant", "invoice"]
         out.contains("does not cover billing.outbox"),
         "check names the table missing from the publication: {out}"
     );
+
+    // While a relay with the old settings streams the slot, setup does not
+    // add the table: that relay would skip its rows and ack past them.
+    let mut old = f.start_relay(&[]);
+    let (ok, out) = f.run_to_end(&["setup"], &with_file);
+    assert!(!ok, "{out}");
+    assert!(out.contains("streamed by a running process"), "{out}");
+    old.kill().unwrap();
 
     let mut orders = f.consumer().await;
     let mut billing = f.scope.consume(&billing_queue).await.unwrap();
