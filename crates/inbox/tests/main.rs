@@ -103,6 +103,17 @@ impl Handler for Recorder {
     }
 }
 
+/// Retries from 100 ms, `max_attempts` in all.
+fn quick_retries(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(1),
+        multiplier: 2.0,
+        jitter: 0.5,
+    }
+}
+
 fn count(pg: &PgCluster, sql: &str) -> u64 {
     pg.psql(sql).unwrap().trim().parse().unwrap()
 }
@@ -269,13 +280,7 @@ async fn a_poison_message_is_parked_with_its_error_after_the_last_attempt() {
     let pg = cluster();
     let scope = BrokerScope::connect().await.unwrap();
     let x = exchange(&scope).await;
-    let policy = RetryPolicy {
-        max_attempts: 3,
-        initial: Duration::from_millis(100),
-        max: Duration::from_secs(1),
-        multiplier: 2.0,
-        jitter: 0.5,
-    };
+    let policy = quick_retries(3);
     let c = config(&scope, &e2e::amqp::amqp_url(), &x, policy);
     let parked_queue = c.topology().parked_queue();
     let recorder = Recorder {
@@ -522,13 +527,7 @@ async fn a_handler_that_hides_a_failed_transaction_is_not_taken_at_its_word() {
     let pg = cluster();
     let scope = BrokerScope::connect().await.unwrap();
     let x = exchange(&scope).await;
-    let policy = RetryPolicy {
-        max_attempts: 2,
-        initial: Duration::from_millis(100),
-        max: Duration::from_secs(1),
-        multiplier: 2.0,
-        jitter: 0.5,
-    };
+    let policy = quick_retries(2);
     let c = config(&scope, &e2e::amqp::amqp_url(), &x, policy);
     let parked_queue = c.topology().parked_queue();
     let inbox = Inbox::new(c, pg_config(&pg), NoTls, Swallower).unwrap();

@@ -87,7 +87,7 @@ pub async fn broker_at(
     }
     let confirmed = started.elapsed();
     let complete = tally.wait_all(Duration::from_secs(30), || true).await;
-    let _ = connection.close(200, "ceiling done".into()).await;
+    publish::close(&connection, "ceiling done").await;
     consumer.stop().await;
     if !complete {
         bail!(
@@ -116,6 +116,8 @@ pub struct WalCeiling {
     pub secs: f64,
     /// rows / secs.
     pub rows_per_s: f64,
+    /// What pg_recvlogical itself cost (getrusage of the waited child).
+    pub cost: crate::procfs::Cost,
 }
 
 /// Runs `pg_recvlogical` on `slot` until `end_lsn`, writing pgoutput's
@@ -129,6 +131,7 @@ pub fn wal_read(
     rows: u64,
 ) -> anyhow::Result<WalCeiling> {
     let program = bindir.join("pg_recvlogical");
+    let before = crate::procfs::rusage(true)?;
     let started = Instant::now();
     let out = Command::new(&program)
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
@@ -147,11 +150,89 @@ pub fn wal_read(
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    let cost = crate::procfs::rusage(true)?.since(&before);
     Ok(WalCeiling {
         rows,
         secs: elapsed.as_secs_f64(),
         rows_per_s: rate(rows, elapsed),
+        cost,
     })
+}
+
+/// The bare lapin loop's own cost: the ceiling's publisher (the same
+/// messages, confirms, window 1024) run as a process of its own so that
+/// its CPU and context switches are counted alone, while this process
+/// consumes the queue. What a publisher of these messages cannot go below
+/// with lapin.
+pub async fn bare_cost(exchange: &str, queue: &str, n: u64) -> anyhow::Result<crate::procfs::Cost> {
+    let origin = Instant::now();
+    let tally = Tally::new(origin, 0, usize::try_from(n)?);
+    let consumer = Consumer::start(queue, tally.clone()).await?;
+    let exe = std::env::current_exe().context("locating the bench binary")?;
+    let out = tokio::process::Command::new(exe)
+        .args(["--run-bare-publisher", &e2e::amqp::amqp_url()])
+        .args(["--bare-exchange", exchange])
+        .args(["--bare-count", &n.to_string()])
+        .output()
+        .await
+        .context("running the bare publisher")?;
+    let complete = tally.wait_all(Duration::from_secs(60), || true).await;
+    consumer.stop().await;
+    if !out.status.success() {
+        bail!(
+            "the bare publisher failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if !complete {
+        bail!("the consumer got {} of {n} bare messages", tally.unique());
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(line.trim()).with_context(|| format!("the bare publisher said {line:?}"))
+}
+
+/// The bare publisher process (`--run-bare-publisher`): publishes `n` of
+/// the ceiling's messages with confirms (window 1024) on a runtime like
+/// the relay's (two worker threads), then prints its own getrusage as
+/// JSON.
+pub fn run_bare_child(url: &str, exchange: &str, n: u64) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (connection, channel) =
+            publish::confirming_channel_at(url, "the bare publisher").await?;
+        let exchange: ShortString = exchange.into();
+        let mut pending = VecDeque::with_capacity(1024);
+        for seq in 0..n {
+            let body = crate::workload::payload(seq);
+            let confirm = channel
+                .basic_publish(
+                    exchange.clone(),
+                    "order.created".into(),
+                    publish::OPTIONS,
+                    &body,
+                    publish::synthetic(seq),
+                )
+                .await?;
+            pending.push_back(confirm);
+            if pending.len() >= 1024 {
+                if let Some(oldest) = pending.pop_front() {
+                    publish::acked(oldest, "bare publisher").await?;
+                }
+            }
+        }
+        while let Some(confirm) = pending.pop_front() {
+            publish::acked(confirm, "bare publisher").await?;
+        }
+        publish::close(&connection, "bare publisher done").await;
+        anyhow::Ok(())
+    })?;
+    drop(runtime);
+    println!("{}", serde_json::to_string(&crate::procfs::rusage(false)?)?);
+    Ok(())
 }
 
 /// The broker's latency floor at a fixed rate: a bare lapin loop (confirms,
@@ -208,7 +289,7 @@ pub async fn broker_latency(
         publish::acked(confirm, "latency floor").await?;
     }
     let _ = tally.wait_all(Duration::from_secs(30), || true).await;
-    let _ = connection.close(200, "latency ceiling done".into()).await;
+    publish::close(&connection, "latency ceiling done").await;
     consumer.stop().await;
     let mut samples: Vec<Duration> = (0..seq)
         .filter_map(|s| Some(tally.arrival(s)?.saturating_sub(sent.get(s)?)))

@@ -181,7 +181,7 @@ impl Consumer {
     /// Stops consuming.
     pub async fn stop(self) {
         self.task.abort();
-        let _ = self.connection.close(200, "bench phase done".into()).await;
+        crate::publish::close(&self.connection, "bench phase done").await;
     }
 }
 

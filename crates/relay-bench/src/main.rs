@@ -84,6 +84,16 @@ struct Args {
     /// Erlang VMs competing for them).
     #[arg(long)]
     quorum_cluster: bool,
+    /// Internal: run the bare lapin publisher as this process, publishing
+    /// to the broker at this URL (its CPU and context switches its own).
+    #[arg(long, hide = true, value_name = "AMQP_URL", requires = "bare_exchange")]
+    run_bare_publisher: Option<String>,
+    /// Internal: the exchange of --run-bare-publisher.
+    #[arg(long, hide = true)]
+    bare_exchange: Option<String>,
+    /// Internal: how many messages --run-bare-publisher sends.
+    #[arg(long, hide = true, default_value_t = 0)]
+    bare_count: u64,
     /// Only the saga benchmark: commit -> terminal state of examples/saga's
     /// orders at 50 and 200 orders/s (or --rates), with outbox-relay and
     /// then with a polling publisher (`--smoke`: a few orders).
@@ -139,6 +149,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let (Some(url), Some(exchange)) = (&args.run_poller, &args.poller_exchange) {
         return poller::run_child(url, exchange);
+    }
+    if let (Some(url), Some(exchange)) = (&args.run_bare_publisher, &args.bare_exchange) {
+        return ceiling::run_bare_child(url, exchange, args.bare_count);
     }
     let mode = if args.smoke {
         Mode::Smoke

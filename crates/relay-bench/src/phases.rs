@@ -128,6 +128,9 @@ pub struct Drain {
     pub usage: Usage,
     /// CPU seconds per 100,000 events.
     pub cpu_s_per_100k: f64,
+    /// The relay's context switches at the end of the drain (voluntary,
+    /// involuntary; every thread).
+    pub switches: (u64, u64),
     /// What the drain cost Postgres.
     pub postgres: PgCost,
 }
@@ -235,6 +238,9 @@ pub struct Results {
     pub backlog: Backlog,
     /// 1b.
     pub wal: WalCeiling,
+    /// 1d: the bare lapin publisher's own cost, and how many messages it
+    /// sent.
+    pub bare: (crate::procfs::Cost, u64),
     /// 1c: the relay into the null sink.
     pub null: NullDrain,
     /// 2 (and 4 during 2).
@@ -448,6 +454,21 @@ impl Bench {
             drain.usage.peak_rss_mib()
         ));
 
+        // 1d: the floor of cost: the bare publisher as its own process.
+        say(&format!(
+            "cost floor: the bare lapin publisher as a process of its own, {} messages",
+            plan.broker_messages
+        ));
+        let (exchange, queue) = self.scope.topic_with_queue("bench-bare").await?;
+        let bare = ceiling::bare_cost(&exchange, &queue, plan.broker_messages).await?;
+        say(&format!(
+            "  CPU {:.2} s per 100k; {:.2} context switches per message; pg_recvlogical CPU {:.2} s per 100k",
+            per_100k(bare.cpu_secs, plan.broker_messages),
+            bare.switches_per_event(plan.broker_messages),
+            per_100k(wal.cost.cpu_secs, plan.backlog_rows)
+        ));
+        let bare = (bare, plan.broker_messages);
+
         // 1a again, right after the drain: the better run is the ceiling.
         say("broker ceiling, second run");
         let (exchange, queue) = self.scope.topic_with_queue("bench-ceiling").await?;
@@ -530,6 +551,7 @@ impl Bench {
             broker_runs,
             backlog,
             wal,
+            bare,
             null,
             drain,
             transient,
@@ -742,6 +764,7 @@ impl Bench {
         let started = relay.spawned.saturating_duration_since(origin);
         self.wait_relay(&tally, &mut relay, "backlog drain").await?;
         let usage = relay.usage()?;
+        let switches = crate::procfs::switches(relay.pid())?;
         let postgres = self.pg_cost(&client, &mark, n).await?;
         consumer.stop().await;
         tokio::task::block_in_place(|| relay.stop())?;
@@ -765,6 +788,7 @@ impl Bench {
             strays: tally.outside(),
             usage,
             cpu_s_per_100k: per_100k(usage.cpu_secs, n),
+            switches,
             postgres,
         })
     }

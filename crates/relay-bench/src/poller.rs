@@ -92,7 +92,7 @@ pub async fn drain(pg_url: &str, exchange: &str) -> anyhow::Result<PollerRun> {
         run.events += u64::try_from(seqs.len()).unwrap_or(0);
         run.batches += 1;
     }
-    let _ = connection.close(200, "poller done".into()).await;
+    crate::publish::close(&connection, "poller done").await;
     Ok(run)
 }
 

@@ -36,6 +36,80 @@ pub fn usage(pid: u32) -> anyhow::Result<Usage> {
     })
 }
 
+/// What a piece of work cost: CPU and context switches.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Cost {
+    /// User + system CPU, seconds.
+    pub cpu_secs: f64,
+    /// Voluntary context switches (the thread waited: I/O, a lock, a
+    /// wake-up from another thread).
+    pub voluntary: u64,
+    /// Involuntary ones (preempted).
+    pub involuntary: u64,
+}
+
+impl Cost {
+    /// `self - earlier`.
+    pub fn since(&self, earlier: &Cost) -> Cost {
+        Cost {
+            cpu_secs: (self.cpu_secs - earlier.cpu_secs).max(0.0),
+            voluntary: self.voluntary.saturating_sub(earlier.voluntary),
+            involuntary: self.involuntary.saturating_sub(earlier.involuntary),
+        }
+    }
+
+    /// Context switches of both kinds per event.
+    pub fn switches_per_event(&self, events: u64) -> f64 {
+        crate::stats::count_f64(self.voluntary + self.involuntary)
+            / crate::stats::count_f64(events.max(1))
+    }
+}
+
+/// getrusage of this process (`children`: of its waited children).
+pub fn rusage(children: bool) -> anyhow::Result<Cost> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let who = if children {
+        UsageWho::RUSAGE_CHILDREN
+    } else {
+        UsageWho::RUSAGE_SELF
+    };
+    let u = getrusage(who).context("getrusage")?;
+    let secs = |t: nix::sys::time::TimeVal| {
+        crate::stats::count_f64(u64::try_from(t.tv_sec()).unwrap_or(0))
+            + crate::stats::count_f64(u64::try_from(t.tv_usec()).unwrap_or(0)) / 1e6
+    };
+    Ok(Cost {
+        cpu_secs: secs(u.user_time()) + secs(u.system_time()),
+        voluntary: u64::try_from(u.voluntary_context_switches()).unwrap_or(0),
+        involuntary: u64::try_from(u.involuntary_context_switches()).unwrap_or(0),
+    })
+}
+
+/// Context switches of every thread of `pid` (voluntary, involuntary),
+/// summed over /proc/<pid>/task/*/status (/proc/<pid>/status counts the
+/// main thread only).
+pub fn switches(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let mut total = (0, 0);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("listing the threads of {pid}"))?
+        .flatten()
+    {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        total.0 += field("voluntary_ctxt_switches:");
+        total.1 += field("nonvoluntary_ctxt_switches:");
+    }
+    Ok(total)
+}
+
 /// CPU seconds of every process of a PostgreSQL cluster (the postmaster
 /// and its children: backends, walsenders, background workers), by pid.
 pub fn cluster_cpu(

@@ -91,3 +91,14 @@ pub async fn acked(confirm: PublisherConfirm, what: &str) -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// Closes a connection, waiting at most 5 s: lapin's close can wait
+/// forever on a connection whose I/O loop has already ended, and a bench
+/// phase must not hang on its cleanup.
+pub async fn close(connection: &lapin::Connection, why: &str) {
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        connection.close(200, why.into()),
+    )
+    .await;
+}

@@ -5,6 +5,7 @@
 use serde_json::{json, Value};
 
 use crate::phases::{PgCost, Results};
+use crate::stats::per_100k;
 
 /// The machine a run measured.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -168,6 +169,17 @@ pub fn rows(r: &Results) -> Vec<Row> {
         "",
         "",
     ));
+    let floor = per_100k(r.bare.0.cpu_secs, r.bare.1) + per_100k(r.wal.cost.cpu_secs, r.wal.rows);
+    rows.push(row(
+        "1d the floor of cost: CPU s per 100k, bare lapin loop + pg_recvlogical, each a process of its own",
+        "",
+        format!(
+            "{:.2} + {:.2} = {floor:.2}",
+            per_100k(r.bare.0.cpu_secs, r.bare.1),
+            per_100k(r.wal.cost.cpu_secs, r.wal.rows)
+        ),
+        "",
+    ));
     rows.push(row(
         format!(
             "2 backlog drain, {n} rows in {}-row txns (events/s) vs min(1a, 1b)",
@@ -249,6 +261,27 @@ pub fn rows(r: &Results) -> Vec<Row> {
             },
         ));
     }
+    let relay_switches = crate::stats::count_f64(r.drain.switches.0 + r.drain.switches.1)
+        / crate::stats::count_f64(r.drain.events.max(1));
+    rows.push(row(
+        "4 CPU seconds per 100k events, during 2, vs the floor (1d)",
+        format!("{:.2}", r.drain.cpu_s_per_100k),
+        format!("{floor:.2}"),
+        format!("{:.2}x", r.drain.cpu_s_per_100k / floor.max(1e-9)),
+    ));
+    rows.push(row(
+        "4 context switches per event (voluntary + involuntary, every thread), during 2, vs the bare lapin loop",
+        format!(
+            "{relay_switches:.2} ({} + {})",
+            thousands(crate::stats::count_f64(r.drain.switches.0)),
+            thousands(crate::stats::count_f64(r.drain.switches.1))
+        ),
+        format!("{:.2}", r.bare.0.switches_per_event(r.bare.1)),
+        format!(
+            "{:+.2}",
+            relay_switches - r.bare.0.switches_per_event(r.bare.1)
+        ),
+    ));
     let dbz_amqp = r.debezium.as_ref().and_then(|d| d.rabbitmq.as_ref());
     rows.push(row(
         "4 CPU seconds per 100k events, during 2",
@@ -445,6 +478,20 @@ pub fn targets(r: &Results) -> Vec<Target> {
         measured: format!("{:.2} s", r.drain.cpu_s_per_100k),
         met: Some(r.drain.cpu_s_per_100k <= 3.0),
     });
+    let floor = per_100k(r.bare.0.cpu_secs, r.bare.1) + per_100k(r.wal.cost.cpu_secs, r.wal.rows);
+    t.push(Target {
+        target: "CPU per event <= 1.3x (bare lapin + pg_recvlogical)".into(),
+        measured: format!("{:.2}x", r.drain.cpu_s_per_100k / floor.max(1e-9)),
+        met: Some(r.drain.cpu_s_per_100k <= 1.3 * floor),
+    });
+    let relay_switches = crate::stats::count_f64(r.drain.switches.0 + r.drain.switches.1)
+        / crate::stats::count_f64(r.drain.events.max(1));
+    let bare_switches = r.bare.0.switches_per_event(r.bare.1);
+    t.push(Target {
+        target: "context switches per event <= the bare loop's + 0.2".into(),
+        measured: format!("{relay_switches:.2} vs {bare_switches:.2}"),
+        met: Some(relay_switches <= bare_switches + 0.2),
+    });
     t.push(Target {
         target: "peak RSS <= 32 MiB in the drain".into(),
         measured: format!("{:.1} MiB", r.drain.usage.peak_rss_mib()),
@@ -504,6 +551,13 @@ pub fn json(
         "latency_p99_ms_at_500": latency_p99(r, 500),
         "latency_p99_ms_at_2000": latency_p99(r, 2_000),
         "cpu_s_per_100k": r.drain.cpu_s_per_100k,
+        "bare_cpu_s_per_100k": per_100k(r.bare.0.cpu_secs, r.bare.1),
+        "recvlogical_cpu_s_per_100k": per_100k(r.wal.cost.cpu_secs, r.wal.rows),
+        "cpu_ratio_to_floor": r.drain.cpu_s_per_100k
+            / (per_100k(r.bare.0.cpu_secs, r.bare.1) + per_100k(r.wal.cost.cpu_secs, r.wal.rows)).max(1e-9),
+        "relay_switches_per_event": crate::stats::count_f64(r.drain.switches.0 + r.drain.switches.1)
+            / crate::stats::count_f64(r.drain.events.max(1)),
+        "bare_switches_per_event": r.bare.0.switches_per_event(r.bare.1),
         "peak_rss_mib": r.drain.usage.peak_rss_mib(),
         "peak_rss_mib_1m_txn": r.big_txn.usage.peak_rss_mib(),
         "poller_events_per_s": r.poller.events_per_s,

@@ -28,6 +28,7 @@ fn the_smoke_run_prints_the_table_and_writes_every_json_key() {
     assert!(started.elapsed() < Duration::from_secs(300));
     assert!(stdout.contains("| figure | outbox-relay | ceiling or peer | ratio |"));
     assert!(stdout.contains("backlog drain"));
+    assert!(stdout.contains("1d the floor of cost"));
     assert!(stdout.contains("Machine: "));
 
     let doc: serde_json::Value =
@@ -40,6 +41,11 @@ fn the_smoke_run_prints_the_table_and_writes_every_json_key() {
         "peak_rss_mib_1m_txn",
         "poller_events_per_s",
         "latency_p99_ms_at_500",
+        "bare_cpu_s_per_100k",
+        "recvlogical_cpu_s_per_100k",
+        "cpu_ratio_to_floor",
+        "relay_switches_per_event",
+        "bare_switches_per_event",
     ] {
         let v = doc[key].as_f64();
         assert!(

@@ -285,7 +285,11 @@ impl Reader {
 
     /// Closes the channel: every dead letter not acked goes back.
     pub async fn close(self) {
-        let _ = self.channel.close(200, "done".into()).await;
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            self.channel.close(200, "done".into()),
+        )
+        .await;
     }
 }
 
@@ -345,7 +349,11 @@ pub async fn republish(
         });
     }
     if let Some(c) = channel {
-        let _ = c.close(200, "done".into()).await;
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            c.close(200, "done".into()),
+        )
+        .await;
     }
     Ok(out)
 }

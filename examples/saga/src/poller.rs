@@ -33,7 +33,11 @@ pub async fn declare_exchanges(amqp_url: &str, prefix: &str) -> anyhow::Result<(
             )
             .await?;
     }
-    let _ = connection.close(200, "declared".into()).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        connection.close(200, "declared".into()),
+    )
+    .await;
     Ok(())
 }
 
