@@ -484,6 +484,33 @@ pub fn targets(r: &Results) -> Vec<Target> {
         measured: format!("{:.2}x", r.drain.cpu_s_per_100k / floor.max(1e-9)),
         met: Some(r.drain.cpu_s_per_100k <= 1.3 * floor),
     });
+    // Tail latency against the broker floor measured in the same run.
+    for (rate, target) in [
+        (500u64, "<= the broker floor's + 1 ms"),
+        (2_000, "<= the broker floor's + 1 ms"),
+        (10_000, "<= 2x the broker floor's"),
+    ] {
+        let l = r.latency.iter().find(|l| l.rate == rate);
+        let pair = l.and_then(|l| {
+            Some((
+                l.end_to_end.as_ref()?.p99_ms,
+                l.broker_floor.as_ref()?.p99_ms,
+            ))
+        });
+        t.push(Target {
+            target: format!("latency p99 at {rate} events/s {target}"),
+            measured: pair.map_or("not measured".into(), |(p, f)| {
+                format!("{p:.2} ms vs floor {f:.2} ms")
+            }),
+            met: pair.map(|(p, f)| {
+                if rate >= 10_000 {
+                    p <= 2.0 * f
+                } else {
+                    p <= f + 1.0
+                }
+            }),
+        });
+    }
     let relay_switches = crate::stats::count_f64(r.drain.switches.0 + r.drain.switches.1)
         / crate::stats::count_f64(r.drain.events.max(1));
     let bare_switches = r.bare.0.switches_per_event(r.bare.1);
