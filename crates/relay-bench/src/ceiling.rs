@@ -61,30 +61,8 @@ pub async fn broker_at(
     let tally = Tally::new(origin, 0, usize::try_from(n)?);
     let consumer = Consumer::start_at(url, queue, tally.clone()).await?;
     let (connection, channel) = publish::confirming_channel_at(url, "the broker ceiling").await?;
-    let exchange: ShortString = exchange.into();
     let started = Instant::now();
-    let mut pending = VecDeque::with_capacity(window);
-    for seq in 0..n {
-        let body = crate::workload::payload(seq);
-        let confirm = channel
-            .basic_publish(
-                exchange.clone(),
-                "order.created".into(),
-                publish::OPTIONS,
-                &body,
-                publish::synthetic(seq),
-            )
-            .await?;
-        pending.push_back(confirm);
-        if pending.len() >= window {
-            if let Some(oldest) = pending.pop_front() {
-                publish::acked(oldest, "ceiling run").await?;
-            }
-        }
-    }
-    while let Some(confirm) = pending.pop_front() {
-        publish::acked(confirm, "ceiling run").await?;
-    }
+    publish_all(&channel, exchange, n, window, "ceiling run").await?;
     let confirmed = started.elapsed();
     let complete = tally.wait_all(Duration::from_secs(30), || true).await;
     publish::close(&connection, "ceiling done").await;
@@ -105,6 +83,41 @@ pub async fn broker_at(
         confirmed_per_s: rate(n, confirmed),
         events_per_s: rate(n, consumed),
     })
+}
+
+/// The bare lapin loop: `n` of the ceiling's messages to `exchange` with
+/// confirms, at most `window` unconfirmed.
+async fn publish_all(
+    channel: &lapin::Channel,
+    exchange: &str,
+    n: u64,
+    window: usize,
+    what: &str,
+) -> anyhow::Result<()> {
+    let exchange: ShortString = exchange.into();
+    let mut pending = VecDeque::with_capacity(window);
+    for seq in 0..n {
+        let body = crate::workload::payload(seq);
+        let confirm = channel
+            .basic_publish(
+                exchange.clone(),
+                "order.created".into(),
+                publish::OPTIONS,
+                &body,
+                publish::synthetic(seq),
+            )
+            .await?;
+        pending.push_back(confirm);
+        if pending.len() >= window {
+            if let Some(oldest) = pending.pop_front() {
+                publish::acked(oldest, what).await?;
+            }
+        }
+    }
+    while let Some(confirm) = pending.pop_front() {
+        publish::acked(confirm, what).await?;
+    }
+    Ok(())
 }
 
 /// The WAL-read ceiling.
@@ -204,29 +217,7 @@ pub fn run_bare_child(url: &str, exchange: &str, n: u64) -> anyhow::Result<()> {
     runtime.block_on(async {
         let (connection, channel) =
             publish::confirming_channel_at(url, "the bare publisher").await?;
-        let exchange: ShortString = exchange.into();
-        let mut pending = VecDeque::with_capacity(1024);
-        for seq in 0..n {
-            let body = crate::workload::payload(seq);
-            let confirm = channel
-                .basic_publish(
-                    exchange.clone(),
-                    "order.created".into(),
-                    publish::OPTIONS,
-                    &body,
-                    publish::synthetic(seq),
-                )
-                .await?;
-            pending.push_back(confirm);
-            if pending.len() >= 1024 {
-                if let Some(oldest) = pending.pop_front() {
-                    publish::acked(oldest, "bare publisher").await?;
-                }
-            }
-        }
-        while let Some(confirm) = pending.pop_front() {
-            publish::acked(confirm, "bare publisher").await?;
-        }
+        publish_all(&channel, exchange, n, 1024, "bare publisher").await?;
         publish::close(&connection, "bare publisher done").await;
         anyhow::Ok(())
     })?;
