@@ -190,7 +190,7 @@ async fn a_thousand_orders_end_confirmed_or_compensated_through_kills_and_a_cut_
     // skipped, and nobody charged again.
     let from_faults = report.duplicates_skipped;
     let mut replay = RelayProcess::spawn(
-        ["replay", "--table", "orders.outbox", "--since=-infinity"],
+        ["replay", "--table", "orders.outbox", "--since", "-infinity"],
         &relay_env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))

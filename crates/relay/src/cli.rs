@@ -133,11 +133,11 @@ pub enum Command {
         #[arg(long = "id", value_name = "ID")]
         ids: Vec<String>,
         /// Rows created at or after this time (a PostgreSQL timestamp,
-        /// e.g. '2026-11-30 08:00:00+00').
-        #[arg(long, value_name = "TIME")]
+        /// e.g. '2026-11-30 08:00:00+00', or -infinity for every row).
+        #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
         since: Option<String>,
         /// Rows created before this time.
-        #[arg(long, value_name = "TIME")]
+        #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
         until: Option<String>,
         /// Rows of this aggregate.
         #[arg(long, value_name = "ID")]
