@@ -12,7 +12,9 @@
 //! - [`Publisher::connect`] with a [`SinkConfig`] gives a [`Publisher`]
 //!   and the [`Outcomes`] receiver.
 //! - [`Publisher::publish`] takes an [`OutgoingMessage`] and returns its
-//!   [`Seq`], waiting only when the window is full.
+//!   [`Seq`], waiting only when the window is full; [`Publisher::hold`]
+//!   keeps messages that belong together until [`Publisher::flush`], so
+//!   that they reach lapin in one hand-off.
 //! - [`Outcomes`] yields [`SinkEvent`]s in order: `Confirmed { up_to }`,
 //!   `Failed { seq, reason }` ([`FailureReason`]: nacked, returned, or
 //!   unknown after a link failure), and link events (lost, connected,
@@ -66,7 +68,7 @@ pub use message::{
     properties_budget, HeaderValue, MessageProperties, OutgoingMessage, DEAD_LETTER_REASON_HEADER,
 };
 pub use outcome::{FailureReason, Outcomes, Seq, SinkEvent};
-pub use publisher::Publisher;
+pub use publisher::{Publisher, HOLD_MAX};
 pub use repeats::{Repeats, Report};
 pub use shared::LinkState;
 

@@ -40,6 +40,9 @@ use crate::outcome::{Outcomes, Seq};
 use crate::shared::{Command, LinkState, Shared};
 use crate::window::{Release, Window};
 
+/// The most messages [`Publisher::hold`] keeps before it flushes them.
+pub const HOLD_MAX: usize = 256;
+
 /// Publishes messages in order through one confirm-mode channel; see the
 /// crate documentation.
 #[derive(Debug)]
@@ -51,6 +54,9 @@ pub struct Publisher {
     shared: Arc<Shared>,
     state: watch::Receiver<LinkState>,
     next_seq: Seq,
+    /// Messages [`hold`](Self::hold) numbered and checked but has not
+    /// handed to the driver yet, in order.
+    held: Vec<Command>,
     resumed: u64,
     max_message_bytes: usize,
     frame_max: u32,
@@ -126,6 +132,7 @@ impl Publisher {
             shared,
             state: state_rx,
             next_seq: Seq(1),
+            held: Vec::new(),
             resumed: 0,
             max_message_bytes: config.max_message_bytes,
             frame_max: config.frame_max,
@@ -151,7 +158,8 @@ impl Publisher {
             .acquire(message.bytes)
             .await
             .map_err(|_| PublishError::Closed)?;
-        self.send(message, release)
+        self.flush();
+        self.send(message, release, false)
     }
 
     /// Like [`publish`](Self::publish), but never waits: with the window
@@ -163,7 +171,47 @@ impl Publisher {
             .window
             .try_acquire(message.bytes)
             .ok_or(PublishError::Full)?;
-        self.send(message, release)
+        self.flush();
+        self.send(message, release, false)
+    }
+
+    /// Like [`try_publish`](Self::try_publish), but the message stays in
+    /// this handle, numbered and counted in the window, until
+    /// [`flush`](Self::flush) (or until [`HOLD_MAX`] are held, or the next
+    /// `publish`, `try_publish`, `resume` or `close`). Messages that belong
+    /// together (the rows of one transaction) then reach the broker client
+    /// in one hand-off: one wake-up of the driver and of lapin's I/O thread
+    /// for the lot instead of one per message. A caller that holds must
+    /// flush before it waits for anything, outcomes included.
+    pub fn hold(&mut self, message: OutgoingMessage) -> Result<Seq, PublishError> {
+        let message = self.prepare(message)?;
+        let release = self
+            .window
+            .try_acquire(message.bytes)
+            .ok_or(PublishError::Full)?;
+        let seq = self.send(message, release, true)?;
+        if self.held.len() >= HOLD_MAX {
+            self.flush();
+        }
+        Ok(seq)
+    }
+
+    /// Hands every held message to the driver, in order.
+    pub fn flush(&mut self) {
+        for command in self.held.drain(..) {
+            if let Err(refused) = self.commands.send(command) {
+                // The driver is gone: the outcome stream ends, which tells
+                // the caller; give the room back.
+                if let Command::Publish { release, .. } = refused.0 {
+                    self.window.release(release);
+                }
+            }
+        }
+    }
+
+    /// How many messages are held (see [`hold`](Self::hold)).
+    pub fn held(&self) -> usize {
+        self.held.len()
     }
 
     /// Checks and converts a message against the limits of the current
@@ -179,18 +227,27 @@ impl Publisher {
         Ok(message)
     }
 
-    /// Hands a prepared message, with its window room, to the driver.
-    fn send(&mut self, message: Prepared, release: Release) -> Result<Seq, PublishError> {
+    /// Numbers a prepared message and hands it, with its window room, to
+    /// the driver, or keeps it with the held ones.
+    fn send(
+        &mut self,
+        message: Prepared,
+        release: Release,
+        hold: bool,
+    ) -> Result<Seq, PublishError> {
         if let Err(error) = self.check() {
             self.window.release(release);
             return Err(error);
         }
         let seq = self.next_seq;
-        if let Err(refused) = self.commands.send(Command::Publish {
+        let command = Command::Publish {
             seq,
             message,
             release,
-        }) {
+        };
+        if hold {
+            self.held.push(command);
+        } else if let Err(refused) = self.commands.send(command) {
             if let Command::Publish { release, .. } = refused.0 {
                 self.window.release(release);
             }
@@ -224,6 +281,7 @@ impl Publisher {
     pub fn resume(&mut self) {
         let generation = self.shared.loss_generation.load(Ordering::Acquire);
         if generation > self.resumed {
+            self.flush();
             self.resumed = generation;
             let _ = self.commands.send(Command::Resume { generation });
         }
@@ -249,6 +307,7 @@ impl Publisher {
     /// the channel and the connection. Every accepted message has an
     /// outcome on [`Outcomes`], which then ends.
     pub async fn close(mut self) -> Result<(), SinkError> {
+        self.flush();
         if let Some(close) = self.close.take() {
             let _ = close.send(());
         }

@@ -446,6 +446,12 @@ impl Core {
         self.phase == Phase::Streaming && self.pending.is_empty() && !self.handing
     }
 
+    /// Whether a transaction is open: its Begin was read and its Commit
+    /// not yet (the rest of it is on the way).
+    pub fn in_transaction(&self) -> bool {
+        self.txn.is_some()
+    }
+
     /// Whether the core waits for what is in flight before a restart or a
     /// stop (the driver bounds that wait with a timer).
     pub fn draining(&self) -> bool {

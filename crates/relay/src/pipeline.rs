@@ -50,6 +50,12 @@ pub struct Context {
 /// How long a lost stream waits for what is in flight before reconnecting.
 const STREAM_DRAIN: Duration = Duration::from_secs(10);
 
+/// How long rows held for the rest of their transaction (see
+/// [`Sink::flush`]) wait for it before they are sent on anyway: PostgreSQL
+/// sends a transaction's changes back to back once it committed, so the
+/// rest is normally there within microseconds.
+const HOLD_FOR: Duration = Duration::from_millis(1);
+
 /// Runs the relay until shutdown or an error no retry fixes.
 pub async fn run(config: Config, no_standby: bool, ctx: Context) -> Result<(), RunError> {
     let standby = config.standby && !no_standby;
@@ -844,6 +850,14 @@ async fn drive<S: Sink>(
             drain_deadline = Some(Instant::now() + wait);
         }
         let deadline = drain_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        // A transaction's rows go to the broker client in one hand-off: the
+        // sink may hold them while the rest of the transaction is on the
+        // way, and gets them flushed before any other wait (or when the
+        // rest is late).
+        if !(core.in_transaction() && core.wants_frames()) {
+            sink.flush();
+        }
+        let holding = sink.holding();
         tokio::select! {
             biased;
             () = stopped(&mut shutdown), if !stopping => {
@@ -893,6 +907,7 @@ async fn drive<S: Sink>(
                 }
                 Err(e) => return Err(RunError::Stream(e)),
             },
+            () = tokio::time::sleep(HOLD_FOR), if holding => sink.flush(),
         }
         let end = acks.server_wal_end();
         if !end.is_zero() {

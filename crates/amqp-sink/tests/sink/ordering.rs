@@ -83,3 +83,88 @@ async fn a_hundred_thousand_messages_arrive_in_order_with_their_properties() {
     }
     assert_eq!(u64::try_from(deliveries.len()).unwrap(), N);
 }
+
+/// `hold` keeps messages in the handle: nothing of them reaches the broker
+/// before a flush (explicit, at `HOLD_MAX`, before a `try_publish`, or at
+/// close), and whatever way they go out, they go out in sequence order,
+/// each confirmed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_messages_go_out_only_when_flushed_and_in_order() {
+    let scope = BrokerScope::connect().await.unwrap();
+    let (exchange, queue) = scope.topic_with_queue("sink-hold").await.unwrap();
+    let mut collector = scope.consume(&queue).await.unwrap();
+    let total = 10 + 5 + 1 + u64::try_from(amqp_sink::HOLD_MAX).unwrap() + 3;
+    let expected = usize::try_from(total).unwrap();
+    let consumed =
+        tokio::spawn(async move { collector.collect(expected, Duration::from_secs(60)).await });
+
+    let mut config = config(&exchange);
+    config.window_messages = 1024;
+    let (mut publisher, outcomes) = Publisher::connect(config).await.unwrap();
+    let reader = Reader::spawn(outcomes);
+    let mut i = 0;
+    let mut next = || {
+        i += 1;
+        message(&exchange, "order.created", i)
+    };
+
+    // Held: numbered at once, not published.
+    for n in 1..=10 {
+        assert_eq!(publisher.hold(next()).unwrap().get(), n);
+    }
+    assert_eq!(publisher.held(), 10);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(reader.ledger().reported, 0, "a held message was published");
+    publisher.flush();
+    assert_eq!(publisher.held(), 0);
+    reader
+        .wait("the flushed ten confirmed", Duration::from_secs(30), |l| {
+            l.reported == 10
+        })
+        .await;
+
+    // A try_publish after held messages sends them first.
+    for _ in 0..5 {
+        publisher.hold(next()).unwrap();
+    }
+    assert_eq!(publisher.try_publish(next()).unwrap().get(), 16);
+    assert_eq!(publisher.held(), 0);
+    reader
+        .wait(
+            "the held five and the next confirmed",
+            Duration::from_secs(30),
+            |l| l.reported == 16,
+        )
+        .await;
+
+    // HOLD_MAX held messages flush themselves.
+    for _ in 0..amqp_sink::HOLD_MAX {
+        publisher.hold(next()).unwrap();
+    }
+    assert_eq!(publisher.held(), 0, "HOLD_MAX messages must flush");
+    let through = 16 + u64::try_from(amqp_sink::HOLD_MAX).unwrap();
+    reader
+        .wait(
+            "HOLD_MAX held messages confirmed",
+            Duration::from_secs(30),
+            |l| l.reported == through,
+        )
+        .await;
+
+    // Close sends what is held.
+    for _ in 0..3 {
+        publisher.hold(next()).unwrap();
+    }
+    publisher.close().await.unwrap();
+    reader
+        .wait("the stream to end", Duration::from_secs(30), |l| l.ended)
+        .await;
+    {
+        let ledger = reader.ledger();
+        assert_eq!(ledger.failed(), vec![], "no message may fail");
+        assert_eq!(ledger.confirmed(), (1..=total).collect::<Vec<_>>());
+    }
+    let deliveries = consumed.await.unwrap().unwrap();
+    let order: Vec<u64> = deliveries.iter().map(message_index).collect();
+    assert_eq!(order, (1..=total).collect::<Vec<_>>(), "delivery order");
+}

@@ -268,7 +268,10 @@ impl Sink for AmqpSink {
     }
 
     fn publish(&mut self, seq: Seq, message: &EventMessage) -> Handed {
-        match self.publisher.try_publish(outgoing(message)) {
+        // Held until the driver flushes (at the end of the transaction, or
+        // before it waits for anything else): a transaction's rows reach
+        // lapin together.
+        match self.publisher.hold(outgoing(message)) {
             Ok(theirs) => {
                 self.inflight.push_back((theirs, seq));
                 Handed::Accepted
@@ -277,6 +280,14 @@ impl Sink for AmqpSink {
             Err(PublishError::Invalid(e)) => Handed::Invalid(e.to_string()),
             Err(e) => Handed::LinkDown(e.to_string()),
         }
+    }
+
+    fn flush(&mut self) {
+        self.publisher.flush();
+    }
+
+    fn holding(&self) -> bool {
+        self.publisher.held() > 0
     }
 
     async fn next_outcome(&mut self) -> Option<Outcome> {
@@ -289,6 +300,7 @@ impl Sink for AmqpSink {
     }
 
     async fn recover(&mut self) -> Result<(), SinkClosed> {
+        self.publisher.flush();
         // Outcomes of the dropped messages may still be queued: read them
         // (they release window room) without reporting them.
         while let Some(event) = self.outcomes.try_recv() {

@@ -132,8 +132,19 @@ pub trait Sink: Send {
     fn limits(&self) -> Limits;
 
     /// Hands `message` to the broker after every earlier one, under `seq`.
-    /// Never waits: a full window is [`Handed::Full`].
+    /// Never waits: a full window is [`Handed::Full`]. A sink may keep an
+    /// accepted message back until [`flush`](Self::flush), so that the rows
+    /// of one transaction go to the broker in one hand-off.
     fn publish(&mut self, seq: Seq, message: &EventMessage) -> Handed;
+
+    /// Sends on what [`publish`](Self::publish) kept back. The driver calls
+    /// it before it waits for anything but the rest of a transaction.
+    fn flush(&mut self) {}
+
+    /// Whether accepted messages are kept back, waiting for a flush.
+    fn holding(&self) -> bool {
+        false
+    }
 
     /// The next outcome or link event; `None` once the sink has closed.
     /// Cancel-safe.
