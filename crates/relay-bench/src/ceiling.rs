@@ -227,11 +227,11 @@ pub async fn bare_cost(exchange: &str, queue: &str, n: u64) -> anyhow::Result<cr
 
 /// The bare publisher process (`--run-bare-publisher`): publishes `n` of
 /// the ceiling's messages with confirms (window 1024) on a runtime like
-/// the relay's (two worker threads), then prints its own getrusage as
-/// JSON.
+/// the relay's (one worker thread beside lapin's I/O thread), then prints
+/// its own getrusage as JSON.
 pub fn run_bare_child(url: &str, exchange: &str, n: u64) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()?;
     runtime.block_on(async {
