@@ -233,9 +233,19 @@ async fn teardown_refuses_a_relay_between_two_sessions_whose_slot_is_inactive_fo
         .unwrap()
             == "1"
     };
+    let streaming = || {
+        f.pg.psql("SELECT count(*) FROM pg_replication_slots WHERE active")
+            .unwrap()
+            == "1"
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !watching() {
-        assert!(Instant::now() < deadline, "no slot-watch session");
+    // The slot-watch session can be up before the stream is: wait for both
+    // (terminating a walsender that is not there yet would do nothing).
+    while !(watching() && streaming()) {
+        assert!(
+            Instant::now() < deadline,
+            "no slot-watch session or no stream"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The walsender ends: the relay waits out its backoff without a slot.

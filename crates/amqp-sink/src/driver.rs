@@ -18,6 +18,9 @@
 //! message until everything in flight on that channel has its answer, then
 //! opens a fresh channel on the same connection (see
 //! [`Link::fresh_channel`] for the broker behaviour this guards against).
+//! A nack also halts, as a link failure does: a message the caller sent
+//! after the refused one would otherwise go out on the fresh channel ahead
+//! of the refused one's re-publication.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -264,8 +267,10 @@ impl Driver {
                 release,
             } => {
                 if self.halted() {
-                    let reason = FailureReason::Unknown(self.last_loss.clone());
-                    self.emit(SinkEvent::Failed { seq, reason }, release);
+                    // Reported in order: after a nack, messages before it
+                    // may still be in flight on the channel.
+                    self.tracker.push_lost(seq, release, self.last_loss.clone());
+                    self.report();
                     return;
                 }
                 let channel = match &self.link {
@@ -361,6 +366,13 @@ impl Driver {
                 let failure = returned.and_then(|m| self.match_return(&m).err());
                 self.tracker.resolve(seq, false);
                 self.renew = true;
+                // As after a link loss: what the caller sent after the
+                // refused message must not reach the broker before the
+                // caller rewinds and sends it again (on the fresh channel,
+                // a later message would overtake it). Halted before the
+                // nack is reported, so a caller that sees it and resumes
+                // finds the halt in place.
+                self.halt(&LinkError::Nacked { seq: seq.get() });
                 failure
             }
             Ok(Confirmation::NotRequested) => Some(LinkError::Other {

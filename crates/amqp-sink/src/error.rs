@@ -145,6 +145,17 @@ pub enum LinkError {
         /// The cause.
         cause: String,
     },
+    /// The broker nacked message `seq` (a queue refused it): publishing
+    /// halts until the caller rewinds, and what was sent after it fails
+    /// with this cause.
+    #[error(
+        "the broker nacked message {seq} (a queue refused it); what was sent after it is held \
+         back until the caller sends it again"
+    )]
+    Nacked {
+        /// The refused message.
+        seq: u64,
+    },
     /// The sink was closed before the message was confirmed.
     #[error("the sink was closed before the broker confirmed the message")]
     Closed,
@@ -341,12 +352,13 @@ pub enum PublishError {
     /// The message itself cannot be published; dead-letter it.
     #[error("message cannot be published: {0}")]
     Invalid(#[from] MessageError),
-    /// The link failed with messages in flight; nothing more is published
-    /// until the caller has seen their outcomes, rewound, and called
-    /// [`crate::Publisher::resume`]. This keeps publish order intact.
+    /// The link failed with messages in flight, or the broker nacked one;
+    /// nothing more is published until the caller has seen their outcomes,
+    /// rewound, and called [`crate::Publisher::resume`]. This keeps publish
+    /// order intact.
     #[error(
-        "publishing is halted after a link failure ({cause}); rewind to the last confirmed \
-         message and call resume()"
+        "publishing is halted after a link failure or a nack ({cause}); rewind to the last \
+         confirmed message and call resume()"
     )]
     Halted {
         /// The link failure.

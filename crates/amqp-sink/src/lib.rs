@@ -19,9 +19,9 @@
 //!   `Failed { seq, reason }` ([`FailureReason`]: nacked, returned, or
 //!   unknown after a link failure), and link events (lost, connected,
 //!   blocked, unblocked).
-//! - After a link failure failed messages, publishing halts until
-//!   [`Publisher::resume`], so that a rewinding caller never has later
-//!   messages overtake earlier ones.
+//! - After a link failure failed messages, or a nack, publishing halts
+//!   until [`Publisher::resume`] (what was sent meanwhile fails), so that a
+//!   rewinding caller never has later messages overtake earlier ones.
 //! - [`Publisher::close`] flushes and closes.
 //!
 //! Logging: the sink logs with `tracing` (lowercase messages, a `broker`

@@ -274,8 +274,9 @@ impl Publisher {
         Ok(())
     }
 
-    /// After a link failure failed messages, publishing is halted so that
-    /// nothing published after them can overtake their re-publication. Call
+    /// After a link failure failed messages, or the broker nacked one,
+    /// publishing is halted so that nothing published after them can
+    /// overtake their re-publication. Call
     /// this once the caller has seen their `Failed` outcomes and rewound:
     /// publishing goes on (after a reconnect, if need be).
     pub fn resume(&mut self) {

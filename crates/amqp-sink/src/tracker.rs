@@ -63,6 +63,19 @@ impl Tracker {
         });
     }
 
+    /// A message that was never published fails with `error`, after the
+    /// messages before it (publishing is halted: see the driver).
+    pub(crate) fn push_lost(&mut self, seq: Seq, release: Release, error: LinkError) {
+        debug_assert!(self.entries.back().is_none_or(|e| e.seq < seq));
+        self.entries.push_back(Entry {
+            seq,
+            fingerprint: 0,
+            release,
+            state: State::Lost(error),
+            returned: None,
+        });
+    }
+
     /// Unreported messages.
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
@@ -102,8 +115,10 @@ impl Tracker {
     /// it matched any unreported message.
     pub(crate) fn returned(&mut self, fingerprint: u64, reply_code: u16, reply_text: &str) -> bool {
         let mut matched = false;
+        // A lost message is past being returned: either the broker never
+        // had it (failed unsent) or its link is gone.
         for entry in &mut self.entries {
-            if entry.fingerprint == fingerprint {
+            if entry.fingerprint == fingerprint && !matches!(entry.state, State::Lost(_)) {
                 entry.returned = Some((reply_code, reply_text.to_string()));
                 matched = true;
             }
@@ -177,6 +192,42 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_failed_unsent_behind_one_in_flight_is_reported_after_it() {
+        let mut t = Tracker::default();
+        t.push(Seq(1), 11, Release::default());
+        t.push(Seq(2), 22, Release::default());
+        t.resolve(Seq(1), false);
+        t.settle();
+        let halted = LinkError::Nacked { seq: 1 };
+        t.push_lost(Seq(3), Release::default(), halted.clone());
+        // 2 is still in flight: 3's failure waits behind it.
+        let first: Vec<SinkEvent> = t.drain().into_iter().map(|(e, _)| e).collect();
+        assert_eq!(
+            first,
+            vec![SinkEvent::Failed {
+                seq: Seq(1),
+                reason: FailureReason::Nacked
+            }]
+        );
+        // A return matching nothing sent does not touch the unsent one.
+        assert!(!t.returned(0, 312, "NO_ROUTE"));
+        t.resolve(Seq(2), true);
+        t.settle();
+        let rest: Vec<SinkEvent> = t.drain().into_iter().map(|(e, _)| e).collect();
+        assert_eq!(
+            rest,
+            vec![
+                SinkEvent::Confirmed { up_to: Seq(2) },
+                SinkEvent::Failed {
+                    seq: Seq(3),
+                    reason: FailureReason::Unknown(halted)
+                }
+            ]
+        );
+        assert!(t.is_empty());
+    }
 
     fn one() -> Release {
         Release {

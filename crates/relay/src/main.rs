@@ -104,9 +104,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // is a queue push on the same thread, never the wake-up of another
     // (with two workers each hand-off could wake the idle one; one run of
     // relay-bench each way: 1.84 against 1.74 CPU s per 100k events in the
-    // drain, p99 106 against 62 ms at 10,000 events/s). lapin's I/O thread
-    // is the only other busy thread; the relay's own work is well under a
-    // core at the broker's pace.
+    // drain, p99 106 against 62 ms at 10,000 events/s). lapin's heartbeat
+    // and its socket's readiness run on it too; lapin's I/O thread is the
+    // only other busy thread. The pipeline yields to them every 128 frames
+    // whatever it reads, and its own work is well under a core at the
+    // broker's pace.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -51,7 +51,8 @@ pub struct Context {
 const STREAM_DRAIN: Duration = Duration::from_secs(10);
 
 /// How long rows held for the rest of their transaction (see
-/// [`Sink::flush`]) wait for it before they are sent on anyway: PostgreSQL
+/// [`Sink::flush`]) wait for it, from the first one held, before they are
+/// sent on anyway: PostgreSQL
 /// sends a transaction's changes back to back once it committed, so the
 /// rest is normally there within microseconds.
 const HOLD_FOR: Duration = Duration::from_millis(1);
@@ -801,8 +802,16 @@ async fn drive<S: Sink>(
     let mut shutdown = ctx.shutdown.clone();
     let mut stopping = false;
     let mut drain_deadline: Option<Instant> = None;
+    // When the rows held for the rest of their transaction go anyway.
+    let mut hold_deadline: Option<Instant> = None;
     let metrics = &ctx.metrics;
     loop {
+        // walstream parses frames from its buffer without yielding: on the
+        // one worker thread, a long run of frames the window never stops
+        // (deletes, other tables, rows a rewind skips) must not keep the
+        // feedback task, the sink's driver, lapin's heartbeat and the
+        // health server waiting.
+        tokio::task::consume_budget().await;
         while let Some(command) = core.next_command() {
             match command {
                 Command::Publish {
@@ -858,6 +867,12 @@ async fn drive<S: Sink>(
             sink.flush();
         }
         let holding = sink.holding();
+        let hold_until = if holding {
+            *hold_deadline.get_or_insert_with(|| Instant::now() + HOLD_FOR)
+        } else {
+            hold_deadline = None;
+            deadline
+        };
         tokio::select! {
             biased;
             () = stopped(&mut shutdown), if !stopping => {
@@ -907,7 +922,10 @@ async fn drive<S: Sink>(
                 }
                 Err(e) => return Err(RunError::Stream(e)),
             },
-            () = tokio::time::sleep(HOLD_FOR), if holding => sink.flush(),
+            () = tokio::time::sleep_until(hold_until), if holding => {
+                sink.flush();
+                hold_deadline = None;
+            }
         }
         let end = acks.server_wal_end();
         if !end.is_zero() {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use amqp_sink::{FailureReason, Publisher};
+use amqp_sink::{FailureReason, LinkError, PublishError, Publisher};
 use e2e::amqp::BrokerScope;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::ExchangeKind;
@@ -50,10 +50,18 @@ async fn a_nack_from_a_full_reject_publish_queue_is_reported_failed() {
             ]
         );
     }
-    // A nack is not a link failure: publishing goes on.
-    assert!(!publisher.is_halted());
+    // A nack halts publishing as a link failure does: nothing sent after
+    // the refused message may reach the broker before the caller rewinds.
+    assert!(publisher.is_halted());
+    match publisher.publish(message(&exchange, "k", 9)).await {
+        Err(PublishError::Halted {
+            cause: LinkError::Nacked { .. },
+        }) => {}
+        other => panic!("a publish after a nack must be refused as halted: {other:?}"),
+    }
     let mut collector = scope.consume(&queue).await.unwrap();
     collector.collect(5, Duration::from_secs(5)).await.unwrap();
+    publisher.resume();
     publish_confirmed(&mut publisher, &reader, message(&exchange, "k", 9)).await;
     publisher.close().await.unwrap();
 }
