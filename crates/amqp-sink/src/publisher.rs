@@ -153,12 +153,14 @@ impl Publisher {
     /// Cancel-safe: dropped while waiting for room, nothing is published.
     pub async fn publish(&mut self, message: OutgoingMessage) -> Result<Seq, PublishError> {
         let message = self.prepare(message)?;
+        // Held messages first: room they hold comes back only once they
+        // are sent and answered.
+        self.flush();
         let release = self
             .window
             .acquire(message.bytes)
             .await
             .map_err(|_| PublishError::Closed)?;
-        self.flush();
         self.send(message, release, false)
     }
 
@@ -166,11 +168,7 @@ impl Publisher {
     /// full it returns [`PublishError::Full`] at once (nothing published,
     /// no sequence number used). Room comes back as outcomes are received.
     pub fn try_publish(&mut self, message: OutgoingMessage) -> Result<Seq, PublishError> {
-        let message = self.prepare(message)?;
-        let release = self
-            .window
-            .try_acquire(message.bytes)
-            .ok_or(PublishError::Full)?;
+        let (message, release) = self.prepare_with_room(message)?;
         self.flush();
         self.send(message, release, false)
     }
@@ -184,11 +182,7 @@ impl Publisher {
     /// for the lot instead of one per message. A caller that holds must
     /// flush before it waits for anything, outcomes included.
     pub fn hold(&mut self, message: OutgoingMessage) -> Result<Seq, PublishError> {
-        let message = self.prepare(message)?;
-        let release = self
-            .window
-            .try_acquire(message.bytes)
-            .ok_or(PublishError::Full)?;
+        let (message, release) = self.prepare_with_room(message)?;
         let seq = self.send(message, release, true)?;
         if self.held.len() >= HOLD_MAX {
             self.flush();
@@ -212,6 +206,20 @@ impl Publisher {
     /// How many messages are held (see [`hold`](Self::hold)).
     pub fn held(&self) -> usize {
         self.held.len()
+    }
+
+    /// [`prepare`](Self::prepare), then takes the message's room in the
+    /// window without waiting ([`PublishError::Full`] if there is none).
+    fn prepare_with_room(
+        &self,
+        message: OutgoingMessage,
+    ) -> Result<(Prepared, Release), PublishError> {
+        let message = self.prepare(message)?;
+        let release = self
+            .window
+            .try_acquire(message.bytes)
+            .ok_or(PublishError::Full)?;
+        Ok((message, release))
     }
 
     /// Checks and converts a message against the limits of the current

@@ -168,3 +168,52 @@ async fn held_messages_go_out_only_when_flushed_and_in_order() {
     let order: Vec<u64> = deliveries.iter().map(message_index).collect();
     assert_eq!(order, (1..=total).collect::<Vec<_>>(), "delivery order");
 }
+
+/// A `publish` that waits for room sends the held messages first: with the
+/// window full of held messages it would otherwise wait for room only they
+/// can give back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_behind_held_messages_that_fill_the_window_does_not_wait_forever() {
+    let scope = BrokerScope::connect().await.unwrap();
+    let (exchange, queue) = scope.topic_with_queue("sink-hold-full").await.unwrap();
+    let mut collector = scope.consume(&queue).await.unwrap();
+    let consumed = tokio::spawn(async move { collector.collect(5, Duration::from_secs(30)).await });
+    let mut config = config(&exchange);
+    config.window_messages = 4;
+    let (mut publisher, outcomes) = Publisher::connect(config).await.unwrap();
+    let reader = Reader::spawn(outcomes);
+    for i in 1..=4 {
+        publisher
+            .hold(message(&exchange, "order.created", i))
+            .unwrap();
+    }
+    assert!(
+        matches!(
+            publisher.try_publish(message(&exchange, "order.created", 5)),
+            Err(amqp_sink::PublishError::Full)
+        ),
+        "four held messages fill a window of four"
+    );
+    let seq = tokio::time::timeout(
+        Duration::from_secs(10),
+        publisher.publish(message(&exchange, "order.created", 5)),
+    )
+    .await
+    .expect("publish waited for room only the held messages could give back")
+    .unwrap();
+    assert_eq!(seq.get(), 5);
+    reader
+        .wait("five confirmed", Duration::from_secs(30), |l| {
+            l.reported == 5
+        })
+        .await;
+    publisher.close().await.unwrap();
+    let order: Vec<u64> = consumed
+        .await
+        .unwrap()
+        .unwrap()
+        .iter()
+        .map(message_index)
+        .collect();
+    assert_eq!(order, vec![1, 2, 3, 4, 5]);
+}
