@@ -52,9 +52,8 @@ const STREAM_DRAIN: Duration = Duration::from_secs(10);
 
 /// How long rows held for the rest of their transaction (see
 /// [`Sink::flush`]) wait for it, from the first one held, before they are
-/// sent on anyway: PostgreSQL
-/// sends a transaction's changes back to back once it committed, so the
-/// rest is normally there within microseconds.
+/// sent on anyway: PostgreSQL sends a transaction's changes back to back
+/// once it committed, so the rest is normally there within microseconds.
 const HOLD_FOR: Duration = Duration::from_millis(1);
 
 /// Runs the relay until shutdown or an error no retry fixes.
