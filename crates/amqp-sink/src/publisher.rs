@@ -168,8 +168,10 @@ impl Publisher {
     /// full it returns [`PublishError::Full`] at once (nothing published,
     /// no sequence number used). Room comes back as outcomes are received.
     pub fn try_publish(&mut self, message: OutgoingMessage) -> Result<Seq, PublishError> {
-        let (message, release) = self.prepare_with_room(message)?;
+        // Held messages first, as in `publish`: sent even when this one
+        // finds no room, since only their outcomes can make some.
         self.flush();
+        let (message, release) = self.prepare_with_room(message)?;
         self.send(message, release, false)
     }
 
@@ -284,9 +286,9 @@ impl Publisher {
 
     /// After a link failure failed messages, or the broker nacked one,
     /// publishing is halted so that nothing published after them can
-    /// overtake their re-publication. Call
-    /// this once the caller has seen their `Failed` outcomes and rewound:
-    /// publishing goes on (after a reconnect, if need be).
+    /// overtake their re-publication. Call this once the caller has seen
+    /// their `Failed` outcomes and rewound: publishing goes on (after a
+    /// reconnect, if need be).
     pub fn resume(&mut self) {
         let generation = self.shared.loss_generation.load(Ordering::Acquire);
         if generation > self.resumed {
