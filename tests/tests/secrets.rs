@@ -233,11 +233,10 @@ fn no_password_reaches_config_check_or_run_output() {
         failure_persistence: None,
         ..Config::default()
     };
-    let mut runner = TestRunner::new(config);
-    let result = runner.run(&password(), |p| {
-        let scenarios = scenarios(&servers, &p);
+    let leaks = |p: &str| -> Result<(), TestCaseError> {
+        let scenarios = scenarios(&servers, p);
         let outputs = finish_all(start_all(&scenarios));
-        let telltales = telltales(&p);
+        let telltales = telltales(p);
         let leaks: Vec<String> = outputs
             .iter()
             .filter_map(|(what, output)| {
@@ -251,8 +250,20 @@ fn no_password_reaches_config_check_or_run_output() {
         } else {
             Err(TestCaseError::fail(leaks.join("\n\n")))
         }
-    });
-    if let Err(e) = result {
+    };
+    for p in FOUND {
+        if let Err(e) = leaks(p) {
+            panic!("a password found before leaked again: {e}");
+        }
+    }
+    let mut runner = TestRunner::new(config);
+    if let Err(e) = runner.run(&password(), |p| leaks(&p)) {
         panic!("a password leaked: {e}");
     }
 }
+
+/// Passwords that once leaked, tried on every run before the generated
+/// ones. Raw in an amqp:// URL, the `/` of the first ended the host early
+/// for lapin's parser, which read the rest of the password as the vhost
+/// (and the relay showed the vhost, percent-encoded).
+const FOUND: &[&str] = &[r"\,\iO,': % %O/g"];

@@ -113,6 +113,14 @@ impl FromStr for BrokerUrl {
             // lapin's messages may quote the whole URL: never let it through.
             reason: reason.replace(text, "<url>"),
         };
+        if let Some(at) = misplaced_at(text) {
+            return Err(bad(format!(
+                "an '@' after the host (byte {at}): a password holding '/', '?' or '#' ends the \
+                 host early, and the rest of it would be read as the vhost or the query; \
+                 percent-encode the password ('/' as %2F, '?' as %3F, '#' as %23, '@' as %40), \
+                 and write an '@' of the vhost as %40"
+            )));
+        }
         let mut uri: AMQPUri = text.parse().map_err(bad)?;
         match uri.query.auth_mechanism {
             None | Some(SASLMechanism::Plain) | Some(SASLMechanism::External) => {}
@@ -183,6 +191,20 @@ fn redact(text: &str) -> String {
             }
         }
     }
+}
+
+/// The position of an `@` after the authority (in the vhost, the query or
+/// the fragment), if there is one. A URL parser ends the authority at the
+/// first `/`, `?` or `#`, so a password holding one of them unencoded puts
+/// its tail (and the host) in the vhost or the query: the relay would log
+/// in with the wrong credentials and show that tail wherever it shows the
+/// vhost. Such a URL is refused rather than guessed at.
+fn misplaced_at(text: &str) -> Option<usize> {
+    let start = text.find("://")? + 3;
+    let rest = text.get(start..)?;
+    let end = rest.find(['/', '?', '#'])?;
+    let after = rest.get(end..)?;
+    after.find('@').map(|i| start + end + i)
 }
 
 /// The host of `scheme://userinfo@host:port/...` if it is an IP address
@@ -295,15 +317,28 @@ mod tests {
     fn a_bad_url_error_hides_a_password_holding_url_delimiters() {
         // Unencoded, `/` ends the authority for a URL parser: the password
         // runs to the last '@' all the same.
-        for (url, secret) in [
-            ("amqp://u:Amq/pSecret@host", "Amq/pSecret"),
-            ("amqp://u:a?b#c@d/e@host:5672/%2f", "a?b#c@d/e"),
-            ("amqps://u:p@ss:w/rd@host/vh", "p@ss:w/rd"),
+        for (url, tail) in [
+            ("amqp://u:Amq/pSecret@host", "pSecret"),
+            ("amqp://u:a?b#c@d/e@host:5672/%2f", "c@d"),
+            ("amqps://u:p@ss:w/rd@host/vh", "w/rd"),
+            // A parser takes `relay-secrets` for the host and the rest of
+            // the password for the vhost.
+            (
+                "amqp://relay-secrets:\\,\\iO,': % %O/g@127.0.0.1:5672/%2f",
+                "%25O",
+            ),
+            ("amqp://u:1234/Tail@host", "Tail"),
         ] {
-            let err = url.parse::<BrokerUrl>().map(|u| u.to_string());
-            let shown = format!("{err:?}");
-            assert!(!shown.contains(secret), "{shown}");
+            let err = url.parse::<BrokerUrl>().expect_err(url);
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains(tail), "{shown}");
+            assert!(shown.contains("percent-encode the password"), "{shown}");
         }
+        // An '@' in the vhost is refused too: it cannot be told from one
+        // ending a password; %40 says which it is.
+        assert!("amqp://u:p@host/vh@x".parse::<BrokerUrl>().is_err());
+        let url: BrokerUrl = "amqp://u:p@host/vh%40x".parse().unwrap();
+        assert_eq!(url.vhost(), "vh@x");
         assert_eq!(redact("amqp://u:Amq/pSecret@host"), "amqp://u:***@host");
         assert_eq!(
             redact("amqp://u:a?b#c@d/e@host:5672/%2f"),
