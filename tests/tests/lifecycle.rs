@@ -56,10 +56,27 @@ async fn slot_inactive(f: &Fixture) {
     }
 }
 
+/// Waits (up to 30 s) until a walsender streams from the slot. The relay
+/// says "streaming from the slot" as it asks for the stream; the
+/// walsender takes the slot a moment later.
+async fn slot_active(f: &Fixture) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while f
+        .pg
+        .psql("SELECT count(*) FROM pg_replication_slots WHERE active")
+        .unwrap()
+        != "1"
+    {
+        assert!(Instant::now() < deadline, "no walsender takes the slot");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn teardown_refuses_an_active_slot_and_drops_slot_and_publication_once_it_is_free() {
     let f = Fixture::new().await;
     let mut relay = f.start_relay(&[]);
+    slot_active(&f).await;
     let slots = || {
         f.pg.psql("SELECT count(*) FROM pg_replication_slots")
             .unwrap()
@@ -233,19 +250,12 @@ async fn teardown_refuses_a_relay_between_two_sessions_whose_slot_is_inactive_fo
         .unwrap()
             == "1"
     };
-    let streaming = || {
-        f.pg.psql("SELECT count(*) FROM pg_replication_slots WHERE active")
-            .unwrap()
-            == "1"
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
     // The slot-watch session can be up before the stream is: wait for both
     // (terminating a walsender that is not there yet would do nothing).
-    while !(watching() && streaming()) {
-        assert!(
-            Instant::now() < deadline,
-            "no slot-watch session or no stream"
-        );
+    slot_active(&f).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !watching() {
+        assert!(Instant::now() < deadline, "no slot-watch session");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The walsender ends: the relay waits out its backoff without a slot.
