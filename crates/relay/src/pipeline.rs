@@ -394,7 +394,11 @@ async fn stream<S: Sink>(
         ctx.metrics.clone(),
     )));
     let mut core = Core::new(mapper, config.core.clone(), start);
-    tracing::info!(slot = %config.slot, lsn = %start, "streaming from the slot");
+    // Said once, when the first session holds the slot (its walsender is
+    // active), not when it is asked for: what reads the log (an operator,
+    // a supervisor's readiness check) may then rely on the slot being
+    // taken.
+    let mut announced_streaming = false;
     let mut shutdown = ctx.shutdown.clone();
     let mut stream_backoff = Backoff::new(config.backoff.clone());
     // Rewinds back off on their own, and only progress (a confirm) resets
@@ -429,6 +433,10 @@ async fn stream<S: Sink>(
                     core.rebase(at);
                 }
                 last_system = Some(system);
+                if !announced_streaming {
+                    tracing::info!(slot = %config.slot, lsn = %start, "streaming from the slot");
+                    announced_streaming = true;
+                }
                 (stream, acks)
             }
             Err(walstream::Error::SlotActive { pid, .. }) if standby => {
