@@ -42,32 +42,21 @@ async fn wait_depth(f: &Fixture, queue: &str, n: u32) {
     }
 }
 
-/// Waits (up to 30 s) until no process streams from the slot.
-async fn slot_inactive(f: &Fixture) {
+/// Waits (up to 30 s) until a walsender streams from the slot (`active`)
+/// or until none does.
+async fn slot_becomes(f: &Fixture, active: bool) {
+    let want = if active { "t" } else { "f" };
     let deadline = Instant::now() + Duration::from_secs(30);
     while f
         .pg
         .psql("SELECT active FROM pg_replication_slots")
         .unwrap()
-        != "f"
+        != want
     {
-        assert!(Instant::now() < deadline, "the slot stays active");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits (up to 30 s) until a walsender streams from the slot. The relay
-/// says "streaming from the slot" as it asks for the stream; the
-/// walsender takes the slot a moment later.
-async fn slot_active(f: &Fixture) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while f
-        .pg
-        .psql("SELECT count(*) FROM pg_replication_slots WHERE active")
-        .unwrap()
-        != "1"
-    {
-        assert!(Instant::now() < deadline, "no walsender takes the slot");
+        assert!(
+            Instant::now() < deadline,
+            "the slot's active stays not {want}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -76,7 +65,7 @@ async fn slot_active(f: &Fixture) {
 async fn teardown_refuses_an_active_slot_and_drops_slot_and_publication_once_it_is_free() {
     let f = Fixture::new().await;
     let mut relay = f.start_relay(&[]);
-    slot_active(&f).await;
+    slot_becomes(&f, true).await;
     let slots = || {
         f.pg.psql("SELECT count(*) FROM pg_replication_slots")
             .unwrap()
@@ -96,7 +85,7 @@ async fn teardown_refuses_an_active_slot_and_drops_slot_and_publication_once_it_
     assert_eq!((slots(), publications()), ("1".into(), "1".into()));
 
     relay.kill().unwrap();
-    slot_inactive(&f).await;
+    slot_becomes(&f, false).await;
     let (ok, out) = f.run_to_end(&["teardown", "--yes"], &[]);
     assert!(ok, "{out}");
     assert!(out.contains("dropped slot outbox_relay (released"), "{out}");
@@ -252,7 +241,7 @@ async fn teardown_refuses_a_relay_between_two_sessions_whose_slot_is_inactive_fo
     };
     // The slot-watch session can be up before the stream is: wait for both
     // (terminating a walsender that is not there yet would do nothing).
-    slot_active(&f).await;
+    slot_becomes(&f, true).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !watching() {
         assert!(Instant::now() < deadline, "no slot-watch session");
@@ -261,7 +250,7 @@ async fn teardown_refuses_a_relay_between_two_sessions_whose_slot_is_inactive_fo
     // The walsender ends: the relay waits out its backoff without a slot.
     f.pg.psql("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots")
         .unwrap();
-    slot_inactive(&f).await;
+    slot_becomes(&f, false).await;
     let (ok, out) = f.run_to_end(&["teardown", "--yes"], &[]);
     assert!(!ok, "{out}");
     assert!(out.contains("between two sessions"), "{out}");
