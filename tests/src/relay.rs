@@ -177,6 +177,15 @@ impl RelayProcess {
             .unwrap_or_default()
     }
 
+    /// How many lines printed so far contain `needle`.
+    pub fn count_lines(&self, needle: &str) -> usize {
+        self.output
+            .lines
+            .lock()
+            .map(|lines| lines.iter().filter(|l| l.contains(needle)).count())
+            .unwrap_or_default()
+    }
+
     /// Everything printed so far, one string.
     pub fn output(&self) -> String {
         self.lines().join("\n")

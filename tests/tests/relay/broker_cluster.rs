@@ -38,6 +38,9 @@ async fn quorum_topology(url: &str) -> (String, String) {
     topology_at(url, "cluster", arguments).await
 }
 
+/// What the relay says each time it connects to a broker.
+const CONNECTED: &str = "connected to the broker";
+
 /// The index of the node the relay last said it connected to.
 fn connected_node(cluster: &RabbitCluster, relay: &e2e::RelayProcess) -> usize {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -46,7 +49,7 @@ fn connected_node(cluster: &RabbitCluster, relay: &e2e::RelayProcess) -> usize {
         let port = lines
             .iter()
             .rev()
-            .find(|l| l.contains("connected to the broker"))
+            .find(|l| l.contains(CONNECTED))
             .and_then(|l| l.split("127.0.0.1:").nth(1))
             .and_then(|rest| {
                 rest.chars()
@@ -67,22 +70,13 @@ fn connected_node(cluster: &RabbitCluster, relay: &e2e::RelayProcess) -> usize {
     }
 }
 
-/// How many times the relay said it connected to a broker.
-fn connections(relay: &e2e::RelayProcess) -> usize {
-    relay
-        .lines()
-        .iter()
-        .filter(|l| l.contains("connected to the broker"))
-        .count()
-}
-
 /// Waits until the relay has connected again (after `connected_before`
 /// connections) and then has a new confirm. Confirms taken in just before
 /// a node went away still count up, so the metric alone does not say the
 /// relay moved.
 async fn publishes_again(relay: &e2e::RelayProcess, addr: &str, connected_before: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while connections(relay) == connected_before {
+    while relay.count_lines(CONNECTED) == connected_before {
         assert!(
             Instant::now() < deadline,
             "the relay did not connect again within 60 s:\n{}",
@@ -145,7 +139,7 @@ async fn a_three_node_cluster_with_a_quorum_queue_loses_nothing_to_node_loss_par
 
     // 1. SIGKILL of the node the relay uses.
     let used = connected_node(&cluster, &relay);
-    let connected_before = connections(&relay);
+    let connected_before = relay.count_lines(CONNECTED);
     let killed = Instant::now();
     tokio::task::block_in_place(|| cluster.node_mut(used).unwrap().kill())
         .expect("SIGKILL the node");
@@ -195,7 +189,7 @@ async fn a_three_node_cluster_with_a_quorum_queue_loses_nothing_to_node_loss_par
     // 3. The whole cluster stops and starts again; the relay waits without
     // spinning.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let connected_before = connections(&relay);
+    let connected_before = relay.count_lines(CONNECTED);
     let cpu_before = cpu_seconds(relay.pid());
     let down_since = Instant::now();
     tokio::task::block_in_place(|| cluster.restart()).expect("restart the whole cluster");

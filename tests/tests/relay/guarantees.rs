@@ -161,13 +161,7 @@ async fn walsender_terminated_three_times_loses_nothing() {
         }
         // This round's loss, not an earlier one's.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while relay
-            .lines()
-            .iter()
-            .filter(|l| l.contains("replication stream lost"))
-            .count()
-            < round
-        {
+        while relay.count_lines("replication stream lost") < round {
             assert!(Instant::now() < deadline, "{}", relay.output());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -724,11 +718,7 @@ async fn sigterm_during_start_up_or_as_a_standby_exits_within_a_second() {
     assert_eq!(sessions(&f.pg), "1", "the standby polls on one connection");
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(sessions(&f.pg), "1", "the standby polls on one connection");
-    let announced = standby
-        .lines()
-        .iter()
-        .filter(|l| l.contains("waiting as a standby"))
-        .count();
+    let announced = standby.count_lines("waiting as a standby");
     assert_eq!(announced, 1, "{}", standby.output());
     let asked = Instant::now();
     standby.signal(Signal::SIGTERM).unwrap();

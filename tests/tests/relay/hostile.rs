@@ -9,11 +9,7 @@ use super::fixture::{header, seq_of, Fixture};
 
 /// How many times the relay restarted its stream after a publish failure.
 fn rewinds(relay: &e2e::RelayProcess) -> usize {
-    relay
-        .lines()
-        .iter()
-        .filter(|l| l.contains("publishing failed; streaming again"))
-        .count()
+    relay.count_lines("publishing failed; streaming again")
 }
 
 /// Waits until the slot's confirmed position reaches everything committed
@@ -142,11 +138,7 @@ async fn a_row_naming_an_exchange_that_does_not_exist_is_dead_lettered_after_the
     wait_for_slot_to_pass_everything(&f, &relay);
     // The row is refused exactly row_attempts times; a rewind of the link
     // itself (a publish racing the channel's close) may come on top.
-    let refused = relay
-        .lines()
-        .iter()
-        .filter(|l| l.contains("the broker refused a row"))
-        .count();
+    let refused = relay.count_lines("the broker refused a row");
     assert_eq!(refused, 3, "{}", relay.output());
     let rewinds = rewinds(&relay);
     assert!(
