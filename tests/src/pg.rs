@@ -23,6 +23,7 @@
 //! tests: streaming from a physical slot, hot_standby_feedback, and on 17+
 //! the logical slots synced (sync_replication_slots).
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -272,13 +273,33 @@ fn major_of(version: &str) -> u32 {
         .unwrap_or(0)
 }
 
+/// A port nothing listens on now, never handed out before in this
+/// process. A server binds its port seconds after it was chosen (a
+/// RabbitMQ node boots for about 8 s), and the kernel may offer the same
+/// free port to the next caller meanwhile: two servers of parallel tests
+/// then raced for one port, and a test waiting for its node reached the
+/// other test's.
 pub(crate) fn free_port() -> Result<u16, KitError> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| KitError::io("binding a free port on", "127.0.0.1:0", e))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| KitError::io("reading the address of", "127.0.0.1:0", e))
+    static GIVEN: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    for _ in 0..1000 {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| KitError::io("binding a free port on", "127.0.0.1:0", e))?;
+        let port = listener
+            .local_addr()
+            .map(|a| a.port())
+            .map_err(|e| KitError::io("reading the address of", "127.0.0.1:0", e))?;
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if given.insert(port) {
+            return Ok(port);
+        }
+    }
+    Err(KitError::Command {
+        command: "choosing a free port on 127.0.0.1".into(),
+        status: "every port offered had been handed out before".into(),
+        output: String::new(),
+    })
 }
 
 /// Settings for a cluster before it starts.

@@ -174,11 +174,17 @@ impl RabbitNode {
         Ok(())
     }
 
-    /// Waits until the node accepts AMQP connections.
+    /// Waits until the node accepts AMQP connections: its port answers
+    /// and the node itself says the broker runs (the port alone could be
+    /// another server's, had this node failed to bind it).
     pub fn wait_until_up(&mut self, timeout: Duration) -> Result<(), KitError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if TcpStream::connect(("127.0.0.1", self.amqp_port)).is_ok() {
+            if TcpStream::connect(("127.0.0.1", self.amqp_port)).is_ok()
+                && self
+                    .ctl(&["eval", "rabbit:is_running()."])
+                    .is_ok_and(|out| out.trim() == "true")
+            {
                 return Ok(());
             }
             if let Some(status) = self
@@ -375,8 +381,21 @@ pub struct RabbitCluster {
 }
 
 impl RabbitCluster {
-    /// Starts `size` nodes and joins them to the first.
+    /// Starts `size` nodes and joins them to the first. A cluster that
+    /// fails to form is thrown away and made once more on new ports and
+    /// data (its error printed): forming it is the kit's job, not what a
+    /// test proves.
     pub fn start(size: usize) -> Result<RabbitCluster, KitError> {
+        match RabbitCluster::try_start(size) {
+            Ok(cluster) => Ok(cluster),
+            Err(e) => {
+                eprintln!("a RabbitMQ cluster failed to form, making it again: {e}");
+                RabbitCluster::try_start(size)
+            }
+        }
+    }
+
+    fn try_start(size: usize) -> Result<RabbitCluster, KitError> {
         let mut nodes = (0..size)
             .map(|_| RabbitNode::create())
             .collect::<Result<Vec<_>, _>>()?;
@@ -391,9 +410,17 @@ impl RabbitCluster {
             .map(|n| n.name().to_string())
             .unwrap_or_default();
         for node in nodes.iter_mut().skip(1) {
-            node.ctl(&["stop_app"])?;
-            node.ctl(&["join_cluster", &first])?;
-            node.start_app()?;
+            let joined = node
+                .ctl(&["stop_app"])
+                .and_then(|_| node.ctl(&["join_cluster", &first]))
+                .and_then(|_| node.start_app());
+            if let Err(e) = joined {
+                return Err(KitError::Command {
+                    command: format!("joining node {} to {first}", node.name),
+                    status: e.to_string(),
+                    output: format!("{}\n{}", node.output(), node.log_tail()),
+                });
+            }
         }
         let cluster = RabbitCluster { nodes };
         cluster.wait_until_whole(BOOT)?;
