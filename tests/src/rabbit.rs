@@ -97,7 +97,7 @@ impl RabbitNode {
     pub fn start() -> Result<RabbitNode, KitError> {
         let mut node = RabbitNode::create()?;
         node.spawn()?;
-        node.wait_until_up(BOOT)?;
+        node.wait_until_booted(BOOT)?;
         Ok(node)
     }
 
@@ -174,17 +174,38 @@ impl RabbitNode {
         Ok(())
     }
 
-    /// Waits until the node accepts AMQP connections: its port answers
-    /// and the node itself says the broker runs (the port alone could be
-    /// another server's, had this node failed to bind it).
+    /// Waits, after the first boot, until the node accepts AMQP
+    /// connections and says itself that the broker runs: at first boot the
+    /// port alone could be another server's, had this node failed to bind
+    /// it. (A restart on the same ports waits for the port alone, so that
+    /// how soon the relay publishes again is measured from that moment.)
+    pub fn wait_until_booted(&mut self, timeout: Duration) -> Result<(), KitError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.wait_until_up(deadline.saturating_duration_since(Instant::now()))?;
+            let running = self.ctl(&["eval", "rabbit:is_running()."]);
+            if running.as_ref().is_ok_and(|out| out.trim() == "true") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(KitError::Timeout(
+                    timeout,
+                    format!(
+                        "RabbitMQ node {} to say it runs ({running:?}):\n{}",
+                        self.name,
+                        self.output()
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Waits until the node accepts AMQP connections.
     pub fn wait_until_up(&mut self, timeout: Duration) -> Result<(), KitError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if TcpStream::connect(("127.0.0.1", self.amqp_port)).is_ok()
-                && self
-                    .ctl(&["eval", "rabbit:is_running()."])
-                    .is_ok_and(|out| out.trim() == "true")
-            {
+            if TcpStream::connect(("127.0.0.1", self.amqp_port)).is_ok() {
                 return Ok(());
             }
             if let Some(status) = self
@@ -403,7 +424,7 @@ impl RabbitCluster {
             node.spawn()?;
         }
         for node in &mut nodes {
-            node.wait_until_up(BOOT)?;
+            node.wait_until_booted(BOOT)?;
         }
         let first = nodes
             .first()

@@ -500,15 +500,17 @@ async fn stalled_http_clients_are_shed_within_seconds_and_never_starve_scrapes_o
 
     // A scrape while the stalled clients hold the endpoint is answered.
     let (status, during) =
-        tokio::time::timeout(Duration::from_secs(3), http_get(&addr, "/metrics"))
+        tokio::time::timeout(Duration::from_secs(10), http_get(&addr, "/metrics"))
             .await
-            .expect("a scrape during the flood is answered within 3 s");
+            .expect("a scrape during the flood is answered within 10 s");
     let scraped = start.elapsed();
     assert_eq!(status, 200);
     assert!(during.contains("outbox_relay_build_info"), "{during}");
 
-    // Every stalled client is closed by the server within a few seconds.
-    let deadline = HEADER_READ_TIMEOUT + Duration::from_secs(3);
+    // Every stalled client is closed by the server within a few seconds of
+    // its header timeout (10 s of slack for a loaded machine: without the
+    // timeout they would never be).
+    let deadline = HEADER_READ_TIMEOUT + Duration::from_secs(10);
     let mut closed = Vec::with_capacity(CLIENTS);
     for close in closes {
         let at = tokio::time::timeout_at(tokio::time::Instant::from_std(start + deadline), close)

@@ -115,6 +115,30 @@ pub(super) async fn confirmed(addr: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// `outbox_relay_events_confirmed_total` once it has not changed for
+/// 1.5 s (longer than the relay's 1 s status interval, so that the slot
+/// has been told of the last confirm), within 30 s: where publishing
+/// stopped, a baseline for "the slot does not move" from then on.
+pub(super) async fn settled_confirms(addr: &str) -> u64 {
+    let started = Instant::now();
+    let mut last = confirmed(addr).await;
+    let mut since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = confirmed(addr).await;
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= Duration::from_millis(1500) {
+            return last;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "confirms still came in 30 s after publishing should have stopped"
+        );
+    }
+}
+
 /// Seconds from the broker answering again until the relay's first new
 /// confirm.
 pub(super) async fn back_within(addr: &str, before: u64) -> Duration {
@@ -227,11 +251,13 @@ async fn a_memory_alarm_pauses_publishing_without_moving_the_slot_and_loses_noth
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(relay.output().contains("the broker blocks publishing"));
-    // Blocked: no confirm, and the slot stays where it is.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    relay
+        .wait_for_line("the broker blocks publishing", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Blocked: once what the broker took before the alarm is confirmed, no
+    // confirm, and the slot stays where it is.
+    let confirms = settled_confirms(&addr).await;
     let held = f.confirmed_flush("outbox_relay");
-    let confirms = confirmed(&addr).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         f.confirmed_flush("outbox_relay"),

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
+
 use super::fixture::{header, seq_of, Fixture};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,7 +32,11 @@ async fn replay_republishes_selected_rows_beside_a_live_relay_without_touching_t
             .and_then(|d| d.properties.message_id().as_ref().map(|m| m.to_string()))
             .unwrap()
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The live relay is frozen (its walsender still holds the slot) while
+    // the replays run: an idle relay acknowledges the server's keepalive
+    // positions, and any WAL the server writes meanwhile (a running-xacts
+    // record every 15 s) would move the slot without replay's doing.
+    relay.signal(Signal::SIGSTOP).unwrap();
     let slot_before = f.confirmed_flush("outbox_relay");
 
     // A consumer that lost its queue: a new one, bound to everything.
@@ -88,6 +94,7 @@ async fn replay_republishes_selected_rows_beside_a_live_relay_without_touching_t
     assert_eq!(a, [0, 1, 2, 3, 4]);
     // The slot did not move, and the live relay is untouched.
     assert_eq!(f.confirmed_flush("outbox_relay"), slot_before);
+    relay.signal(Signal::SIGCONT).unwrap();
     assert!(relay.try_status().is_none(), "{}", relay.output());
     f.insert_events("c", 10, 1);
     consumer.collect(1, Duration::from_secs(30)).await.unwrap();
