@@ -187,6 +187,17 @@ impl RabbitNode {
             if running.as_ref().is_ok_and(|out| out.trim() == "true") {
                 return Ok(());
             }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Err(KitError::Command {
+                    command: format!("{SERVER} ({})", self.name),
+                    status: format!("{status}, while its port answered (another server's?)"),
+                    output: self.output(),
+                });
+            }
             if Instant::now() > deadline {
                 return Err(KitError::Timeout(
                     timeout,
