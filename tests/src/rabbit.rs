@@ -187,17 +187,7 @@ impl RabbitNode {
             if running.as_ref().is_ok_and(|out| out.trim() == "true") {
                 return Ok(());
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                return Err(KitError::Command {
-                    command: format!("{SERVER} ({})", self.name),
-                    status: format!("{status}, while its port answered (another server's?)"),
-                    output: self.output(),
-                });
-            }
+            self.still_running(", while its port answered (another server's?)")?;
             if Instant::now() > deadline {
                 return Err(KitError::Timeout(
                     timeout,
@@ -212,6 +202,23 @@ impl RabbitNode {
         }
     }
 
+    /// An error (its exit status, `why` and its output) if the server
+    /// process has exited.
+    fn still_running(&mut self, why: &str) -> Result<(), KitError> {
+        match self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            Some(status) => Err(KitError::Command {
+                command: format!("{SERVER} ({})", self.name),
+                status: format!("{status}{why}"),
+                output: self.output(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Waits until the node accepts AMQP connections.
     pub fn wait_until_up(&mut self, timeout: Duration) -> Result<(), KitError> {
         let deadline = Instant::now() + timeout;
@@ -219,17 +226,7 @@ impl RabbitNode {
             if TcpStream::connect(("127.0.0.1", self.amqp_port)).is_ok() {
                 return Ok(());
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                return Err(KitError::Command {
-                    command: format!("{SERVER} ({})", self.name),
-                    status: status.to_string(),
-                    output: self.output(),
-                });
-            }
+            self.still_running("")?;
             if Instant::now() > deadline {
                 return Err(KitError::Timeout(
                     timeout,
